@@ -1,0 +1,5 @@
+import sys
+
+from kge.cli import main
+
+sys.exit(main())

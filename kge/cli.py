@@ -1,0 +1,251 @@
+"""The ``kge`` command: every step of the pipeline, called by the Snakemake rules through shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+from kge.errors import KgeInputError
+
+
+def _data_mini(args) -> None:
+    from kge.data.mini import generate_mini
+
+    generate_mini(args.out, seed=args.seed, scale=args.scale)
+
+
+def _data_download(args) -> None:
+    from kge.data.download import download_wikikg90mv2
+
+    download_wikikg90mv2(args.out)
+
+
+def _data_import(args) -> None:
+    from kge.data.importer import import_triples
+
+    import_triples(args.train, args.valid, args.test, args.out, fmt=args.format)
+
+
+def _data_check(args) -> None:
+    from kge.data.layout import open_dataset
+
+    ds = open_dataset(args.root, check=True)
+    print(json.dumps({"num_entities": ds.num_entities, "num_relations": ds.num_relations, "train": int(ds.train_hrt.shape[0]),
+                      "valid": int(ds.val_hr.shape[0]), "test-dev": int(ds.test_dev_hr.shape[0]),
+                      "test-challenge": int(ds.test_challenge_hr.shape[0])}))
+    if args.stamp:
+        from kge import atomic
+
+        atomic.save_text(args.stamp, "ok\n")
+
+
+def _shard(args) -> None:
+    from kge.data.layout import open_dataset
+    from kge.shard import shard_dataset
+
+    open_dataset(args.root, check=True)  # refuse bad arrays before spending time on them
+    shard_dataset(args.root, args.out, args.shards, seed=args.seed)
+
+
+def _model_config(args) -> None:
+    from kge import atomic
+    from kge.config import resolve_model_config
+
+    try:
+        overrides = json.loads(args.json)
+    except json.JSONDecodeError as err:
+        raise KgeInputError(f"model '{args.name}': settings are not valid JSON ({err})") from None
+    atomic.save_json(args.out, resolve_model_config(overrides, where=f"config.yaml models.{args.name}"))
+
+
+def _load_model_config(path: str) -> dict:
+    from kge.config import resolve_model_config
+
+    p = Path(path)
+    if not p.exists():
+        raise KgeInputError(f"{p}: missing model config")
+    return resolve_model_config(json.loads(p.read_text()), where=str(p))
+
+
+def _train(args) -> None:
+    from kge.data.layout import open_dataset
+    from kge.predict import curve_evaluator
+    from kge.train import train
+
+    config = _load_model_config(args.config)
+    if args.steps:
+        config["steps"] = args.steps
+    ds = open_dataset(args.root, check=False)
+    evaluator = curve_evaluator(ds.val_hr, ds.val_t, ds.train_hrt, config["validate_queries"], seed=config["seed"])
+    train(config, args.shard_dir, args.out, evaluator=evaluator)
+
+
+def _predict(args) -> None:
+    import time
+
+    import numpy as np
+    import torch
+
+    from kge import atomic
+    from kge.data.layout import open_dataset
+    from kge.device import describe, resolve_device
+    from kge.ensemble import mrr
+    from kge.features import FeatureStore
+    from kge.partition import Partition
+    from kge.predict import Predictor, load_model, predict_splits
+
+    model_path = Path(args.model)
+    saved_config = torch.load(model_path, map_location="cpu", weights_only=False)["config"] if model_path.exists() else {"device": "cpu"}
+    device = resolve_device(saved_config.get("device", "auto"))
+    model, saved = load_model(model_path, device)
+    ds = open_dataset(args.root, check=False)
+    partition = Partition.load(Path(args.shard_dir) / "partition.npz")
+    features = FeatureStore(args.shard_dir, partition.n_shards)
+    predictor = Predictor(model, features, partition, device, saved["config"]["predict_block"])
+    queries = {"valid": np.asarray(ds.val_hr), "test-dev": np.asarray(ds.test_dev_hr), "test-challenge": np.asarray(ds.test_challenge_hr)}
+    arrays, seconds = predict_splits(predictor, queries, args.top_k, saved["config"]["predict_batch"])
+    valid_mrr = mrr(arrays["valid_ids"][:, :10], np.asarray(ds.val_t))
+    atomic.save_npz(args.out, **arrays)
+    cfg = saved["config"]
+    metrics = {
+        "model": args.name or model_path.parent.name,
+        "score_fn": cfg["score_fn"],
+        "distance": cfg["distance"] if cfg["score_fn"] in ("transe", "transh", "rotate") else None,
+        "loss": cfg["loss"]["type"],
+        "dim": cfg["dim"],
+        "steps": saved["steps"],
+        "valid_mrr": valid_mrr,
+        "parameters": saved["parameters"],
+        "train_seconds": saved["train_seconds"],
+        "inference_seconds": seconds,
+        "hardware": describe(device),
+        "top_k": args.top_k,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic.save_json(args.metrics, metrics)
+    print(f"{metrics['model']}: validation MRR {valid_mrr:.4f}")
+
+
+def _ensemble(args) -> None:
+    from kge.ensemble_run import run_ensemble
+
+    run_ensemble(args.root, args.predictions, args.out_dir, power=args.power, top_k=args.top_k, tune=args.tune, powers=args.powers)
+
+
+def _submit(args) -> None:
+    from kge.submission import run_submission
+
+    run_submission(args.root, args.ensemble_dir, args.out_dir, answers=args.answers)
+
+
+def _plot(args) -> None:
+    from kge.plots import ensemble_figure, training_curves
+
+    training_curves(args.histories, args.curves)
+    ensemble_figure(args.summary, args.ensemble)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="get a dataset into the OGB WikiKG90Mv2 layout").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("mini", help="generate the embedded miniature of WikiKG90Mv2")
+    p.add_argument("--out", required=True, help="ROOT; the dataset goes to ROOT/wikikg90m-v2")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies entities and triples (queries stay 15000/15000/10000)")
+    p.set_defaults(func=_data_mini)
+    p = data.add_parser("download", help="download the real WikiKG90Mv2 (about 89 GB zip, resumable)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_data_download)
+    p = data.add_parser("import", help="import your own KG from TSV/CSV/Parquet triples with string labels")
+    p.add_argument("--train", required=True)
+    p.add_argument("--valid", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["tsv", "csv", "parquet"], default=None)
+    p.set_defaults(func=_data_import)
+    p = data.add_parser("check", help="validate every array of a dataset and print its sizes")
+    p.add_argument("--root", required=True)
+    p.add_argument("--stamp", help="write this file when the check passes")
+    p.set_defaults(func=_data_check)
+
+    p = sub.add_parser("shard", help="Parquet buckets by (head shard, tail shard) + per-shard features")
+    p.add_argument("--root", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_shard)
+
+    cfg = sub.add_parser("config", help="model configurations").add_subparsers(dest="config_command", required=True)
+    p = cfg.add_parser("model", help="validate one model's settings, fill defaults, write JSON")
+    p.add_argument("--name", required=True)
+    p.add_argument("--json", required=True, help="the model's settings as JSON")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_model_config)
+
+    p = sub.add_parser("train", help="train one model (resumes from its checkpoint)")
+    p.add_argument("--config", required=True, help="model config JSON (from `kge config model`)")
+    p.add_argument("--root", required=True)
+    p.add_argument("--shard-dir", required=True)
+    p.add_argument("--out", required=True, help="model directory")
+    p.add_argument("--steps", type=int, default=None, help="override the configured number of steps")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", help="top-K over all entities for valid/test-dev/test-challenge")
+    p.add_argument("--model", required=True, help="model.pt")
+    p.add_argument("--name", default=None)
+    p.add_argument("--root", required=True)
+    p.add_argument("--shard-dir", required=True)
+    p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--out", required=True, help="predictions .npz")
+    p.add_argument("--metrics", required=True, help="metrics .json")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("ensemble", help="rank-power mean ensemble of model predictions")
+    p.add_argument("--root", required=True)
+    p.add_argument("--predictions", nargs="+", required=True, help="predictions .npz (a .json of metrics beside each)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--power", type=float, default=-0.5)
+    p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--tune", action="store_true", help="choose the power with the best validation MRR")
+    p.add_argument("--powers", type=float, nargs="+", default=[-2.0, -1.5, -1.0, -0.75, -0.5, -0.25, 0.5, 1.0])
+    p.set_defaults(func=_ensemble)
+
+    p = sub.add_parser("submit", help="write the OGB test-dev and test-challenge files + metadata")
+    p.add_argument("--root", required=True)
+    p.add_argument("--ensemble-dir", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--answers", default=None, help="hidden test answers (miniature) to report test MRR")
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("plot", help="report figures: training curves and the ensemble")
+    p.add_argument("--histories", nargs="+", required=True)
+    p.add_argument("--summary", required=True)
+    p.add_argument("--curves", required=True)
+    p.add_argument("--ensemble", required=True)
+    p.set_defaults(func=_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", 0):
+        from kge.device import set_threads
+
+        set_threads(args.threads)
+    try:
+        args.func(args)
+    except KgeInputError as err:
+        print(f"kge: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

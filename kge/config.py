@@ -1,0 +1,105 @@
+"""Model configuration: defaults, deep merge, JSON-schema validation with one-line errors."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from kge.errors import KgeInputError
+
+# Defaults follow the submission where it had one setting (Adam betas, cube-root sampling,
+# 0.5/0.5 log-sigmoid halves, linear decay) and the miniature's budget otherwise.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "score_fn": "distmult",
+    "distance": 1,
+    "gamma": 10.0,
+    "dim": 128,
+    "init_scale": 0.01,
+    "batch_size": 512,
+    "negatives": 512,
+    "relation_power": 1.0 / 3.0,
+    "loss": {
+        "type": "softmax",
+        "adversarial_scale": 0.0,
+        "correction_weight": 1.0,
+        "positive_weight": 0.5,
+        "negative_weight": 0.5,
+    },
+    "regularisation": {
+        "entity": {"weight": 0.0, "power": 3.0},
+        "embedding": {"weight": 0.0, "power": 3.0},
+        "feature": {"weight": 0.0, "power": 3.0},
+    },
+    "features": {"use": True, "share_projection": False, "dropout": 0.0},
+    "learning_rate": 1e-3,
+    "lr_decay": "linear",
+    "lr_modifiers": {"entity_embedding": 1.0, "feature_projection": 1.0, "relation": 1.0},
+    "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+    "steps": 1000,
+    "workers": 1,
+    "dtype": "float32",
+    "device": "auto",
+    "seed": 0,
+    "checkpoint_every": 200,
+    "checkpoint_seconds": 120.0,
+    "validate_every": 0,
+    "validate_queries": 2000,
+    "predict_batch": 1000,
+    "predict_block": 16384,
+}
+
+
+def _schema() -> dict:
+    return json.loads(resources.files("kge").joinpath("schemas/model.schema.json").read_text())
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return base updated by override, recursing into nested dicts (neither input is changed)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def validate(config: dict, schema: dict, where: str) -> None:
+    """Raise KgeInputError naming the offending key path for the first schema violation."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        path = ".".join(str(p) for p in err.absolute_path)
+        if err.validator == "additionalProperties":
+            # jsonschema's text lists the unexpected keys; name them with their allowed siblings.
+            allowed = sorted(err.schema.get("properties", {}))
+            extra = sorted(set(err.instance) - set(allowed))
+            key = ".".join(filter(None, [path, extra[0] if extra else ""]))
+            raise KgeInputError(f"{where}: unknown key '{key}'; expected one of {', '.join(allowed)}")
+        raise KgeInputError(f"{where}: key '{path or '<root>'}': {err.message}")
+
+
+def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
+    """Validate user overrides, then fill in defaults. Returns the complete model config."""
+    if not isinstance(overrides, dict):
+        raise KgeInputError(f"{where}: expected a mapping of model settings, got {type(overrides).__name__}")
+    schema = _schema()
+    validate(overrides, schema, where)
+    config = deep_merge(MODEL_DEFAULTS, overrides)
+    validate(config, schema, where)
+    for key in ("batch_size", "negatives"):
+        if config[key] % config["workers"]:
+            raise KgeInputError(f"{where}: key '{key}' = {config[key]} must be a multiple of workers = {config['workers']}")
+    return config
+
+
+def config_hash(config: dict) -> str:
+    """Stable digest of the settings that change training (used to refuse a stale checkpoint)."""
+    relevant = {k: v for k, v in config.items() if k not in ("checkpoint_every", "checkpoint_seconds", "device", "predict_batch", "predict_block")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

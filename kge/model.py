@@ -1,0 +1,77 @@
+"""The KGE model: entity encoder e = e_S + M e_F, relation parameters and scoring.
+
+The entity table e_S is a plain tensor (rows in partition order, D*S rows) updated by
+:class:`kge.optim.SparseRowAdam`; everything small and dense (relations, TransH normals, the
+feature projections) is an ``nn.Parameter`` updated by ``torch.optim.Adam``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kge import scoring
+
+
+class KGEModel(nn.Module):
+    def __init__(self, config: dict, num_rows: int, num_relations: int, feature_dim: int, generator: torch.Generator):
+        super().__init__()
+        self.config = config
+        d = config["dim"]
+        self.score_fn = config["score_fn"]
+        self.p = config["distance"]
+        self.gamma = float(config["gamma"])
+        scale = config["init_scale"]
+        self.entity_table = (torch.randn(num_rows, d, generator=generator) * scale)
+        rel_dim = scoring.relation_dim(self.score_fn, d)
+        if self.score_fn == "rotate":
+            # Relations are phases: uniform over the circle.
+            rel = (torch.rand(num_relations, rel_dim, generator=generator) * 2 - 1) * math.pi
+        else:
+            rel = torch.randn(num_relations, rel_dim, generator=generator) * scale
+            if self.score_fn in ("distmult", "complex"):
+                rel = rel + 1.0 / math.sqrt(d)  # start near a useful product instead of near zero
+        self.relation = nn.Parameter(rel)
+        self.normal = nn.Parameter(torch.randn(num_relations, d, generator=generator)) if scoring.uses_normal(self.score_fn) else None
+        features = config["features"]
+        self.use_features = features["use"]
+        if self.use_features:
+            bound = 1.0 / math.sqrt(feature_dim)
+            self.head_projection = nn.Parameter((torch.rand(d, feature_dim, generator=generator) * 2 - 1) * bound)
+            self.tail_projection = (
+                self.head_projection
+                if features["share_projection"]
+                else nn.Parameter((torch.rand(d, feature_dim, generator=generator) * 2 - 1) * bound)
+            )
+            self.dropout = nn.Dropout(features["dropout"])
+
+    def dense_param_groups(self) -> list[dict]:
+        """Adam parameter groups carrying their learning-rate modifiers."""
+        mods = self.config["lr_modifiers"]
+        groups = [{"params": [self.relation] + ([self.normal] if self.normal is not None else []), "lr_modifier": mods["relation"]}]
+        if self.use_features:
+            projections = [self.head_projection] if self.tail_projection is self.head_projection else [self.head_projection, self.tail_projection]
+            groups.append({"params": projections, "lr_modifier": mods["feature_projection"]})
+        return groups
+
+    def encode(self, embedding: torch.Tensor, features: torch.Tensor | None, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """embedding (n, d) e_S rows, features (n, F) -> (e (n, d), M e_F (n, d) or zeros)."""
+        if not self.use_features:
+            return embedding, torch.zeros_like(embedding)
+        projection = self.head_projection if role == "head" else self.tail_projection
+        projected = self.dropout(features @ projection.T)
+        return embedding + projected, projected
+
+    def scores(self, heads: torch.Tensor, relations: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
+        """heads (B, d) encoded, relations (B,) ids, tails (M, d) encoded -> (B, M) scores."""
+        normal = self.normal[relations] if self.normal is not None else None
+        return scoring.score_matrix(
+            self.score_fn, heads, self.relation[relations], tails, p=self.p, gamma=self.gamma, normal=normal
+        )
+
+    def parameter_count(self, num_entities: int) -> int:
+        """Trainable parameters of one model: entity rows of real entities plus dense parameters."""
+        dense = sum(p.numel() for group in self.dense_param_groups() for p in group["params"])
+        return num_entities * self.entity_table.shape[1] + dense

@@ -1,0 +1,53 @@
+"""Report figures: training curves per model, ensemble MRR per member and the power sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt
+
+from kge.atomic import atomic_path
+
+
+def training_curves(history_paths: list[str], out: str) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for path in history_paths:
+        data = json.loads(Path(path).read_text())
+        history, name = data["history"], Path(path).parent.name
+        axes[0].plot([h["step"] for h in history], [h["loss"] for h in history], label=name)
+        for ax, key in ((axes[1], "train_mrr"), (axes[2], "valid_mrr")):
+            points = [(h["step"], h[key]) for h in history if key in h]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name)
+    for ax, title in zip(axes, ("loss", "train MRR (sampled triples)", "validation MRR (sampled queries)")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def ensemble_figure(summary_path: str, out: str) -> None:
+    summary = json.loads(Path(summary_path).read_text())
+    members = sorted(summary["members"], key=lambda m: m["valid_mrr"])
+    names = [m["model"] for m in members] + ["ensemble"]
+    values = [m["valid_mrr"] for m in members] + [summary["ensemble_valid_mrr"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
+    left.barh(names, values, color=["tab:blue"] * len(members) + ["tab:red"])
+    left.set_xlabel("validation MRR")
+    sweep = sorted((float(p), v) for p, v in summary["power_sweep"].items())
+    right.plot(*zip(*sweep), marker="o")
+    right.axvline(summary["power"], color="tab:red", linestyle="--", label=f"chosen p = {summary['power']:g}")
+    right.set_xlabel("rank power p")
+    right.set_ylabel("ensemble validation MRR")
+    right.legend()
+    fig.tight_layout()
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)

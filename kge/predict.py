@@ -1,0 +1,125 @@
+"""Top-K tail prediction over all entities, block by block, for validation and test queries."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kge.errors import KgeInputError
+from kge.features import FeatureStore
+from kge.model import KGEModel
+from kge.partition import Partition
+from kge.topk import blocked_topk
+
+# Cache every tail embedding when it fits; otherwise recompute each block per query batch.
+TAIL_CACHE_LIMIT_BYTES = 2 << 30
+SPLITS = ("valid", "test-dev", "test-challenge")
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[KGEModel, dict]:
+    """model.pt written by ``kge train`` -> (model in eval mode, its metadata dict)."""
+    path = Path(path)
+    if not path.exists():
+        raise KgeInputError(f"{path}: missing trained model; run `kge train` first")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(saved, dict) or saved.get("format") != "kge-model-v1":
+        raise KgeInputError(f"{path}: not a model written by `kge train` (format kge-model-v1)")
+    table = saved["entity_table"]
+    model = KGEModel(saved["config"], table.shape[0], saved["num_relations"], saved["feature_dim"], torch.Generator().manual_seed(0))
+    model.load_state_dict(saved["dense"])
+    model.entity_table = table.to(device)
+    model.to(device).eval()
+    return model, saved
+
+
+class Predictor:
+    """Scores (head, relation) queries against every real entity row and keeps the top K."""
+
+    def __init__(self, model: KGEModel, features: FeatureStore, partition: Partition, device: torch.device, block_rows: int = 16384):
+        self.model, self.features, self.partition, self.device = model, features, partition, device
+        self.block_rows = block_rows
+        self.row_to_entity = torch.from_numpy(np.concatenate(partition.shard_entities).astype(np.int64))
+        self.valid_rows = (self.row_to_entity >= 0).to(device)
+        self.num_rows = int(self.row_to_entity.shape[0])
+        self._tail_cache: torch.Tensor | None = None
+        if self.num_rows * model.entity_table.shape[1] * 4 <= TAIL_CACHE_LIMIT_BYTES:
+            self._tail_cache = torch.cat([self._tail_block(s, min(s + block_rows, self.num_rows)) for s in range(0, self.num_rows, block_rows)])
+
+    @torch.no_grad()
+    def _tail_block(self, start: int, stop: int) -> torch.Tensor:
+        """Encoded tail embeddings of rows [start, stop) -> (stop-start, d)."""
+        embedding = self.model.entity_table[start:stop]
+        features = self.features.block(start, stop).to(self.device) if self.model.use_features else None
+        return self.model.encode(embedding, features, "tail")[0]
+
+    @torch.no_grad()
+    def encode_queries(self, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hr (Q, 2) global (head id, relation id) -> (encoded heads (Q, d), relations (Q,))."""
+        rows = self.partition.row_of(hr[:, 0])
+        embedding = self.model.entity_table[rows.to(self.device)]
+        features = self.features.gather(rows).to(self.device) if self.model.use_features else None
+        return self.model.encode(embedding, features, "head")[0], hr[:, 1].to(self.device)
+
+    @torch.no_grad()
+    def topk(self, hr: np.ndarray, k: int, query_batch: int = 1000, progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+        """hr (Q, 2) -> (entity ids (Q, k) int64, scores (Q, k) float32), best first."""
+        hr_t = torch.as_tensor(np.asarray(hr), dtype=torch.int64)
+        ids_out = np.empty((len(hr_t), k), dtype=np.int64)
+        scores_out = np.empty((len(hr_t), k), dtype=np.float32)
+        for start in tqdm(range(0, len(hr_t), query_batch), desc=desc, unit="batch", disable=not progress, mininterval=2.0):
+            heads, relations = self.encode_queries(hr_t[start : start + query_batch])
+
+            def block_scores(lo: int, hi: int) -> torch.Tensor:
+                tails = self._tail_cache[lo:hi] if self._tail_cache is not None else self._tail_block(lo, hi)
+                return self.model.scores(heads, relations, tails)
+
+            scores, rows = blocked_topk(block_scores, self.num_rows, k, block_rows=self.block_rows, valid_rows=self.valid_rows)
+            stop = start + len(heads)
+            ids_out[start:stop] = self.row_to_entity[rows.cpu()].numpy()
+            scores_out[start:stop] = scores.float().cpu().numpy()
+        return ids_out, scores_out
+
+
+def predict_splits(predictor: Predictor, queries: dict[str, np.ndarray], k: int, query_batch: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Top-K for each split -> ({'<split>_ids', '<split>_scores'} arrays, {split: seconds})."""
+    arrays, seconds = {}, {}
+    for split, hr in queries.items():
+        start = time.perf_counter()
+        ids, scores = predictor.topk(hr, k, query_batch=query_batch, progress=True, desc=f"top-{k} {split}")
+        seconds[split] = time.perf_counter() - start
+        arrays[f"{split}_ids"] = ids
+        arrays[f"{split}_scores"] = scores
+    return arrays, seconds
+
+
+def curve_evaluator(val_hr: np.ndarray, val_t: np.ndarray, train_hrt: np.ndarray, queries: int, seed: int = 0):
+    """Build ``evaluator(trainer) -> {'valid_mrr', 'train_mrr'}`` for the training curve.
+
+    Uses a fixed sample of ``queries`` validation queries and of training triples (unfiltered
+    ranking over all entities, MRR of the top 10 as ogb defines it).
+    """
+    from kge.ensemble import mrr
+
+    rng = np.random.default_rng(seed)
+    v = np.sort(rng.choice(len(val_hr), size=min(queries, len(val_hr)), replace=False))
+    t = np.sort(rng.choice(len(train_hrt), size=min(queries, len(train_hrt)), replace=False))
+    valid_hr, valid_t = np.asarray(val_hr[v]), np.asarray(val_t[v])
+    sample = np.asarray(train_hrt[t])
+
+    def evaluate(trainer) -> dict:
+        model = trainer.model
+        model.eval()
+        try:
+            predictor = Predictor(model, trainer.features, trainer.partition, trainer.device, trainer.config["predict_block"])
+            batch = trainer.config["predict_batch"]
+            valid_ids, _ = predictor.topk(valid_hr, 10, query_batch=batch)
+            train_ids, _ = predictor.topk(sample[:, :2], 10, query_batch=batch)
+        finally:
+            model.train()
+        return {"valid_mrr": mrr(valid_ids, valid_t), "train_mrr": mrr(train_ids, sample[:, 2])}
+
+    return evaluate

@@ -1,0 +1,39 @@
+"""Model configuration: defaults, and one-line errors naming the key for bad settings."""
+
+import pytest
+
+from kge.config import MODEL_DEFAULTS, config_hash, resolve_model_config
+from kge.errors import KgeInputError
+
+
+def test_defaults_fill_nested_settings():
+    cfg = resolve_model_config({"score_fn": "transe", "loss": {"type": "logsigmoid"}})
+    assert cfg["loss"]["type"] == "logsigmoid"
+    assert cfg["loss"]["positive_weight"] == MODEL_DEFAULTS["loss"]["positive_weight"]
+    assert cfg["dim"] == MODEL_DEFAULTS["dim"]
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"scor_fn": "transe"}, "unknown key 'scor_fn'"),
+        ({"loss": {"typ": "softmax"}}, "unknown key 'loss.typ'"),
+        ({"score_fn": "transX"}, "key 'score_fn'"),
+        ({"dim": "128"}, "key 'dim'"),
+        ({"dim": 127}, "key 'dim'"),
+        ({"learning_rate": 0}, "key 'learning_rate'"),
+        ({"features": {"dropout": 1.5}}, "key 'features.dropout'"),
+    ],
+)
+def test_bad_settings_name_the_key(overrides, fragment):
+    with pytest.raises(KgeInputError) as err:
+        resolve_model_config(overrides, where="config.yaml models.m")
+    message = str(err.value)
+    assert fragment in message and "models.m" in message and "\n" not in message
+
+
+def test_hash_ignores_runtime_only_settings():
+    a = resolve_model_config({"checkpoint_every": 10})
+    b = resolve_model_config({"checkpoint_every": 99})
+    c = resolve_model_config({"learning_rate": 0.5})
+    assert config_hash(a) == config_hash(b) != config_hash(c)

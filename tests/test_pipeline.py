@@ -1,0 +1,84 @@
+"""End to end: plain Snakemake on a small miniature, through to ogb-written submission files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO
+
+MODELS = {
+    "transe": {"score_fn": "transe", "distance": 1, "loss": {"type": "softmax"}},
+    "transh": {"score_fn": "transh", "distance": 2, "loss": {"type": "logsigmoid", "adversarial_scale": 2.0}},
+    "rotate": {"score_fn": "rotate", "distance": 2, "loss": {"type": "logsigmoid", "adversarial_scale": 4.0}},
+    "distmult": {"score_fn": "distmult", "loss": {"type": "softmax"}},
+    "complex": {"score_fn": "complex", "loss": {"type": "softmax"}},
+}
+
+
+def _config(tmp_path, **extra):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg.update(
+        data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"), mini={"seed": 0, "scale": 0.1},
+        models=MODELS,
+        model_defaults={"dim": 32, "batch_size": 128, "negatives": 128, "steps": 60, "learning_rate": 0.01,
+                        "validate_every": 30, "validate_queries": 200, "gamma": 8.0},
+    )
+    cfg.update(extra)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _snakemake(tmp_path, config_path, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(config_path), "--cores", "2", *args],
+        capture_output=True, text=True,
+    )
+
+
+@pytest.mark.timeout(900)
+def test_pipeline_writes_valid_submission(tmp_path):
+    from ogb.lsc import WikiKG90Mv2Evaluator
+
+    config_path = _config(tmp_path)
+    run = _snakemake(tmp_path, config_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = tmp_path / "results"
+    evaluator = WikiKG90Mv2Evaluator()
+    for mode, rows in (("test-dev", 15000), ("test-challenge", 10000)):
+        t_pred = np.load(results / "submission" / f"t_pred_wikikg90m-v2_{mode}.npz")["t_pred_top10"]
+        assert t_pred.shape == (rows, 10) and t_pred.dtype == np.int32
+        assert t_pred.min() >= 0
+        # ogb's own writer accepts it again unchanged (shape, duplicates).
+        evaluator.save_test_submission({"h,r->t": {"t_pred_top10": t_pred}}, str(tmp_path / "recheck"), mode)
+    summary = json.loads((results / "ensemble" / "summary.json").read_text())
+    assert {m["model"] for m in summary["members"]} == set(MODELS)
+    assert all(m["valid_mrr"] > 0 for m in summary["members"])
+    metadata = json.loads((results / "submission" / "metadata.json").read_text())
+    assert metadata["number_of_models"] == len(MODELS)
+    assert metadata["validation_mrr"] == summary["ensemble_valid_mrr"]
+    for key in ("ogb_version", "parameters_per_model", "hardware", "train_seconds", "inference_seconds", "test-dev_mrr"):
+        assert key in metadata
+    assert (results / "plots" / "training_curves.png").stat().st_size > 0
+
+    # Nothing left to do: a second run plans no job.
+    again = _snakemake(tmp_path, config_path, "-n")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_mistyped_config_key_fails_before_any_job(tmp_path):
+    config_path = _config(tmp_path, ensemble={"power": -0.5, "top_k": 100, "tune_power": True, "powers": [-0.5], "memebrs": None})
+    run = _snakemake(tmp_path, config_path, "-n")
+    assert run.returncode != 0
+    assert "memebrs" in run.stderr
+    config_path = _config(tmp_path, models={"bad": {"score_fn": "distmult", "learning_rat": 0.1}})
+    run = _snakemake(tmp_path, config_path, "-n")
+    assert run.returncode != 0 and "models.bad" in run.stderr and "learning_rat" in run.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,40 @@
+"""Submission files: our checks, then ogb's writer; the file round-trips through ogb's format."""
+
+import numpy as np
+import pytest
+
+from kge.errors import KgeInputError
+from kge.submission import check_predictions, write_submission
+
+
+def _valid(rows, num_entities=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(num_entities, 10, replace=False) for _ in range(rows)])
+
+
+@pytest.mark.parametrize("mode, rows", [("test-dev", 15000), ("test-challenge", 10000)])
+def test_written_by_ogb_and_round_trips(tmp_path, mode, rows):
+    pred = _valid(rows)
+    path = write_submission(pred, 1000, mode, tmp_path)
+    assert path.name == f"t_pred_wikikg90m-v2_{mode}.npz"
+    with np.load(path) as npz:
+        assert npz["t_pred_top10"].dtype == np.int32
+        assert np.array_equal(npz["t_pred_top10"], pred)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left behind
+
+
+def test_out_of_range_ids_refused_before_ogb_wraps_them(tmp_path):
+    pred = _valid(15000)
+    pred[7, 3] = 2**31 + 5
+    with pytest.raises(KgeInputError, match="row 7 has ids outside"):
+        write_submission(pred, 1000, "test-dev", tmp_path)
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def test_duplicates_and_shapes_refused():
+    pred = _valid(10000)
+    pred[4, 9] = pred[4, 0]
+    with pytest.raises(KgeInputError, match="row 4 repeats"):
+        check_predictions(pred, 1000, "test-challenge")
+    with pytest.raises(KgeInputError, match=r"expected \(15000, 10\)"):
+        check_predictions(_valid(10000), 1000, "test-dev")

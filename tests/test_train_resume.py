@@ -1,0 +1,69 @@
+"""Training: the loss falls, and a run killed at any moment resumes to the identical model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+SETTINGS = {"score_fn": "complex", "dim": 32, "batch_size": 64, "negatives": 64, "steps": 80,
+            "learning_rate": 0.01, "checkpoint_every": 5, "validate_every": 0, "validate_queries": 200,
+            "features": {"dropout": 0.1}}
+
+
+def _train_cmd(config_path, root, shards, out):
+    return [sys.executable, "-m", "kge", "train", "--config", str(config_path), "--root", str(root),
+            "--shard-dir", str(shards), "--out", str(out), "--threads", "1"]
+
+
+def test_killed_run_resumes_to_identical_model(mini_root, mini_shards, tmp_path):
+    config_path = tmp_path / "config.json"
+    subprocess.run([sys.executable, "-m", "kge", "config", "model", "--name", "m", "--json", json.dumps(SETTINGS),
+                    "--out", str(config_path)], check=True)
+    reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+    subprocess.run(_train_cmd(config_path, mini_root, mini_shards, reference_dir), check=True, capture_output=True)
+
+    # Kill with SIGKILL once a checkpoint exists (no chance to clean up), then rerun the same command.
+    proc = subprocess.Popen(_train_cmd(config_path, mini_root, mini_shards, resumed_dir), stderr=subprocess.PIPE)
+    checkpoint = resumed_dir / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed; raise steps"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (resumed_dir / "model.pt").exists(), "a killed run must not leave a finished-looking model"
+    killed_at = torch.load(checkpoint, weights_only=False)["step"]
+    assert 0 < killed_at < SETTINGS["steps"]
+
+    rerun = subprocess.run(_train_cmd(config_path, mini_root, mini_shards, resumed_dir), check=True, capture_output=True, text=True)
+    assert f"resumed from {checkpoint} at step" in rerun.stderr
+
+    reference = torch.load(reference_dir / "model.pt", weights_only=False)
+    resumed = torch.load(resumed_dir / "model.pt", weights_only=False)
+    assert resumed["steps"] == reference["steps"] == SETTINGS["steps"]
+    assert torch.equal(resumed["entity_table"], reference["entity_table"])
+    for key, value in reference["dense"].items():
+        assert torch.equal(resumed["dense"][key], value), key
+    assert not checkpoint.exists()
+    losses = [h["loss"] for h in reference["history"]]
+    assert losses[-1] < losses[0], "training should reduce the loss"
+    assert "valid_mrr" in reference["history"][-1]
+
+
+def test_stale_checkpoint_of_other_config_is_not_used(mini_root, mini_shards, tmp_path):
+    from kge.config import resolve_model_config
+    from kge.train import Trainer
+
+    cfg = resolve_model_config(dict(SETTINGS, steps=10))
+    first = Trainer(cfg, mini_shards, tmp_path)
+    first.train_step()
+    first.save_checkpoint()
+    assert Trainer(cfg, mini_shards, tmp_path).try_resume()
+    other = Trainer(resolve_model_config(dict(SETTINGS, steps=10, learning_rate=0.5)), mini_shards, tmp_path)
+    assert not other.try_resume()

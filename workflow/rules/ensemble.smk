@@ -1,0 +1,41 @@
+# Rank-power mean ensemble of the members' top-K lists; the power is tuned on validation.
+
+rule ensemble:
+    input:
+        predictions=expand(f"{RESULTS}/predictions/{{model}}.npz", model=ENSEMBLE_MEMBERS),
+        metrics=expand(f"{RESULTS}/predictions/{{model}}.json", model=ENSEMBLE_MEMBERS),
+    output:
+        ensemble=f"{RESULTS}/ensemble/ensemble.npz",
+        summary=f"{RESULTS}/ensemble/summary.json",
+        table=report(f"{RESULTS}/ensemble/summary.md", category="Ensemble", caption="../report/summary.rst"),
+        csv=f"{RESULTS}/ensemble/summary.csv",
+    params:
+        root=ROOT,
+        out=f"{RESULTS}/ensemble",
+        power=config["ensemble"]["power"],
+        top_k=config["ensemble"]["top_k"],
+        tune="--tune" if config["ensemble"]["tune_power"] else "",
+        powers=" ".join(str(p) for p in config["ensemble"]["powers"]),
+    log:
+        f"{RESULTS}/logs/ensemble.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ensemble.tsv"
+    shell:
+        "kge ensemble --root {params.root} --predictions {input.predictions} --out-dir {params.out}"
+        " --power {params.power} --top-k {params.top_k} {params.tune} --powers {params.powers} > {log} 2>&1"
+
+
+rule plots:
+    input:
+        summary=f"{RESULTS}/ensemble/summary.json",
+        models=expand(f"{RESULTS}/models/{{model}}/model.pt", model=ENSEMBLE_MEMBERS),
+    output:
+        curves=report(f"{RESULTS}/plots/training_curves.png", category="Training", caption="../report/curves.rst"),
+        ensemble=report(f"{RESULTS}/plots/ensemble.png", category="Ensemble", caption="../report/ensemble.rst"),
+    params:
+        histories=expand(f"{RESULTS}/models/{{model}}/history.json", model=ENSEMBLE_MEMBERS),
+    log:
+        f"{RESULTS}/logs/plots.log",
+    shell:
+        "kge plot --histories {params.histories} --summary {input.summary}"
+        " --curves {output.curves} --ensemble {output.ensemble} 2> {log}"

@@ -1,0 +1,21 @@
+# Top-K over all entities for validation, test-dev and test-challenge; validation MRR by ogb's evaluator.
+
+rule predict:
+    input:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        shards=f"{SHARDS}/shard_meta.json",
+    output:
+        predictions=f"{RESULTS}/predictions/{{model}}.npz",
+        metrics=f"{RESULTS}/predictions/{{model}}.json",
+    params:
+        root=ROOT,
+        shards=SHARDS,
+        top_k=config["top_k"],
+    threads: THREADS
+    log:
+        f"{RESULTS}/logs/predict/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{model}}.tsv"
+    shell:
+        "kge predict --model {input.model} --name {wildcards.model} --root {params.root} --shard-dir {params.shards}"
+        " --top-k {params.top_k} --out {output.predictions} --metrics {output.metrics} --threads {threads} 2> {log}"

@@ -1,0 +1,18 @@
+# The OGB submission files, written by ogb's own save_test_submission after range and duplicate checks.
+
+rule submit:
+    input:
+        ensemble=f"{RESULTS}/ensemble/ensemble.npz",
+        summary=f"{RESULTS}/ensemble/summary.json",
+    output:
+        SUBMISSION_FILES,
+        metadata=f"{RESULTS}/submission/metadata.json",
+    params:
+        root=ROOT,
+        ensemble=f"{RESULTS}/ensemble",
+        out=f"{RESULTS}/submission",
+        answers=f"--answers {ROOT}/mini-answers" if DATASET == "mini" else "",
+    log:
+        f"{RESULTS}/logs/submit.log",
+    shell:
+        "kge submit --root {params.root} --ensemble-dir {params.ensemble} --out-dir {params.out} {params.answers} > {log} 2>&1"

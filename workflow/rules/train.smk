@@ -1,0 +1,30 @@
+# One training job per model. A killed job resumes from models/<name>/checkpoint.pt (not a declared
+# output, so Snakemake leaves it alone); model.pt appears only when training has finished.
+
+rule model_config:
+    output:
+        f"{RESULTS}/models/{{model}}/config.json",
+    params:
+        settings=model_settings_json,
+    shell:
+        "kge config model --name {wildcards.model} --json {params.settings:q} --out {output}"
+
+
+rule train:
+    input:
+        config=f"{RESULTS}/models/{{model}}/config.json",
+        shards=f"{SHARDS}/shard_meta.json",
+    output:
+        f"{RESULTS}/models/{{model}}/model.pt",
+    params:
+        root=ROOT,
+        shards=SHARDS,
+        out=f"{RESULTS}/models/{{model}}",
+    threads: THREADS
+    log:
+        f"{RESULTS}/logs/train/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}.tsv"
+    shell:
+        "kge train --config {input.config} --root {params.root} --shard-dir {params.shards}"
+        " --out {params.out} --threads {threads} 2> {log}"
