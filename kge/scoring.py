@@ -17,8 +17,9 @@ Two implementations on purpose:
   models); it is the reference.
 - ``score_matrix`` / ``score_queries`` are the hot path (every query against every tail): the head
   and relation are folded into one query vector, then matmuls (DistMult, ComplEx, all L2 distances via
-  |q|^2 + |t|^2 - 2 q.t) or a chunked broadcast for L1 (memory capped; with autograd each chunk is
-  checkpointed so backward also only holds one chunk).
+  |q|^2 + |t|^2 - 2 q.t), torch.cdist(p=1) for TransE L1, and a chunked broadcast for RotatE/TransH
+  L1 (memory capped; with autograd each chunk is checkpointed so backward also holds one chunk only;
+  these two are memory-bound and the slowest paths by far).
 """
 from __future__ import annotations
 
@@ -156,10 +157,6 @@ def _chunked_l1(fn, q: torch.Tensor, tails: torch.Tensor, extra: tuple = ()) -> 
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
-def _transe_l1_block(q, t):
-    return (q.unsqueeze(1) - t.unsqueeze(0)).abs().sum(-1)
-
-
 def _rotate_l1_block(q, t):
     diff = q.unsqueeze(1) - t.unsqueeze(0)                      # (B, c, d)
     re, im = diff.chunk(2, dim=-1)
@@ -209,7 +206,9 @@ def score_queries(score_fn: str, query: torch.Tensor, tails: torch.Tensor, *, p:
     if p == 2:
         dist = _l2_from_dots(query, tails, query @ tails.T, t_sq)
     elif score_fn == "transe":
-        dist = _chunked_l1(_transe_l1_block, query, tails)
+        # cdist's p=1 kernel neither materialises (B, M, d) forward nor on CPU backward, and is
+        # ~15x faster than a broadcast on CPU.
+        dist = torch.cdist(query.unsqueeze(0), tails.unsqueeze(0), p=1).squeeze(0)
     else:
         dist = _chunked_l1(_rotate_l1_block, query, tails)
     return gamma - dist
