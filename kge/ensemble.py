@@ -1,0 +1,197 @@
+"""Rank-power mean ensemble of per-model top-K lists (RECIPE.md) and MRR via ogb's evaluator.
+
+For a query, entity t gets  s(t) = sum over models m of -sign(p) * k_m(t)^p  where k_m(t) is t's
+1-based rank in model m's list (its column index + 1). If t is absent from model m's list it gets 0
+when p < 0 and -(K_m + 1)^p when p > 0 (K_m = that model's list width). The answer is the ``top``
+entities with the largest s(t).
+
+Choices:
+- -1 entries are padding: they are no candidate and contribute nothing; ranks are still column
+  index + 1, so padding is expected at the end of a list.
+- A model that lists the same id twice counts it once, at its best (first) rank.
+- Ties in s(t) (after rounding s to 9 decimals, so that float summation order cannot split
+  mathematical ties) are broken by the best single rank of t in any model, then by the smaller id.
+- Fewer than ``top`` candidates for a query: the row is padded with -1.
+- For p > 0 we rank by s'(t) = sum over the models listing t of ((K_m + 1)^p - k_m(t)^p), which is
+  s(t) + sum_m (K_m + 1)^p: the same constant for every entity, so the same order. Entities listed by
+  no model are never candidates (their s is the minimum possible, and for p < 0 it is 0 < any listed).
+
+Vectorised with flat numpy arrays: per chunk of queries, every (query, id, model, rank) entry of all
+models is packed into one int64, sorted once with np.sort and grouped with reduceat; no per-row
+Python loop (15000 queries x 85 models x 100 in a few seconds).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from kge.errors import KgeInputError
+
+DEFAULT_POWERS = (-2.0, -1.5, -1.0, -0.75, -0.5, -0.25, 0.5, 1.0)
+_ID_BITS = 32            # ids must be < 2^32 (room left in the packed int64 sort key)
+
+
+def _validate(predictions: Sequence[np.ndarray], power: float) -> list[np.ndarray]:
+    if power == 0 or not np.isfinite(power):
+        raise KgeInputError(f"power: expected a finite non-zero rank power, got {power!r}")
+    if len(predictions) == 0:
+        raise KgeInputError("predictions: expected at least one model's (Q, K) top-K id array")
+    preds = []
+    for i, p in enumerate(predictions):
+        a = np.asarray(p.cpu() if hasattr(p, "cpu") else p)
+        if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
+            raise KgeInputError(f"predictions[{i}]: expected a 2-D integer (Q, K) id array, got "
+                                f"shape {a.shape} dtype {a.dtype}")
+        if preds and a.shape[0] != preds[0].shape[0]:
+            raise KgeInputError(f"predictions[{i}]: has {a.shape[0]} queries, predictions[0] has "
+                                f"{preds[0].shape[0]}")
+        if a.size and (a.min() < -1 or a.max() >= 1 << _ID_BITS):
+            raise KgeInputError(f"predictions[{i}]: ids must be in [0, 2^32) or -1 (padding)")
+        preds.append(a.astype(np.int64, copy=False))
+    return preds
+
+
+def _bits(n: int) -> int:
+    """Bits needed to store the values 0..n-1 (at least 1)."""
+    return max(1, int(n - 1).bit_length())
+
+
+class _Packing:
+    """Bit layout of one int64 sort key: (query | id | model | rank - 1), most significant first.
+
+    Sorting the packed keys with np.sort (no argsort, no gather) groups the (query, id) pairs, puts
+    a model's duplicate entries of one id next to each other (best rank first), and the low bits
+    index a (model, rank) -> contribution table directly.
+    """
+
+    def __init__(self, preds: list[np.ndarray], query_chunk: int):
+        self.rank_bits = _bits(max(a.shape[1] for a in preds))
+        self.model_bits = _bits(len(preds))
+        max_id = max((int(a.max()) for a in preds if a.size), default=0)
+        self.id_bits = max(1, max_id.bit_length())
+        free = 63 - self.rank_bits - self.model_bits - self.id_bits
+        if free < 1:
+            raise KgeInputError("predictions: ids, models and list widths too large to pack")
+        self.query_chunk = max(1, min(query_chunk, 1 << free))
+        self.low_bits = self.model_bits + self.rank_bits     # bits below (query, id)
+
+
+def _contribution_table(preds: list[np.ndarray], power: float, pk: _Packing) -> np.ndarray:
+    """(models << rank_bits,) float64: the contribution of model m's rank k at index m<<bits | k-1."""
+    table = np.zeros(len(preds) << pk.rank_bits, dtype=np.float64)
+    for m, a in enumerate(preds):
+        k = a.shape[1]
+        r = np.arange(1, k + 1, dtype=np.float64) ** power
+        # p < 0: present -> +k^p, absent -> 0.  p > 0: shifted by (K+1)^p, see module docstring.
+        table[(m << pk.rank_bits):(m << pk.rank_bits) + k] = r if power < 0 else (k + 1.0) ** power - r
+    return table
+
+
+def _grouped(preds: list[np.ndarray], table: np.ndarray, pk: _Packing, q0: int, q1: int):
+    """Candidates of queries [q0, q1): flat arrays sorted by (query, id).
+
+    Returns (query (C,) int64 local to q0, ids (C,), s_rank (C,) float64 = s' used for ranking,
+    best_rank (C,) int64).
+    """
+    qidx = np.arange(q1 - q0, dtype=np.int64)[:, None] << (pk.id_bits + pk.low_bits)
+    keys = []
+    for m, a in enumerate(preds):
+        block = a[q0:q1]
+        col = np.arange(block.shape[1], dtype=np.int64)[None, :]
+        key = qidx | (block << pk.low_bits) | (m << pk.rank_bits) | col
+        keys.append(key[block >= 0])                          # -1 padding is no candidate
+    key = np.sort(np.concatenate(keys))
+    if key.size == 0:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e, np.zeros(0), e
+    # A model listing an id twice: keep its first (best-ranked) entry only.
+    qim = key >> pk.rank_bits
+    keep = np.r_[True, qim[1:] != qim[:-1]]
+    key = key[keep] if not keep.all() else key
+    group = key >> pk.low_bits
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    low = key & ((1 << pk.low_bits) - 1)
+    s = np.add.reduceat(table[low], starts)
+    best = np.minimum.reduceat((low & ((1 << pk.rank_bits) - 1)) + 1, starts)
+    gkey = group[starts]
+    return gkey >> pk.id_bits, gkey & ((1 << pk.id_bits) - 1), s, best
+
+
+def rank_power_scores(predictions: Sequence[np.ndarray], power: float = -0.5):
+    """The RECIPE s(t) of every candidate: flat arrays sorted by (query, id).
+
+    predictions: list of (Q, K_m) integer id arrays (rank order, -1 = padding).
+    Returns (query (C,) int64, ids (C,) int64, s (C,) float64, best_rank (C,) int64).
+    """
+    preds = _validate(predictions, power)
+    pk = _Packing(preds, preds[0].shape[0])
+    table = _contribution_table(preds, power, pk)
+    e = np.zeros(0, dtype=np.int64)
+    q, ids, s, best = [e], [e], [np.zeros(0)], [e]
+    for q0 in range(0, preds[0].shape[0], pk.query_chunk):
+        part = _grouped(preds, table, pk, q0, min(q0 + pk.query_chunk, preds[0].shape[0]))
+        q.append(part[0] + q0), ids.append(part[1]), s.append(part[2]), best.append(part[3])
+    q, ids, s, best = (np.concatenate(x) for x in (q, ids, s, best))
+    if power > 0:
+        s = s - sum((a.shape[1] + 1.0) ** power for a in preds)
+    return q, ids, s, best
+
+
+def rank_power_ensemble(predictions: Sequence[np.ndarray], power: float = -0.5, top: int = 10,
+                        query_chunk: int = 512) -> np.ndarray:
+    """Ensemble top-K lists into the (Q, top) int64 answer (best first, -1 padded).
+
+    predictions: list of (Q, K_m) integer id arrays, one per model, in rank order, -1 = padding.
+    ``query_chunk`` bounds memory (queries processed at once); the result does not depend on it.
+    """
+    preds = _validate(predictions, power)
+    if top < 1:
+        raise KgeInputError(f"top: expected a positive answer width, got {top}")
+    n_q = preds[0].shape[0]
+    out = np.full((n_q, top), -1, dtype=np.int64)
+    pk = _Packing(preds, query_chunk)
+    table = _contribution_table(preds, power, pk)
+    for q0 in range(0, n_q, pk.query_chunk):
+        q1 = min(q0 + pk.query_chunk, n_q)
+        q, ids, s, best = _grouped(preds, table, pk, q0, q1)
+        if q.size == 0:
+            continue
+        # order within query: s desc (rounded, see docstring), best rank asc, id asc
+        order = np.lexsort((ids, best, -np.round(s, 9), q))
+        q, ids = q[order], ids[order]
+        first = np.searchsorted(q, q)                          # start of each row's query group
+        pos = np.arange(q.size) - first
+        sel = pos < top
+        out[q0 + q[sel], pos[sel]] = ids[sel]
+    return out
+
+
+def mrr(t_pred_top10, t) -> float:
+    """MRR of (Q, 10) predictions against the true tails (Q,) with ogb's WikiKG90Mv2Evaluator.
+
+    (Reciprocal rank within the 10, 0 if absent; a row with a duplicate makes the result 0.)
+    """
+    from ogb.lsc import WikiKG90Mv2Evaluator
+
+    pred = np.asarray(t_pred_top10.cpu() if hasattr(t_pred_top10, "cpu") else t_pred_top10)
+    true = np.asarray(t.cpu() if hasattr(t, "cpu") else t)
+    if pred.ndim != 2 or pred.shape[1] != 10 or true.shape != (pred.shape[0],):
+        raise KgeInputError(f"mrr: expected t_pred_top10 (Q, 10) and t (Q,), got {pred.shape} "
+                            f"and {true.shape}")
+    result = WikiKG90Mv2Evaluator().eval(
+        {"h,r->t": {"t_pred_top10": pred.astype(np.int64), "t": true.astype(np.int64)}})
+    return float(result["mrr"])
+
+
+def tune_power(predictions: Sequence[np.ndarray], t_true, powers: Sequence[float] = DEFAULT_POWERS
+               ) -> tuple[float, dict[float, float]]:
+    """Validation MRR of the ensemble for each power -> (best power, {power: mrr}).
+
+    Ties in MRR go to the power listed first.
+    """
+    if len(powers) == 0:
+        raise KgeInputError("powers: expected at least one rank power to try")
+    results = {float(p): mrr(rank_power_ensemble(predictions, p, top=10), t_true) for p in powers}
+    best = max(results, key=lambda p: (results[p], -list(results).index(p)))
+    return best, results

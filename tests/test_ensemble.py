@@ -1,0 +1,182 @@
+"""Rank-power ensemble: hand examples, absent/padding handling, reference agreement, MRR."""
+import math
+
+import numpy as np
+import pytest
+from ogb.lsc import WikiKG90Mv2Evaluator
+
+from kge.ensemble import mrr, rank_power_ensemble, rank_power_scores, tune_power
+from kge.errors import KgeInputError
+
+# One query, three models, K = 3
+M1 = np.array([[10, 20, 30]])
+M2 = np.array([[20, 40, 10]])
+M3 = np.array([[30, 20, 50]])
+S3 = 1 / math.sqrt(3)   # 0.577350
+S2 = 1 / math.sqrt(2)   # 0.707107
+
+
+def scores_dict(preds, p):
+    q, ids, s, best = rank_power_scores(preds, p)
+    assert (q == 0).all()
+    return dict(zip(ids.tolist(), s.tolist())), dict(zip(ids.tolist(), best.tolist()))
+
+
+def test_hand_example_power_minus_half():
+    # p = -0.5: present -> rank^-0.5, absent -> 0
+    # 10: 1 (m1 #1) + 1/sqrt3 (m2 #3)          = 1.577350
+    # 20: 1/sqrt2 + 1 + 1/sqrt2                 = 2.414214
+    # 30: 1/sqrt3 (m1 #3) + 1 (m3 #1)          = 1.577350
+    # 40: 1/sqrt2 (m2 #2) = 0.707107;  50: 1/sqrt3 (m3 #3) = 0.577350
+    s, best = scores_dict([M1, M2, M3], -0.5)
+    want = {10: 1 + S3, 20: 1 + 2 * S2, 30: 1 + S3, 40: S2, 50: S3}
+    assert s.keys() == want.keys()
+    for t in want:
+        assert s[t] == pytest.approx(want[t])
+    assert s[20] == pytest.approx(2.414214, abs=1e-6) and s[10] == pytest.approx(1.577350, abs=1e-6)
+    assert best == {10: 1, 20: 1, 30: 1, 40: 2, 50: 3}
+    # 10 and 30 tie (and share best rank 1): smaller id first
+    assert rank_power_ensemble([M1, M2, M3], -0.5, top=5).tolist() == [[20, 10, 30, 40, 50]]
+    assert rank_power_ensemble([M1, M2, M3], -0.5, top=10).tolist() == [[20, 10, 30, 40, 50] + [-1] * 5]
+
+
+def test_hand_example_power_one():
+    # p = 1: present -> -rank, absent -> -(K + 1) = -4
+    # 10: -1 - 3 - 4 = -8;  20: -2 - 1 - 2 = -5;  30: -3 - 4 - 1 = -8
+    # 40: -4 - 2 - 4 = -10; 50: -4 - 4 - 3 = -11
+    s, _ = scores_dict([M1, M2, M3], 1.0)
+    assert s == pytest.approx({10: -8.0, 20: -5.0, 30: -8.0, 40: -10.0, 50: -11.0})
+    assert rank_power_ensemble([M1, M2, M3], 1.0, top=5).tolist() == [[20, 10, 30, 40, 50]]
+
+
+def test_absent_entities_depend_on_sign_of_power():
+    # A = 7 is #1 in m1 only; B = 8 is #2 in both models (K = 3).
+    m1 = np.array([[7, 8, 1]])
+    m2 = np.array([[2, 8, 3]])
+    # p = 1: A = -1 + -(3+1) = -5, B = -2 - 2 = -4 -> B first (absent = 0 would wrongly put A first)
+    s, _ = scores_dict([m1, m2], 1.0)
+    assert s[7] == pytest.approx(-5.0) and s[8] == pytest.approx(-4.0)
+    assert rank_power_ensemble([m1, m2], 1.0, top=2).tolist() == [[8, 2]]   # 2: -1 - 4 = -5, ties A; best rank 1, id 2 < 7
+    # p = -0.5: A = 1 + 0 = 1, B = 2/sqrt2 = 1.414214 -> B first
+    s, _ = scores_dict([m1, m2], -0.5)
+    assert s[7] == pytest.approx(1.0) and s[8] == pytest.approx(math.sqrt(2))
+    assert rank_power_ensemble([m1, m2], -0.5, top=1).tolist() == [[8]]
+    # p = -2: A = 1, B = 2 * 1/4 = 0.5 -> A (and 2, also 1.0; tie on best rank 1 -> id 2 first)
+    assert rank_power_ensemble([m1, m2], -2.0, top=3).tolist() == [[2, 7, 8]]
+
+
+def test_absent_penalty_uses_each_models_width_for_positive_power():
+    # m1 K = 2, m2 K = 4; p = 2: absent penalties -(3^2) = -9 and -(5^2) = -25
+    m1 = np.array([[1, 2]])
+    m2 = np.array([[3, 1, 4, 5]])
+    s, _ = scores_dict([m1, m2], 2.0)
+    # 1: -1 - 4 = -5; 2: -4 - 25 = -29; 3: -9 - 1 = -10; 4: -9 - 9 = -18; 5: -9 - 16 = -25
+    assert s == pytest.approx({1: -5.0, 2: -29.0, 3: -10.0, 4: -18.0, 5: -25.0})
+    assert rank_power_ensemble([m1, m2], 2.0, top=5).tolist() == [[1, 3, 4, 5, 2]]
+
+
+def test_padding_is_nothing():
+    m1 = np.array([[5, -1, -1], [-1, -1, -1]])
+    m2 = np.array([[6, 5, -1], [9, -1, -1]])
+    # query 0: 5: 1 + 1/sqrt2; 6: 1 -> [5, 6]; query 1: only 9
+    out = rank_power_ensemble([m1, m2], -0.5, top=4)
+    assert out.tolist() == [[5, 6, -1, -1], [9, -1, -1, -1]]
+    q, ids, _, _ = rank_power_scores([m1, m2], 1.0)
+    assert -1 not in ids.tolist()
+    assert rank_power_ensemble([m1[1:]], -0.5, top=2).tolist() == [[-1, -1]]
+
+
+def test_duplicate_within_a_model_counts_once_at_best_rank():
+    m1 = np.array([[4, 4, 2]])
+    s, best = scores_dict([m1], -1.0)
+    assert s == pytest.approx({4: 1.0, 2: 1 / 3})
+    assert best == {4: 1, 2: 3}
+
+
+@pytest.mark.parametrize("power", [-1.0, -0.5, 0.5, 2.0])
+def test_single_model_returns_its_own_list(power):
+    rng = np.random.default_rng(0)
+    pred = np.stack([rng.permutation(10_000)[:100] for _ in range(50)])
+    out = rank_power_ensemble([pred], power, top=10)
+    assert out.dtype == np.int64
+    assert np.array_equal(out, pred[:, :10])
+
+
+def reference(preds, p, top):
+    """Slow dictionary implementation of the RECIPE formula with the documented tie-break."""
+    out = []
+    for qi in range(preds[0].shape[0]):
+        s, best = {}, {}
+        for a in preds:
+            k = a.shape[1]
+            row = [int(x) for x in a[qi]]
+            for col, t in enumerate(row):
+                if t < 0 or t in row[:col]:
+                    continue
+                s.setdefault(t, 0.0)
+                best[t] = min(best.get(t, 10 ** 9), col + 1)
+        for t in s:
+            total = 0.0
+            for a in preds:
+                row = [int(x) for x in a[qi]]
+                if t in row:
+                    total += -math.copysign(1, p) * (row.index(t) + 1) ** p
+                elif p > 0:
+                    total += -(a.shape[1] + 1) ** p
+            s[t] = total
+        ranked = sorted(s, key=lambda t: (-round(s[t], 9), best[t], t))[:top]
+        out.append(ranked + [-1] * (top - len(ranked)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("power", [-2.0, -0.5, 0.5, 1.0])
+def test_matches_reference_on_random_lists(power):
+    rng = np.random.default_rng(1)
+    preds = []
+    for m in range(6):
+        k = [5, 8, 8, 3, 10, 8][m]
+        a = np.stack([rng.choice(30, size=k, replace=False) for _ in range(40)])
+        a[rng.random(a.shape) < 0.05] = -1                   # sprinkle padding
+        preds.append(a)
+    got = rank_power_ensemble(preds, power, top=10, query_chunk=7)
+    assert np.array_equal(got, reference(preds, power, 10))
+    assert np.array_equal(got, rank_power_ensemble(preds, power, top=10))  # chunking-invariant
+    for row in got:                                           # duplicate-free
+        real = row[row >= 0]
+        assert len(np.unique(real)) == len(real)
+
+
+def test_mrr_hand_example_and_ogb():
+    pred = np.array([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+                     [11, 12, 13, 14, 15, 16, 17, 18, 19, 20],
+                     [21, 22, 23, 24, 25, 26, 27, 28, 29, -1]])
+    t = np.array([1, 13, 99])
+    # ranks 1, 3, absent -> (1 + 1/3 + 0) / 3 = 0.444444
+    assert mrr(pred, t) == pytest.approx(0.444444, abs=1e-6)
+    ogb = WikiKG90Mv2Evaluator().eval({"h,r->t": {"t_pred_top10": pred, "t": t}})["mrr"]
+    assert mrr(pred, t) == pytest.approx(ogb, abs=0)
+    with pytest.raises(KgeInputError):
+        mrr(pred[:, :5], t)
+
+
+def test_tune_power():
+    # The true tail 8 is #2 in both models; 7 is #1 in one. p < -1 / p > 0 decide differently.
+    m1 = np.array([[7, 8] + list(range(100, 108))])
+    m2 = np.array([[200, 8] + list(range(300, 308))])
+    t = np.array([8])
+    best, table = tune_power([m1, m2], t, powers=(-2.0, -0.5, 1.0))
+    # p=-2: 7 and 200 score 1, 8 scores 0.5 -> 8 at rank 3 (mrr 1/3)
+    # p=-0.5: 8 scores 1.414 > 1 -> rank 1; p=1: 8 = -4 > -12 -> rank 1
+    assert table == pytest.approx({-2.0: 1 / 3, -0.5: 1.0, 1.0: 1.0})
+    assert best == -0.5                                      # tie with 1.0: first listed wins
+
+
+def test_validation():
+    with pytest.raises(KgeInputError):
+        rank_power_ensemble([M1], 0.0)
+    with pytest.raises(KgeInputError):
+        rank_power_ensemble([], -0.5)
+    with pytest.raises(KgeInputError):
+        rank_power_ensemble([M1, np.zeros((2, 3), dtype=np.int64)], -0.5)
+    with pytest.raises(KgeInputError):
+        rank_power_ensemble([M1.astype(float)], -0.5)

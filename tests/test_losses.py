@@ -1,0 +1,134 @@
+"""Losses: hand-computed values, stop-gradient, masking, sampling correction, L3."""
+import math
+
+import pytest
+import torch
+
+from kge.errors import KgeInputError
+from kge.losses import l3_penalty, logsigmoid_loss, sampling_correction, softmax_loss
+
+D64 = torch.float64
+
+
+def lsig(x):
+    return -math.log1p(math.exp(-x))      # log sigma(x)
+
+
+def test_logsigmoid_uniform_by_hand():
+    # one query: s+ = 2, s- = (0, 1); a = 0 -> w = (1/2, 1/2)
+    # L = -0.5 log s(2) - 0.5 * (0.5 log s(0) + 0.5 log s(-1))
+    #   = 0.5 * 0.126928 + 0.25 * (0.693147 + 1.313262) = 0.063464 + 0.501602 = 0.565066
+    pos, neg = torch.tensor([2.0], dtype=D64), torch.tensor([[0.0, 1.0]], dtype=D64)
+    want = -0.5 * lsig(2) - 0.5 * (0.5 * lsig(0) + 0.5 * lsig(-1))
+    assert want == pytest.approx(0.565066, abs=1e-6)
+    assert logsigmoid_loss(pos, neg).item() == pytest.approx(want, rel=1e-12)
+
+
+def test_logsigmoid_adversarial_by_hand():
+    # a = 1, s- = (0, ln 3): softmax(0, ln 3) = (1/4, 3/4); s+ = 1; pos/neg weights 1 and 1
+    # L = -log s(1) - (1/4 log s(0) + 3/4 log s(-ln 3)) with s(-ln 3) = 1/4
+    #   = 0.313262 + 0.25 * 0.693147 + 0.75 * 1.386294 = 0.313262 + 0.173287 + 1.039721 = 1.526270
+    pos, neg = torch.tensor([1.0], dtype=D64), torch.tensor([[0.0, math.log(3)]], dtype=D64)
+    got = logsigmoid_loss(pos, neg, adversarial_scale=1.0, pos_weight=1.0, neg_weight=1.0)
+    assert got.item() == pytest.approx(1.526270, abs=1e-6)
+
+
+def test_logsigmoid_mean_over_batch():
+    pos = torch.tensor([2.0, -1.0], dtype=D64)
+    neg = torch.tensor([[0.0, 1.0], [3.0, -2.0]], dtype=D64)
+    each = [logsigmoid_loss(pos[i:i + 1], neg[i:i + 1], adversarial_scale=2.0) for i in range(2)]
+    assert logsigmoid_loss(pos, neg, adversarial_scale=2.0).item() == pytest.approx((each[0] + each[1]).item() / 2)
+
+
+def test_adversarial_weights_are_stop_gradient():
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(4, dtype=D64, generator=g).requires_grad_()
+    neg = torch.randn(4, 6, dtype=D64, generator=g).requires_grad_()
+    a = 3.0
+    loss = logsigmoid_loss(pos, neg, adversarial_scale=a)
+    gp, gn = torch.autograd.grad(loss, [pos, neg])
+    # the same loss with the weights as explicit constants
+    w = torch.softmax(a * neg.detach(), dim=1)
+    manual = (-0.5 * torch.nn.functional.logsigmoid(pos)
+              - 0.5 * (w * torch.nn.functional.logsigmoid(-neg)).sum(1)).mean()
+    mp, mn = torch.autograd.grad(manual, [pos, neg])
+    torch.testing.assert_close(gp, mp)
+    torch.testing.assert_close(gn, mn)
+    # and it differs from letting the gradient flow through the weights
+    w_live = torch.softmax(a * neg, dim=1)
+    live = (-0.5 * torch.nn.functional.logsigmoid(pos)
+            - 0.5 * (w_live * torch.nn.functional.logsigmoid(-neg)).sum(1)).mean()
+    ln = torch.autograd.grad(live, [neg])[0]
+    assert not torch.allclose(ln, gn)
+
+
+@pytest.mark.parametrize("loss", ["logsigmoid", "softmax"])
+def test_masked_columns_equal_removed_columns(loss):
+    g = torch.Generator().manual_seed(1)
+    pos = torch.randn(3, dtype=D64, generator=g).requires_grad_()
+    neg = torch.randn(3, 5, dtype=D64, generator=g)
+    neg[0, 1] = float("inf")        # garbage in masked cells must not leak
+    neg[2, 4] = float("-inf")
+    neg.requires_grad_()
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[0, 1] = mask[1, 3] = mask[2, 4] = False
+
+    def f(p, n, m):
+        if loss == "logsigmoid":
+            return logsigmoid_loss(p, n, m, adversarial_scale=2.0)
+        return softmax_loss(p, n, m, correction=0.7)
+
+    masked = f(pos, neg, mask)
+    assert torch.isfinite(masked)
+    rows = [f(pos[i:i + 1], neg[i:i + 1, mask[i]], None) for i in range(3)]
+    torch.testing.assert_close(masked, sum(rows) / 3)
+    gp, gn = torch.autograd.grad(masked, [pos, neg])
+    assert torch.isfinite(gn).all() and (gn[~mask] == 0).all()
+
+
+def test_softmax_by_hand():
+    # s+ = 1, s- = (0, 2), c = 0: L = log(e^1 + e^0 + e^2) - 1 = log(2.718282 + 1 + 7.389056) - 1
+    #   = log(11.107338) - 1 = 2.407606 - 1 = 1.407606
+    pos, neg = torch.tensor([1.0], dtype=D64), torch.tensor([[0.0, 2.0]], dtype=D64)
+    assert softmax_loss(pos, neg).item() == pytest.approx(1.407606, abs=1e-6)
+
+
+def test_softmax_correction_shift():
+    # E = 11, N = 2 -> c = log(10 / 2) = log 5: negatives weigh 5 times as much:
+    # L = log(e^1 + 5 e^0 + 5 e^2) - 1 = log(2.718282 + 5 + 36.945280) - 1 = log(44.663562) - 1
+    #   = 3.799158 - 1 = 2.799158
+    c = sampling_correction(11, 2)
+    assert c == pytest.approx(math.log(5))
+    pos, neg = torch.tensor([1.0], dtype=D64), torch.tensor([[0.0, 2.0]], dtype=D64)
+    assert softmax_loss(pos, neg, correction=c).item() == pytest.approx(2.799158, abs=1e-6)
+    # exactly the same as adding log((E-1)/N) to every negative logit by hand
+    assert softmax_loss(pos, neg, correction=c).item() == pytest.approx(
+        softmax_loss(pos, neg + math.log(5)).item(), rel=1e-12)
+
+
+def test_sampling_correction_values():
+    assert sampling_correction(91_230_610, 96 * 16) == pytest.approx(math.log(91_230_609 / 1536))
+    assert sampling_correction(101, 10, weight=0.5) == pytest.approx(0.5 * math.log(10))
+    with pytest.raises(KgeInputError):
+        sampling_correction(1, 10)
+    with pytest.raises(KgeInputError):
+        sampling_correction(10, 0)
+
+
+def test_l3_penalty_by_hand():
+    a = torch.tensor([1.0, -2.0], dtype=D64)
+    b = torch.tensor([[0.5]], dtype=D64)
+    # |1|^3 + |-2|^3 + |0.5|^3 = 1 + 8 + 0.125 = 9.125, times 0.1
+    assert l3_penalty([a, b], 0.1).item() == pytest.approx(0.9125)
+    assert l3_penalty([a, b], 1.0, power=2).item() == pytest.approx(1 + 4 + 0.25)
+    assert l3_penalty([a], 0.0).item() == 0.0
+    x = torch.tensor([-2.0], dtype=D64, requires_grad=True)
+    (g,) = torch.autograd.grad(l3_penalty([x], 1.0), [x])
+    assert g.item() == pytest.approx(-12.0)      # d/dx |x|^3 = 3 x |x| = -12
+
+
+def test_shape_validation():
+    with pytest.raises(KgeInputError):
+        softmax_loss(torch.zeros(3), torch.zeros(2, 4))
+    with pytest.raises(KgeInputError):
+        logsigmoid_loss(torch.zeros(2), torch.zeros(2, 4), torch.ones(2, 3, dtype=torch.bool))
