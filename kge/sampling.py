@@ -117,9 +117,10 @@ class BessSampler:
             raise KgeInputError(f"{self.shard_dir / 'partition.npz'}: shard {int(np.flatnonzero(n_real == 0)[0])} has no entities")
         self._load_buckets(counts)
         # Negatives: shard j's real entities are its local rows [0, n_real[j]) (padding is at the end).
-        self._shard_table = torch.from_numpy(np.stack(self.partition.shard_entities).reshape(-1))  # (D*S,)
-        self._shard_base = torch.arange(d, dtype=torch.int64) * self.partition.shard_size  # (D,)
-        self._shard_real = torch.from_numpy(n_real.astype(np.float64))  # (D,)
+        self._shard_table = np.stack(self.partition.shard_entities).reshape(-1)  # (D*S,) int64
+        self._shard_base = np.arange(d, dtype=np.int64) * self.partition.shard_size  # (D,)
+        self._shard_real = n_real.astype(np.float64)  # (D,)
+        self._shard_real_int = n_real.astype(np.int64)  # (D,)
 
     def _load_buckets(self, counts: np.ndarray) -> None:
         """Read owned buckets, sort by (bucket, relation) and build the flat group tables.
@@ -161,17 +162,17 @@ class BessSampler:
                 g_start.append(offset + np.concatenate([[0], np.cumsum(sizes)[:-1]]))
                 g_cdf.append((b_local * d + jj) + cdf)
                 offset += int(sizes.sum())
-        self._heads = torch.from_numpy(np.concatenate(heads))
-        self._tails = torch.from_numpy(np.concatenate(tails))
-        self._g_start = torch.from_numpy(np.concatenate(g_start).astype(np.int64))
-        self._g_size = torch.from_numpy(np.concatenate(g_size).astype(np.float64))
-        self._g_rel = torch.from_numpy(np.concatenate(g_rel).astype(np.int64))
-        self._g_cdf = torch.from_numpy(np.concatenate(g_cdf))
+        self._heads = np.concatenate(heads)  # (T_owned,) int32 global ids, sorted by (bucket, relation)
+        self._tails = np.concatenate(tails)  # (T_owned,)
+        self._g_start = np.concatenate(g_start).astype(np.int64)  # (G,) first triple of each group
+        self._g_size = np.concatenate(g_size).astype(np.float64)  # (G,) triples in each group
+        self._g_rel = np.concatenate(g_rel).astype(np.int64)  # (G,) relation id of each group
+        self._g_cdf = np.concatenate(g_cdf)  # (G,) bucket index + within-bucket cumulative p
         self.num_owned_triples = offset
         n_buckets = len(self.owned) * d
-        self._bucket_base = torch.arange(n_buckets, dtype=torch.float64).repeat_interleave(self.per_bucket)  # (B,)
-        last = torch.from_numpy(np.cumsum([len(x) for x in g_rel]) - 1)  # (n_buckets,) last group per bucket
-        self._row_last_group = last.repeat_interleave(self.per_bucket)  # (B,)
+        self._bucket_base = np.repeat(np.arange(n_buckets, dtype=np.float64), self.per_bucket)  # (B,)
+        last = np.cumsum([len(x) for x in g_rel]) - 1  # (n_buckets,) last group of each bucket
+        self._row_last_group = np.repeat(last, self.per_bucket)  # (B,)
 
     @property
     def buckets(self) -> list[tuple[int, int]]:
@@ -179,24 +180,28 @@ class BessSampler:
         return [(i, j) for i in self.owned for j in range(self.n_shards)]
 
     def sample(self, generator: torch.Generator) -> Batch:
-        """Draw one step; fully determined by ``generator``'s state (CPU generator)."""
-        b = self.batch_size
-        # Relation of each row: bucket k's cdf lives in (k, k+1], so search k + u for all rows at once.
-        u_rel = torch.rand(b, generator=generator, dtype=torch.float64)
-        g = torch.searchsorted(self._g_cdf, self._bucket_base + u_rel, right=True)
-        g = torch.minimum(g, self._row_last_group)  # k + u can round up to k + 1 when u ~ 1 - 2^-53
+        """Draw one step; fully determined by ``generator``'s state (CPU generator).
+
+        The uniforms come from ``generator``; the index arithmetic runs in numpy, single-threaded:
+        on few cores torch's intra-op threading made searchsorted on 1024 values ~4x slower than
+        the whole numpy step.
+        """
+        b, d = self.batch_size, self.n_shards
+        u = torch.rand(2 * b + self.n_negatives, generator=generator, dtype=torch.float64).numpy()
+        # Relation group of each row: bucket k's cdf lives in (k, k+1], so search k + u at once.
+        g = np.searchsorted(self._g_cdf, self._bucket_base + u[:b], side="right")
+        np.minimum(g, self._row_last_group, out=g)  # k + u can round up to k + 1 when u ~ 1 - 2^-53
         # Uniform triple within the (bucket, relation) group.
-        u_idx = torch.rand(b, generator=generator, dtype=torch.float64)
-        within = (u_idx * self._g_size[g]).long().clamp_max_(self._g_size[g].long() - 1)
+        size = self._g_size[g]
+        within = np.minimum((u[b : 2 * b] * size).astype(np.int64), size.astype(np.int64) - 1)
         idx = self._g_start[g] + within
-        # Negatives: N/D uniform local rows below each shard's real count.
-        u_neg = torch.rand(self.n_shards, self.per_shard_negatives, generator=generator, dtype=torch.float64)
-        local = (u_neg * self._shard_real[:, None]).long()
-        local = torch.minimum(local, self._shard_real.long()[:, None] - 1)
+        # Negatives: N/D uniform local rows below each shard's real count (padding is at the end).
+        u_neg = u[2 * b :].reshape(d, self.per_shard_negatives)
+        local = np.minimum((u_neg * self._shard_real[:, None]).astype(np.int64), self._shard_real_int[:, None] - 1)
         negatives = self._shard_table[(self._shard_base[:, None] + local).reshape(-1)]
         return Batch(
-            head=self._heads[idx].long(),
-            relation=self._g_rel[g],
-            tail=self._tails[idx].long(),
-            negatives=negatives,
+            head=torch.from_numpy(self._heads[idx].astype(np.int64)),
+            relation=torch.from_numpy(self._g_rel[g]),
+            tail=torch.from_numpy(self._tails[idx].astype(np.int64)),
+            negatives=torch.from_numpy(negatives),
         )
