@@ -27,6 +27,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
         "type": "softmax",
         "adversarial_scale": 0.0,
         "correction_weight": 1.0,
+        "in_batch_negatives": True,
         "positive_weight": 0.5,
         "negative_weight": 0.5,
     },
