@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -163,7 +164,7 @@ class Trainer:
             return False
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state.get("config_hash") != self.hash:
-            tqdm.write(f"kge train: {path} belongs to a different configuration; starting afresh")
+            tqdm.write(f"kge train: {path} belongs to a different configuration; starting afresh", file=sys.stderr)
             return False
         self.model.entity_table.copy_(state["entity_table"])
         self.entity_optimizer.load_state_dict(state["entity_optimizer"])
@@ -172,7 +173,7 @@ class Trainer:
         self.step = int(state["step"])
         self.history = list(state["history"])
         self.train_seconds = float(state["train_seconds"])
-        tqdm.write(f"kge train: resumed from {path} at step {self.step}")
+        tqdm.write(f"kge train: resumed from {path} at step {self.step}", file=sys.stderr)
         return True
 
     def final_model(self) -> dict:

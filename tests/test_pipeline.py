@@ -77,8 +77,9 @@ def test_mistyped_config_key_fails_before_any_job(tmp_path):
     config_path = _config(tmp_path, ensemble={"power": -0.5, "top_k": 100, "tune_power": True, "powers": [-0.5], "memebrs": None})
     run = _snakemake(tmp_path, config_path, "-n")
     assert run.returncode != 0
-    assert "memebrs" in run.stderr
+    assert "memebrs" in run.stdout + run.stderr
     config_path = _config(tmp_path, models={"bad": {"score_fn": "distmult", "learning_rat": 0.1}})
     run = _snakemake(tmp_path, config_path, "-n")
-    assert run.returncode != 0 and "models.bad" in run.stderr and "learning_rat" in run.stderr
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "models.bad" in output and "learning_rat" in output
     assert not (tmp_path / "results").exists()
