@@ -308,7 +308,20 @@ def generate_mini(root: str | os.PathLike, seed: int = 0, scale: float = 1.0, pr
         q_cold = min(int(round(q_r[r] * COLD_QUERY_SHARE)), len(cold_idx))
         q_warm = min(q_r[r] - q_cold, max(0, len(warm_idx) - 50))
         q_idx = np.concatenate([cold_idx[:q_cold], warm_idx[:q_warm]])
-        tr_idx = warm_idx[q_warm:q_warm + n_train[r]]
+        rest = warm_idx[q_warm:]
+        if pattern[r] == "inverse_b":
+            # Prefer the reverses of r1's training triples, so the inverse pattern is visible in training.
+            prev = train_parts[r - 1]
+            prio = np.isin(h[rest] * E + t[rest], prev[:, 2] * E + prev[:, 0])
+            rest = np.concatenate([rest[prio], rest[~prio]])
+        tr_idx = rest[:n_train[r]]
+        if pattern[r] == "symmetric":
+            # Keep both directions in training: add the reverse of every kept triple and query
+            # when it is in the pool, not itself a query, and its tail is warm.
+            key = h * E + t
+            rev_key = np.concatenate([t[tr_idx] * E + h[tr_idx], t[q_idx] * E + h[q_idx]])
+            extra = np.flatnonzero(np.isin(key, rev_key) & ~is_cold & ~np.isin(key, key[q_idx]))
+            tr_idx = np.union1d(tr_idx, extra)
         query_parts.append(np.stack([h[q_idx], np.full(len(q_idx), r), t[q_idx]], 1))
         train_parts.append(np.stack([h[tr_idx], np.full(len(tr_idx), r), t[tr_idx]], 1))
     queries = np.concatenate(query_parts).astype(np.int64)
