@@ -126,13 +126,13 @@ def test_planted_patterns(mini):
                 paths.add((h, t))
         hit = np.mean([(h, t) in paths for h, t in zip(h3.tolist(), t3.tolist())])
         assert hit > 0.4, (r1, r2, r3, hit)
-    # 1-to-N: fewer heads than tails; N-to-1: few distinct tails.
+    # 1-to-N: many tails per head; N-to-1: many heads per tail (generic relations have ~1-3).
     for r in planted["one_to_n"]:
         h, t = pairs(r)
-        assert len(np.unique(h)) * 3 < len(np.unique(t)), r
+        assert len(h) / len(np.unique(h)) >= 4, r
     for r in planted["n_to_one"]:
         h, t = pairs(r)
-        assert len(np.unique(t)) * 5 < len(np.unique(h)), r
+        assert len(t) / len(np.unique(t)) >= 5, r
 
 
 def test_features_carry_structure(mini):
