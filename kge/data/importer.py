@@ -127,7 +127,7 @@ def _load_features(path: Path, labels: np.ndarray) -> np.ndarray:
     pos = np.minimum(np.searchsorted(keys, labels), len(keys) - 1)
     missing = keys[pos] != labels
     if missing.any():
-        raise KgeInputError(f"{path}: no feature for entity {labels[missing][0]!r} ({int(missing.sum())} missing)")
+        raise KgeInputError(f"{path}: no feature for entity {str(labels[missing][0])!r} ({int(missing.sum())} missing)")
     if not np.isfinite(feats).all():
         raise KgeInputError(f"{path}: non-finite feature values")
     return feats[pos].astype(np.float16)
@@ -171,7 +171,7 @@ def import_triples(train, valid, test, out_root, fmt: str | None = None, sep: st
         rid = _codes(df[r], rel_vocab)
         if (rid < 0).any():
             bad = df[r].to_numpy()[rid < 0][0]
-            raise KgeInputError(f"{path}: relation {bad!r} does not occur in the training file {train}")
+            raise KgeInputError(f"{path}: relation {str(bad)!r} does not occur in the training file {train}")
 
     def hrt(df):
         cols = [_codes(df[c], ent_vocab) if c != r else _codes(df[c], rel_vocab) for c in df.columns]
