@@ -51,8 +51,8 @@ LATENT_C = 8  # complex latent dimension (16 reals)
 TOP_K = 16  # tails are sampled among the 16 best logits of (h, r)
 BETA = 3.0  # strength of the planted score against Gumbel(1) noise
 COLD_ENTITY_SHARE = 0.12  # entities that never appear as a training tail
-COLD_QUERY_SHARE = 0.18  # share of queries whose tail is cold (plus a few naturally unseen ones)
-DOMINANT_SHARE = 0.40
+COLD_QUERY_SHARE = 0.20  # share of queries whose tail is cold (plus a few naturally unseen ones)
+DOMINANT_SHARE = 0.42
 CHUNK = 4096
 
 # Pattern counts for the 60 relations (relation 0 is the dominant one).
