@@ -71,16 +71,12 @@ def _progress(iterable, desc: str, total: int | None = None):
 
 
 class _Sampler:
-    """Popularity-proportional sampling of entities within a type (inverse CDF, vectorised)."""
+    """The entities of one type with normalised weights (cumulative, for vectorised sampling)."""
 
     def __init__(self, ids: np.ndarray, weight: np.ndarray):
         self.ids = ids
         cdf = np.cumsum(weight[ids], dtype=np.float64)
         self.cdf = cdf / cdf[-1]
-
-    def draw(self, rng: np.random.Generator, size) -> np.ndarray:
-        idx = np.searchsorted(self.cdf, rng.random(size), side="right")
-        return self.ids[np.minimum(idx, len(self.ids) - 1)]
 
     def cycle(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """n heads spread as evenly as possible: a weighted random order of the type, repeated.
