@@ -266,8 +266,7 @@ def open_dataset(root: str | os.PathLike, check: bool = True, check_features: bo
         raise KgeInputError(f"{p['entity_feat']}: shape {ef.shape}; expected ({num_e}, {FEATURE_DIM}) (num_entities from meta.pt)")
     if rf.ndim != 2 or rf.shape[0] != num_r or rf.shape[1] != ef.shape[1]:
         raise KgeInputError(f"{p['relation_feat']}: shape {rf.shape}; expected ({num_r}, {ef.shape[1]}) (num_relations from meta.pt)")
-    if ef.shape[1] != FEATURE_DIM:
-        warnings.warn(f"{p['entity_feat']}: feature width {ef.shape[1]}, the real data has {FEATURE_DIM}", stacklevel=2)
+    # Any feature width is accepted (imported graphs may bring their own); the real data has 768.
 
     if check:
         _check_range(p["train_hrt"], a["train_hrt"], [(0, num_e, "head"), (1, num_r, "relation"), (2, num_e, "tail")], progress)

@@ -51,8 +51,8 @@ LATENT_C = 8  # complex latent dimension (16 reals)
 TOP_K = 16  # tails are sampled among the 16 best logits of (h, r)
 BETA = 3.0  # strength of the planted score against Gumbel(1) noise
 COLD_ENTITY_SHARE = 0.12  # entities that never appear as a training tail
-COLD_QUERY_SHARE = 0.18  # share of queries whose tail is cold (plus a few naturally unseen ones)
-DOMINANT_SHARE = 0.40
+COLD_QUERY_SHARE = 0.20  # share of queries whose tail is cold (plus a few naturally unseen ones)
+DOMINANT_SHARE = 0.42
 CHUNK = 4096
 
 # Pattern counts for the 60 relations (relation 0 is the dominant one).
@@ -71,16 +71,12 @@ def _progress(iterable, desc: str, total: int | None = None):
 
 
 class _Sampler:
-    """Popularity-proportional sampling of entities within a type (inverse CDF, vectorised)."""
+    """The entities of one type with normalised weights (cumulative, for vectorised sampling)."""
 
     def __init__(self, ids: np.ndarray, weight: np.ndarray):
         self.ids = ids
         cdf = np.cumsum(weight[ids], dtype=np.float64)
         self.cdf = cdf / cdf[-1]
-
-    def draw(self, rng: np.random.Generator, size) -> np.ndarray:
-        idx = np.searchsorted(self.cdf, rng.random(size), side="right")
-        return self.ids[np.minimum(idx, len(self.ids) - 1)]
 
     def cycle(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """n heads spread as evenly as possible: a weighted random order of the type, repeated.
@@ -95,7 +91,7 @@ class _Sampler:
         return np.diff(self.cdf, prepend=0.0) + 1e-300
 
 
-def _pick_tails(rng, z, w, heads, ids, logpop) -> np.ndarray:
+def _pick_tails(rng, z, w, heads, ids, logpop, top_k: int = 0) -> np.ndarray:
     """Tails for heads (n,) of one relation with operator w (C,) complex, among candidate ids (m,).
 
     Planted model: logit(t) = log pop_t + beta * Re<z_h, w, conj z_t> / sqrt(C); each tail is a
@@ -107,7 +103,7 @@ def _pick_tails(rng, z, w, heads, ids, logpop) -> np.ndarray:
     zt = np.concatenate([z[ids].real, z[ids].imag], axis=1).T.astype(np.float32)  # (2C, m)
     lp = logpop[ids].astype(np.float32)
     m = len(ids)
-    k = min(TOP_K, m)
+    k = min(top_k or TOP_K, m)
     scale = np.float32(BETA / np.sqrt(LATENT_C))
     top = np.empty((len(uh), k), np.int64)
     top_logit = np.empty((len(uh), k), np.float32)
@@ -119,6 +115,17 @@ def _pick_tails(rng, z, w, heads, ids, logpop) -> np.ndarray:
         top_logit[s:s + CHUNK] = np.take_along_axis(logits, t, axis=1)
     choice = (top_logit[inv] + rng.gumbel(size=(len(heads), k))).argmax(axis=1)
     return ids[top[inv, choice]]
+
+
+def _compose_keys(h1, x1, h2, t2, num_entities) -> np.ndarray:
+    """Keys h * E + t of every path h -r1-> x -r2-> t (a sort-merge join, no Python loop)."""
+    order = np.argsort(h2, kind="stable")
+    h2s, t2s = h2[order], t2[order]
+    lo, hi = np.searchsorted(h2s, x1, "left"), np.searchsorted(h2s, x1, "right")
+    cnt = hi - lo
+    rows = np.repeat(np.arange(len(x1)), cnt)
+    pos = np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(cnt.sum())
+    return np.unique(h1[rows] * num_entities + t2s[pos])
 
 
 def _dedupe(h, t, num_entities):
@@ -185,14 +192,15 @@ def _relation_plan(rng, num_entities: int, scale: float):
     return etype, pop, z, pattern, head_type, tail_type, w, n_train
 
 
-def _generate_pool(rng, r, pat, n, pop, z, w, head_type, tail_type, samplers, any_sampler, pools):
+def _generate_pool(rng, r, pat, n, pop, z, w, head_type, tail_type, samplers, any_sampler, pools, train_pairs):
     """Draw about n raw (h, t) pairs of relation r (duplicates possible; see ``_clean``)."""
     if pat == "inverse_b":
         h, t = pools[r - 1]
         keep = rng.random(len(h)) < 0.95
         return t[keep], h[keep]
     if pat == "comp_3":
-        (h1, x1), (h2, t2) = pools[r - 2], pools[r - 1]
+        # Paths through the parents' *training* triples, so the composition is visible in training.
+        (h1, x1), (h2, t2) = train_pairs[r - 2], train_pairs[r - 1]
         order = np.argsort(h2, kind="stable")
         h2s, t2s = h2[order], t2[order]
         pick = rng.integers(0, len(h1), size=n)
@@ -210,11 +218,14 @@ def _generate_pool(rng, r, pat, n, pop, z, w, head_type, tail_type, samplers, an
         return np.concatenate([h, t]), np.concatenate([t, h])
     if pat == "one_to_n":
         # Fewer hub heads, each with many tails (fan-out ~ Pareto).
-        n_heads = max(2, n // 12)
-        hubs = head_s.draw(rng, n_heads)
+        # The hubs are the most popular ~10% of the head type, the same set on every top-up call.
+        ids = head_s.ids
+        n_heads = max(2, len(ids) // 10)
+        hubs = ids[np.argsort(-pop[ids], kind="stable")[:n_heads]]
         fan = rng.pareto(2.0, size=n_heads) + 1.0
         h = hubs[np.searchsorted(np.cumsum(fan) / fan.sum(), rng.random(n), side="right").clip(0, n_heads - 1)]
-        return h, _pick_tails(rng, z, w[r], h, tail_ids, logpop)
+        # A hub spreads over many tails: a wide top-k and no popularity term.
+        return h, _pick_tails(rng, z, w[r], h, tail_ids, np.zeros_like(logpop), top_k=16 * TOP_K)
     if pat == "n_to_one":
         # Tails from a handful of popular targets of the tail type (e.g. "country").
         ids = tail_ids
@@ -253,6 +264,40 @@ def _features(rng, signal: np.ndarray, dim: int, noise: float, nuisance: int) ->
     return out
 
 
+def _split(r, pool, pattern, q_r, n_train, cold, E, train_parts, query_parts) -> None:
+    """Split relation r's pool: queries (a cold-tail share, rest warm) | training (warm tails) | dropped.
+
+    Appends (n, 3) arrays to train_parts / query_parts.
+    """
+    h, t = pool
+    is_cold = cold[t]
+    warm_idx, cold_idx = np.flatnonzero(~is_cold), np.flatnonzero(is_cold)
+    q_cold = min(int(round(q_r[r] * COLD_QUERY_SHARE)), len(cold_idx))
+    q_warm = min(q_r[r] - q_cold, max(0, len(warm_idx) - 50))
+    q_idx = np.concatenate([cold_idx[:q_cold], warm_idx[:q_warm]])
+    rest = warm_idx[q_warm:]
+    if pattern[r] == "inverse_b":
+        # Prefer the reverses of r1's training triples, so the inverse pattern is visible in training.
+        prev = train_parts[r - 1]
+        prio = np.isin(h[rest] * E + t[rest], prev[:, 2] * E + prev[:, 0])
+        rest = np.concatenate([rest[prio], rest[~prio]])
+    if pattern[r] == "comp_3":
+        # Prefer triples whose path r1(h, x), r2(x, t) survives in training.
+        p1, p2 = train_parts[r - 2], train_parts[r - 1]
+        prio = np.isin(h[rest] * E + t[rest], _compose_keys(p1[:, 0], p1[:, 2], p2[:, 0], p2[:, 2], E))
+        rest = np.concatenate([rest[prio], rest[~prio]])
+    tr_idx = rest[:n_train[r]]
+    if pattern[r] == "symmetric":
+        # Keep both directions in training: add the reverse of every kept triple and query
+        # when it is in the pool, not itself a query, and its tail is warm.
+        key = h * E + t
+        rev_key = np.concatenate([t[tr_idx] * E + h[tr_idx], t[q_idx] * E + h[q_idx]])
+        extra = np.flatnonzero(np.isin(key, rev_key) & ~is_cold & ~np.isin(key, key[q_idx]))
+        tr_idx = np.union1d(tr_idx, extra)
+    query_parts.append(np.stack([h[q_idx], np.full(len(q_idx), r), t[q_idx]], 1))
+    train_parts.append(np.stack([h[tr_idx], np.full(len(tr_idx), r), t[tr_idx]], 1))
+
+
 def generate_mini(root: str | os.PathLike, seed: int = 0, scale: float = 1.0, progress: bool = True) -> Path:
     """Write the miniature to ``ROOT/wikikg90m-v2`` (OGB layout) and answers to ``ROOT/mini-answers``.
 
@@ -284,10 +329,12 @@ def generate_mini(root: str | os.PathLike, seed: int = 0, scale: float = 1.0, pr
     # Dominant heads: every entity, flattened popularity (most items have an "instance of").
     any_sampler = _Sampler(np.arange(E), pop ** 0.35)
     pools: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    train_pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    train_parts, query_parts = [], []
     for r in _progress(range(R), "mini: relations") if progress else range(R):
         # Oversample: cold tails and duplicates are dropped from training.
         need = int((n_train[r] + q_r[r]) / (1 - COLD_ENTITY_SHARE) * 1.25) + 16
-        args = (pop, z, w, head_type, tail_type, samplers, any_sampler, pools)
+        args = (pop, z, w, head_type, tail_type, samplers, any_sampler, pools, train_pairs)
         h, t = _clean(pattern[r], *_generate_pool(rng, r, pattern[r], need, *args), E)
         for _ in range(4):
             # Popular heads/tails repeat pairs: top up until the pool is large enough (or saturated).
@@ -298,19 +345,9 @@ def generate_mini(root: str | os.PathLike, seed: int = 0, scale: float = 1.0, pr
             h, t = _clean(pattern[r], np.concatenate([h, h2]), np.concatenate([t, t2]), E)
         perm = rng.permutation(len(h))
         pools[r] = (h[perm], t[perm])
+        _split(r, pools[r], pattern, q_r, n_train, cold, E, train_parts, query_parts)
+        train_pairs[r] = (train_parts[r][:, 0], train_parts[r][:, 2])
 
-    # Split each pool: queries (a cold-tail share, rest warm) | training (warm tails only) | dropped.
-    train_parts, query_parts = [], []
-    for r in range(R):
-        h, t = pools[r]
-        is_cold = cold[t]
-        warm_idx, cold_idx = np.flatnonzero(~is_cold), np.flatnonzero(is_cold)
-        q_cold = min(int(round(q_r[r] * COLD_QUERY_SHARE)), len(cold_idx))
-        q_warm = min(q_r[r] - q_cold, max(0, len(warm_idx) - 50))
-        q_idx = np.concatenate([cold_idx[:q_cold], warm_idx[:q_warm]])
-        tr_idx = warm_idx[q_warm:q_warm + n_train[r]]
-        query_parts.append(np.stack([h[q_idx], np.full(len(q_idx), r), t[q_idx]], 1))
-        train_parts.append(np.stack([h[tr_idx], np.full(len(tr_idx), r), t[tr_idx]], 1))
     queries = np.concatenate(query_parts).astype(np.int64)
     if len(queries) < n_query:
         # Only at very small scales: reuse query triples (distinct queries preferred, never training).
