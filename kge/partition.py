@@ -146,18 +146,4 @@ def make_partition(num_entities: int, n_shards: int, seed: int = 0) -> Partition
     perm = np.random.Generator(np.random.PCG64(seed)).permutation(e).astype(np.int64)
     table = np.full(d * s, -1, dtype=np.int64)
     table[:e] = perm
-    table = table.reshape(d, s)
-    entity_shard = np.empty(e, dtype=np.int32)
-    entity_local = np.empty(e, dtype=np.int64)
-    pos = np.arange(e, dtype=np.int64)
-    entity_shard[perm] = (pos // s).astype(np.int32)
-    entity_local[perm] = pos % s
-    return Partition(
-        n_shards=d,
-        num_entities=e,
-        shard_size=s,
-        entity_shard=entity_shard,
-        entity_local=entity_local,
-        shard_entities=[table[i].copy() for i in range(d)],
-        seed=int(seed),
-    )
+    return _from_table(table.reshape(d, s), e, int(seed))
