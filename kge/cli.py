@@ -133,7 +133,8 @@ def _predict(args) -> None:
 def _ensemble(args) -> None:
     from kge.ensemble_run import run_ensemble
 
-    run_ensemble(args.root, args.predictions, args.out_dir, power=args.power, top_k=args.top_k, tune=args.tune, powers=args.powers)
+    run_ensemble(args.root, args.predictions, args.out_dir, power=args.power, top_k=args.top_k, tune=args.tune,
+                 powers=args.powers, weight_exponents=args.weight_exponents)
 
 
 def _submit(args) -> None:
@@ -216,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=100)
     p.add_argument("--tune", action="store_true", help="choose the power with the best validation MRR")
     p.add_argument("--powers", type=float, nargs="+", default=[-2.0, -1.5, -1.0, -0.75, -0.5, -0.25, 0.5, 1.0])
+    p.add_argument("--weight-exponents", type=float, nargs="+", default=[0.0],
+                   help="member weights (MRR/best)^g tried with --tune; 0 = the RECIPE's equal weights")
     p.set_defaults(func=_ensemble)
 
     p = sub.add_parser("submit", help="write the OGB test-dev and test-challenge files + metadata")

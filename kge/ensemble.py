@@ -77,14 +77,25 @@ class _Packing:
         self.low_bits = self.model_bits + self.rank_bits     # bits below (query, id)
 
 
-def _contribution_table(preds: list[np.ndarray], power: float, pk: _Packing) -> np.ndarray:
+def _weights(preds: list[np.ndarray], weights) -> np.ndarray:
+    """Per-model weights w_m (default 1, the RECIPE formula); positive and one per model."""
+    if weights is None:
+        return np.ones(len(preds))
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(preds),) or not (np.isfinite(w) & (w > 0)).all():
+        raise KgeInputError(f"weights: expected {len(preds)} finite positive member weights, got {list(np.atleast_1d(w))}")
+    return w
+
+
+def _contribution_table(preds: list[np.ndarray], power: float, pk: _Packing, weights: np.ndarray) -> np.ndarray:
     """(models << rank_bits,) float64: the contribution of model m's rank k at index m<<bits | k-1."""
     table = np.zeros(len(preds) << pk.rank_bits, dtype=np.float64)
     for m, a in enumerate(preds):
         k = a.shape[1]
         r = np.arange(1, k + 1, dtype=np.float64) ** power
         # p < 0: present -> +k^p, absent -> 0.  p > 0: shifted by (K+1)^p, see module docstring.
-        table[(m << pk.rank_bits):(m << pk.rank_bits) + k] = r if power < 0 else (k + 1.0) ** power - r
+        # A weight scales the model's whole term, the absent-entity shift included.
+        table[(m << pk.rank_bits):(m << pk.rank_bits) + k] = weights[m] * (r if power < 0 else (k + 1.0) ** power - r)
     return table
 
 
@@ -118,15 +129,17 @@ def _grouped(preds: list[np.ndarray], table: np.ndarray, pk: _Packing, q0: int, 
     return gkey >> pk.id_bits, gkey & ((1 << pk.id_bits) - 1), s, best
 
 
-def rank_power_scores(predictions: Sequence[np.ndarray], power: float = -0.5):
+def rank_power_scores(predictions: Sequence[np.ndarray], power: float = -0.5, weights=None):
     """The RECIPE s(t) of every candidate: flat arrays sorted by (query, id).
 
     predictions: list of (Q, K_m) integer id arrays (rank order, -1 = padding).
+    weights: optional (M,) member weights w_m; s(t) = sum_m w_m * term_m(t) (None = all 1).
     Returns (query (C,) int64, ids (C,) int64, s (C,) float64, best_rank (C,) int64).
     """
     preds = _validate(predictions, power)
+    w = _weights(preds, weights)
     pk = _Packing(preds, preds[0].shape[0])
-    table = _contribution_table(preds, power, pk)
+    table = _contribution_table(preds, power, pk, w)
     e = np.zeros(0, dtype=np.int64)
     q, ids, s, best = [e], [e], [np.zeros(0)], [e]
     for q0 in range(0, preds[0].shape[0], pk.query_chunk):
@@ -134,24 +147,26 @@ def rank_power_scores(predictions: Sequence[np.ndarray], power: float = -0.5):
         q.append(part[0] + q0), ids.append(part[1]), s.append(part[2]), best.append(part[3])
     q, ids, s, best = (np.concatenate(x) for x in (q, ids, s, best))
     if power > 0:
-        s = s - sum((a.shape[1] + 1.0) ** power for a in preds)
+        s = s - sum(w_m * (a.shape[1] + 1.0) ** power for w_m, a in zip(w, preds))
     return q, ids, s, best
 
 
 def rank_power_ensemble(predictions: Sequence[np.ndarray], power: float = -0.5, top: int = 10,
-                        query_chunk: int = 512) -> np.ndarray:
+                        query_chunk: int = 512, weights=None) -> np.ndarray:
     """Ensemble top-K lists into the (Q, top) int64 answer (best first, -1 padded).
 
     predictions: list of (Q, K_m) integer id arrays, one per model, in rank order, -1 = padding.
     ``query_chunk`` bounds memory (queries processed at once); the result does not depend on it.
+    ``weights`` (M,) scales each member's term (None = all 1 = the RECIPE formula).
     """
     preds = _validate(predictions, power)
+    w = _weights(preds, weights)
     if top < 1:
         raise KgeInputError(f"top: expected a positive answer width, got {top}")
     n_q = preds[0].shape[0]
     out = np.full((n_q, top), -1, dtype=np.int64)
     pk = _Packing(preds, query_chunk)
-    table = _contribution_table(preds, power, pk)
+    table = _contribution_table(preds, power, pk, w)
     for q0 in range(0, n_q, pk.query_chunk):
         q1 = min(q0 + pk.query_chunk, n_q)
         q, ids, s, best = _grouped(preds, table, pk, q0, q1)
@@ -194,4 +209,29 @@ def tune_power(predictions: Sequence[np.ndarray], t_true, powers: Sequence[float
         raise KgeInputError("powers: expected at least one rank power to try")
     results = {float(p): mrr(rank_power_ensemble(predictions, p, top=10), t_true) for p in powers}
     best = max(results, key=lambda p: (results[p], -list(results).index(p)))
+    return best, results
+
+
+def mrr_weights(member_mrr: Sequence[float], exponent: float) -> np.ndarray:
+    """w_m = (MRR_m / max MRR)^exponent: 0 gives the RECIPE's equal weights; larger trusts the best more."""
+    m = np.maximum(np.asarray(member_mrr, dtype=np.float64), 1e-12)  # a 0-MRR member keeps a tiny positive weight
+    return (m / m.max()) ** exponent
+
+
+def tune_ensemble(predictions: Sequence[np.ndarray], t_true, member_mrr: Sequence[float],
+                  powers: Sequence[float] = DEFAULT_POWERS, exponents: Sequence[float] = (0.0,)
+                  ) -> tuple[tuple[float, float], dict[tuple[float, float], float]]:
+    """Validation MRR for each (power, weight exponent) -> (best pair, {(p, exponent): mrr}).
+
+    Ties go to the pair listed first (powers outer, exponents inner).
+    """
+    if len(powers) == 0 or len(exponents) == 0:
+        raise KgeInputError("powers / weight exponents: expected at least one value to try")
+    results = {}
+    for p in powers:
+        for g in exponents:
+            ens = rank_power_ensemble(predictions, p, top=10, weights=mrr_weights(member_mrr, g))
+            results[(float(p), float(g))] = mrr(ens, t_true)
+    order = list(results)
+    best = max(results, key=lambda k: (results[k], -order.index(k)))
     return best, results

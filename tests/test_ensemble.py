@@ -180,3 +180,29 @@ def test_validation():
         rank_power_ensemble([M1, np.zeros((2, 3), dtype=np.int64)], -0.5)
     with pytest.raises(KgeInputError):
         rank_power_ensemble([M1.astype(float)], -0.5)
+
+
+def test_member_weights_scale_each_models_term():
+    """Hand example, p = -1: model A lists [1, 2], model B lists [2, 1].
+
+    Equal weights tie (1 + 1/2 each) and the tie goes to the better single rank, then the smaller id.
+    With w = (3, 1): s(1) = 3*1 + 1*(1/2) = 3.5, s(2) = 3*(1/2) + 1*1 = 2.5 -> entity 1 first.
+    With w = (1, 3): s(1) = 1 + 3/2 = 2.5, s(2) = 1/2 + 3 = 3.5 -> entity 2 first.
+    """
+    import numpy as np
+
+    from kge.ensemble import mrr_weights, rank_power_ensemble, rank_power_scores
+
+    a = np.array([[1, 2]])
+    b = np.array([[2, 1]])
+    assert rank_power_ensemble([a, b], power=-1.0, top=2, weights=[3.0, 1.0]).tolist() == [[1, 2]]
+    assert rank_power_ensemble([a, b], power=-1.0, top=2, weights=[1.0, 3.0]).tolist() == [[2, 1]]
+    _, ids, s, _ = rank_power_scores([a, b], power=-1.0, weights=[3.0, 1.0])
+    assert dict(zip(ids.tolist(), s.tolist())) == {1: 3.5, 2: 2.5}
+    # p > 0: absent terms are weighted too: s(t) = -sum_m w_m * k_m(t)^p, absent k = K + 1 = 3.
+    _, ids, s, _ = rank_power_scores([np.array([[1, 2]]), np.array([[3, 1]])], power=1.0, weights=[2.0, 1.0])
+    assert dict(zip(ids.tolist(), s.tolist())) == {1: -(2 * 1 + 1 * 2), 2: -(2 * 2 + 1 * 3), 3: -(2 * 3 + 1 * 1)}
+    # Unit weights are exactly the RECIPE formula.
+    assert np.array_equal(rank_power_ensemble([a, b], -0.5, weights=[1.0, 1.0]), rank_power_ensemble([a, b], -0.5))
+    np.testing.assert_allclose(mrr_weights([0.2, 0.1], 0.0), [1.0, 1.0])
+    np.testing.assert_allclose(mrr_weights([0.2, 0.1], 2.0), [1.0, 0.25])

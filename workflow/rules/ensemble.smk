@@ -16,13 +16,15 @@ rule ensemble:
         top_k=config["ensemble"]["top_k"],
         tune="--tune" if config["ensemble"]["tune_power"] else "",
         powers=" ".join(str(p) for p in config["ensemble"]["powers"]),
+        exponents=" ".join(str(g) for g in config["ensemble"].get("weight_exponents", [0.0])),
     log:
         f"{RESULTS}/logs/ensemble.log",
     benchmark:
         f"{RESULTS}/benchmarks/ensemble.tsv"
     shell:
         "kge ensemble --root {params.root} --predictions {input.predictions} --out-dir {params.out}"
-        " --power {params.power} --top-k {params.top_k} {params.tune} --powers {params.powers} > {log} 2>&1"
+        " --power {params.power} --top-k {params.top_k} {params.tune} --powers {params.powers}"
+        " --weight-exponents {params.exponents} > {log} 2>&1"
 
 
 rule plots:
