@@ -41,9 +41,12 @@ def ensemble_figure(summary_path: str, out: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
     left.barh(names, values, color=["tab:blue"] * len(members) + ["tab:red"])
     left.set_xlabel("validation MRR")
-    sweep = sorted((float(p), v) for p, v in summary["power_sweep"].items())
-    right.plot(*zip(*sweep), marker="o")
-    right.axvline(summary["power"], color="tab:red", linestyle="--", label=f"chosen p = {summary['power']:g}")
+    for exponent in sorted({g["weight_exponent"] for g in summary["grid"]}):
+        sweep = sorted((g["power"], g["valid_mrr"]) for g in summary["grid"] if g["weight_exponent"] == exponent)
+        label = "equal weights (RECIPE)" if exponent == 0 else f"weights (MRR/best)^{exponent:g}"
+        right.plot(*zip(*sweep), marker="o", label=label)
+    right.axvline(summary["power"], color="tab:red", linestyle="--",
+                  label=f"chosen p = {summary['power']:g}, g = {summary['weight_exponent']:g}")
     right.set_xlabel("rank power p")
     right.set_ylabel("ensemble validation MRR")
     right.legend()
