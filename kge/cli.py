@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -88,20 +87,17 @@ def _predict(args) -> None:
     import time
 
     import numpy as np
-    import torch
 
     from kge import atomic
     from kge.data.layout import open_dataset
-    from kge.device import describe, resolve_device
+    from kge.device import describe
     from kge.ensemble import mrr
     from kge.features import FeatureStore
     from kge.partition import Partition
     from kge.predict import Predictor, load_model, predict_splits
 
     model_path = Path(args.model)
-    saved_config = torch.load(model_path, map_location="cpu", weights_only=False)["config"] if model_path.exists() else {"device": "cpu"}
-    device = resolve_device(saved_config.get("device", "auto"))
-    model, saved = load_model(model_path, device)
+    model, saved, device = load_model(model_path)
     ds = open_dataset(args.root, check=False)
     partition = Partition.load(Path(args.shard_dir) / "partition.npz")
     features = FeatureStore(args.shard_dir, partition.n_shards)

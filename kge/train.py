@@ -6,7 +6,6 @@ the same batches and dropout masks as an uninterrupted run and ends with identic
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -19,23 +18,16 @@ from tqdm import tqdm
 from kge import atomic, losses
 from kge.config import config_hash
 from kge.device import resolve_device
-from kge.errors import KgeInputError
 from kge.features import FeatureStore
 from kge.model import KGEModel
 from kge.optim import SparseRowAdam
 from kge.partition import Partition
 from kge.sampling import BessSampler
+from kge.shard import read_shard_meta
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
 HISTORY_NAME = "history.json"
-
-
-def read_shard_meta(shard_dir: str | Path) -> dict:
-    path = Path(shard_dir) / "shard_meta.json"
-    if not path.exists():
-        raise KgeInputError(f"{path}: missing; the shard directory is incomplete, rerun `kge shard`")
-    return json.loads(path.read_text())
 
 
 def step_seed(seed: int, step: int) -> int:

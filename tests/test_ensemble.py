@@ -108,7 +108,6 @@ def reference(preds, p, top):
     for qi in range(preds[0].shape[0]):
         s, best = {}, {}
         for a in preds:
-            k = a.shape[1]
             row = [int(x) for x in a[qi]]
             for col, t in enumerate(row):
                 if t < 0 or t in row[:col]:

@@ -1,8 +1,6 @@
-import json
 from collections import Counter
 
 import numpy as np
-import pyarrow.dataset as pads
 import pytest
 import torch
 
