@@ -139,6 +139,17 @@ def _submit(args) -> None:
     run_submission(args.root, args.ensemble_dir, args.out_dir, answers=args.answers)
 
 
+def _bench(args) -> None:
+    from kge.bench import bench_predict, bench_train
+
+    common = dict(root=args.root, shard_dir=args.shard_dir, device=args.device)
+    if args.bench_command == "train":
+        result = bench_train(args.score_fn, args.dim, args.batch, args.negatives, args.workers, args.steps, **common)
+    else:
+        result = bench_predict(args.score_fn, args.dim, args.queries, args.top_k, **common)
+    print(json.dumps(result))
+
+
 def _plot(args) -> None:
     from kge.plots import ensemble_figure, training_curves
 
@@ -223,6 +234,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--answers", default=None, help="hidden test answers (miniature) to report test MRR")
     p.set_defaults(func=_submit)
+
+    bench = sub.add_parser("bench", help="throughput benchmarks (one JSON line)").add_subparsers(dest="bench_command", required=True)
+    for name, help_text in (("train", "training steps per second"), ("predict", "top-K queries per second")):
+        p = bench.add_parser(name, help=help_text)
+        p.add_argument("--score-fn", default="distmult", choices=["transe", "transh", "rotate", "distmult", "complex"])
+        p.add_argument("--dim", type=int, default=128)
+        p.add_argument("--root", default=None, help="dataset ROOT (with --shard-dir); default: a generated miniature")
+        p.add_argument("--shard-dir", default=None)
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+        p.set_defaults(func=_bench)
+        if name == "train":
+            p.add_argument("--batch", type=int, default=1024)
+            p.add_argument("--negatives", type=int, default=1024)
+            p.add_argument("--workers", type=int, default=1)
+            p.add_argument("--steps", type=int, default=30)
+        else:
+            p.add_argument("--queries", type=int, default=2000)
+            p.add_argument("--top-k", type=int, default=100)
 
     p = sub.add_parser("plot", help="report figures: training curves and the ensemble")
     p.add_argument("--histories", nargs="+", required=True)

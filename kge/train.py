@@ -68,6 +68,9 @@ class Trainer:
             self.model.dense_param_groups(), lr=config["learning_rate"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"]
         )
         self.step = 0
+        # Wall time per phase of train_step (sample, gather, compute, optimizer), for `kge bench`.
+        self.phase_seconds = {"sample": 0.0, "gather": 0.0, "compute": 0.0, "optimizer": 0.0}
+        self._phase_start = 0.0
         self.history: list[dict] = []
         self.train_seconds = 0.0
         self.hash = config_hash(config)
@@ -78,11 +81,22 @@ class Trainer:
         self.correction = losses.sampling_correction(self.num_entities, config["negatives"], config["loss"]["correction_weight"])
 
     # ----- one step -------------------------------------------------------------------------
+    def _phase(self, name: str | None) -> None:
+        """Charge the time since the last mark to phase ``name`` (None only starts the clock)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # kernels run asynchronously; time what ran
+        now = time.perf_counter()
+        if name is not None:
+            self.phase_seconds[name] += now - self._phase_start
+        self._phase_start = now
+
     def train_step(self) -> float:
         """One BESS step on B triples and N shared negatives; returns the loss value."""
         config, model = self.config, self.model
+        self._phase(None)
         seed = step_seed(config["seed"], self.step)
         batch = self.sampler.sample(torch.Generator().manual_seed(seed))
+        self._phase("sample")
         torch.manual_seed(seed)  # dropout masks
         B = batch.head.shape[0]
         rows = self.partition.row_of(torch.cat([batch.head, batch.tail, batch.negatives]))
@@ -92,6 +106,7 @@ class Trainer:
         embedding_rows = model.entity_table[unique_rows].requires_grad_(True)
         embedding = embedding_rows[inverse]
         features = self.features.gather(rows).to(self.device) if model.use_features else None
+        self._phase("gather")
         head_e, head_f = model.encode(embedding[:B], None if features is None else features[:B], "head")
         tail_e, tail_f = model.encode(embedding[B:], None if features is None else features[B:], "tail")
         relations = batch.relation.to(self.device)
@@ -122,11 +137,13 @@ class Trainer:
                 loss = loss + losses.l3_penalty(tensors, reg[key]["weight"], reg[key]["power"])
         self.dense_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._phase("compute")
         lr = learning_rate(config, self.step)
         for group in self.dense_optimizer.param_groups:
             group["lr"] = lr * group["lr_modifier"]
         self.dense_optimizer.step()
         self.entity_optimizer.step(unique_rows, embedding_rows.grad, lr * config["lr_modifiers"]["entity_embedding"])
+        self._phase("optimizer")
         self.step += 1
         value = float(loss.detach())
         if not math.isfinite(value):

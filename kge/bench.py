@@ -1,0 +1,123 @@
+"""`kge bench train|predict`: throughput against the machine's own fp32 matmul rate, one JSON line.
+
+Ratios are measured in one process, because these machines are noisy: the matmul rate is measured
+right before the workload, on the same threads and device.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kge.device import resolve_device
+
+FEATURE_FLOPS_PER_ROW = 4  # encoder: forward x @ M.T (2nFd) + weight gradient (2nFd); features need no gradient
+
+
+def matmul_gflops(device: torch.device, n: int = 1024, seconds: float = 1.0) -> float:
+    """Sustained fp32 GFLOP/s of an (n x n) @ (n x n) matmul on ``device``."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    sync()
+    return 2.0 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def _data(root, shard_dir, scale: float, n_shards: int, tmp: Path) -> tuple[Path, Path]:
+    """Use the given dataset and shards, or generate a miniature of ``scale`` into ``tmp``."""
+    if root and shard_dir:
+        return Path(root), Path(shard_dir)
+    from kge.data.mini import generate_mini
+    from kge.shard import shard_dataset
+
+    generate_mini(tmp / "data", seed=0, scale=scale, progress=False)
+    shard_dataset(tmp / "data", tmp / "shards", n_shards, seed=0, progress=False)
+    return tmp / "data", tmp / "shards"
+
+
+def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: int, device: str) -> dict:
+    from kge.config import resolve_model_config
+
+    return resolve_model_config({
+        "score_fn": score_fn, "dim": dim, "batch_size": batch, "negatives": negatives, "workers": workers,
+        "device": device, "steps": 10**9, "loss": {"type": "softmax", "in_batch_negatives": True},
+        "distance": 2 if score_fn in ("transh", "rotate") else 1,
+    }, where="kge bench")
+
+
+def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: int = 1, steps: int = 30,
+                warmup: int = 3, root=None, shard_dir=None, scale: float = 0.2, n_shards: int = 2, device: str = "auto") -> dict:
+    """Time ``steps`` training steps after ``warmup``; scored pairs are B x (B + N) per step."""
+    from kge.train import Trainer
+
+    dev = resolve_device(device)
+    with tempfile.TemporaryDirectory(prefix="kge-bench-") as tmp:
+        root, shard_dir = _data(root, shard_dir, scale, n_shards, Path(tmp))
+        trainer = Trainer(_model_config(score_fn, dim, batch, negatives, workers, device), shard_dir, Path(tmp) / "model")
+        for _ in range(warmup):
+            trainer.train_step()
+        rate = matmul_gflops(dev)
+        trainer.phase_seconds = dict.fromkeys(trainer.phase_seconds, 0.0)
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        seconds = time.perf_counter() - start
+    columns = batch + negatives
+    # Forward B x M x d multiply-adds, backward twice that (gradients of queries and of tails).
+    scoring_flops = 6.0 * batch * columns * dim * steps
+    feature_flops = FEATURE_FLOPS_PER_ROW * (batch + columns) * trainer.features.dim * dim * steps if trainer.model.use_features else 0.0
+    compute = trainer.phase_seconds["compute"]
+    return {
+        "bench": "train", "score_fn": score_fn, "dim": dim, "batch": batch, "negatives": negatives, "workers": workers,
+        "steps": steps, "device": str(dev), "threads": torch.get_num_threads(),
+        "triples_per_s": batch * steps / seconds,
+        "scored_pairs_per_s": batch * columns * steps / seconds,
+        "matmul_gflops": rate,
+        "model_gflops": (scoring_flops + feature_flops) / seconds / 1e9,
+        "fraction_of_matmul": (scoring_flops + feature_flops) / seconds / 1e9 / rate,
+        "compute_fraction_of_matmul": (scoring_flops + feature_flops) / compute / 1e9 / rate if compute else None,
+        "phase_share": {k: v / seconds for k, v in trainer.phase_seconds.items()},
+        "seconds": seconds,
+    }
+
+
+def bench_predict(score_fn: str, dim: int, queries: int = 2000, k: int = 100, root=None, shard_dir=None,
+                  scale: float = 1.0, n_shards: int = 2, device: str = "auto", query_batch: int = 1000, block: int = 16384) -> dict:
+    """Time top-``k`` over every entity for ``queries`` random (head, relation) queries."""
+    from kge.predict import Predictor
+    from kge.train import Trainer
+
+    dev = resolve_device(device)
+    with tempfile.TemporaryDirectory(prefix="kge-bench-") as tmp:
+        root, shard_dir = _data(root, shard_dir, scale, n_shards, Path(tmp))
+        trainer = Trainer(_model_config(score_fn, dim, 2 * n_shards**2, 2 * n_shards, 1, device), shard_dir, Path(tmp) / "model")
+        trainer.model.eval()
+        rng = np.random.default_rng(0)
+        hr = np.stack([rng.integers(0, trainer.num_entities, queries), rng.integers(0, trainer.num_relations, queries)], 1)
+        predictor = Predictor(trainer.model, trainer.features, trainer.partition, dev, block)
+        predictor.topk(hr[: min(queries, query_batch)], k, query_batch=query_batch)  # warm-up
+        rate = matmul_gflops(dev)
+        start = time.perf_counter()
+        predictor.topk(hr, k, query_batch=query_batch)
+        seconds = time.perf_counter() - start
+    flops = 2.0 * queries * trainer.num_entities * dim
+    return {
+        "bench": "predict", "score_fn": score_fn, "dim": dim, "queries": queries, "entities": trainer.num_entities, "k": k,
+        "device": str(dev), "threads": torch.get_num_threads(),
+        "queries_per_s": queries / seconds,
+        "matmul_gflops": rate,
+        "scoring_gflops": flops / seconds / 1e9,
+        "fraction_of_matmul": flops / seconds / 1e9 / rate,
+        "seconds": seconds,
+    }
