@@ -96,12 +96,15 @@ def bench_predict(score_fn: str, dim: int, queries: int = 2000, k: int = 100, ro
                   scale: float = 1.0, n_shards: int = 2, device: str = "auto", query_batch: int = 1000, block: int = 16384) -> dict:
     """Time top-``k`` over every entity for ``queries`` random (head, relation) queries."""
     from kge.predict import Predictor
+    from kge.shard import read_shard_meta
     from kge.train import Trainer
 
     dev = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="kge-bench-") as tmp:
         root, shard_dir = _data(root, shard_dir, scale, n_shards, Path(tmp))
-        trainer = Trainer(_model_config(score_fn, dim, 2 * n_shards**2, 2 * n_shards, 1, device), shard_dir, Path(tmp) / "model")
+        d = int(read_shard_meta(shard_dir)["n_shards"])  # the given shards may have another D
+        # Training sizes are irrelevant here; the smallest valid ones keep the sampler cheap.
+        trainer = Trainer(_model_config(score_fn, dim, d * d, d, 1, device), shard_dir, Path(tmp) / "model")
         trainer.model.eval()
         rng = np.random.default_rng(0)
         hr = np.stack([rng.integers(0, trainer.num_entities, queries), rng.integers(0, trainer.num_relations, queries)], 1)
