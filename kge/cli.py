@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -70,17 +71,42 @@ def _load_model_config(path: str) -> dict:
     return resolve_model_config(json.loads(p.read_text()), where=str(p))
 
 
+def _launch_workers(workers: int, max_restarts: int) -> None:
+    """Re-run this very command under torchrun with ``workers`` local processes (replaces this process).
+
+    torchrun restarts the whole group after any worker dies, up to ``max_restarts`` times; each
+    restart resumes from the last complete checkpoint.
+    """
+    import os
+
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
+            f"--max-restarts={max_restarts}", "-m", "kge", *sys.argv[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
 def _train(args) -> None:
+    from kge.comm import launched_world_size, make_comm, worker_device
     from kge.data.layout import open_dataset
+    from kge.device import resolve_device, set_threads
     from kge.predict import curve_evaluator
     from kge.train import train
 
     config = _load_model_config(args.config)
     if args.steps:
         config["steps"] = args.steps
+    workers = config["workers"]
+    if workers > 1 and launched_world_size() == 1:
+        _launch_workers(workers, args.max_restarts)
+    if workers > 1 and args.threads:
+        set_threads(max(1, args.threads // min(workers, int(os.environ.get("LOCAL_WORLD_SIZE", workers)))))
     ds = open_dataset(args.root, check=False)
-    evaluator = curve_evaluator(ds.val_hr, ds.val_t, ds.train_hrt, config["validate_queries"], seed=config["seed"])
-    train(config, args.shard_dir, args.out, evaluator=evaluator)
+    comm = make_comm(workers, worker_device(resolve_device(config["device"])))
+    evaluator = None
+    if workers == 1:  # the training curve's top-K runs on a single worker's full table
+        evaluator = curve_evaluator(ds.val_hr, ds.val_t, ds.train_hrt, config["validate_queries"], seed=config["seed"])
+    train(config, args.shard_dir, args.out, evaluator=evaluator, comm=comm)
 
 
 def _predict(args) -> None:
@@ -202,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-dir", required=True)
     p.add_argument("--out", required=True, help="model directory")
     p.add_argument("--steps", type=int, default=None, help="override the configured number of steps")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default); split among local workers")
+    p.add_argument("--max-restarts", type=int, default=3, help="workers > 1: times torchrun restarts a failed group")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="top-K over all entities for valid/test-dev/test-challenge")

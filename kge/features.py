@@ -1,7 +1,9 @@
 """Entity features in the sharded, permuted row order written by ``kge shard``.
 
 Row ``shard * S + local`` holds the 768-d feature of the entity at that local row; padding rows
-are zero. Small tables are read into memory; large ones stay memory-mapped (random row reads).
+are zero. A worker opens only its own shards: its rows are those shards concatenated (local row
+``k * S + l`` is row l of ``shards[k]``). Small tables are read into memory; large ones stay
+memory-mapped (random row reads).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ IN_MEMORY_LIMIT_BYTES = 4 << 30
 class FeatureStore:
     """Read-only (D*S, F) float16 feature rows, gathered as float32 tensors."""
 
-    def __init__(self, shard_dir: str | Path, n_shards: int):
-        paths = [Path(shard_dir) / "features" / f"shard_{i:04d}.npy" for i in range(n_shards)]
+    def __init__(self, shard_dir: str | Path, n_shards: int, shards: list[int] | None = None):
+        self.shard_ids = list(range(n_shards)) if shards is None else list(shards)
+        paths = [Path(shard_dir) / "features" / f"shard_{i:04d}.npy" for i in self.shard_ids]
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise KgeInputError(f"{missing[0]}: missing feature shard; rerun `kge shard`")
@@ -37,7 +40,7 @@ class FeatureStore:
         return self.shard_size * len(self.shards)
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """rows (n,) int64 table rows -> (n, F) float32 features."""
+        """rows (n,) int64 local rows -> (n, F) float32 features."""
         if self.table is not None:
             return self.table[rows.cpu()].float()
         rows_np = rows.cpu().numpy()

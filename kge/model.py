@@ -1,8 +1,9 @@
 """The KGE model: entity encoder e = e_S + M e_F, relation parameters and scoring.
 
-The entity table e_S is a plain tensor (rows in partition order, D*S rows) updated by
-:class:`kge.optim.SparseRowAdam`; everything small and dense (relations, TransH normals, the
-feature projections) is an ``nn.Parameter`` updated by ``torch.optim.Adam``.
+The entity table e_S is a plain tensor (a worker's shards' rows, see ``init_entity_rows``) set by
+its owner (trainer or loader) and updated by :class:`kge.optim.SparseRowAdam`; everything small and
+dense (relations, TransH normals, the feature projections) is an ``nn.Parameter`` updated by
+``torch.optim.Adam`` and replicated on every worker.
 """
 
 from __future__ import annotations
@@ -15,8 +16,23 @@ from torch import nn
 from kge import scoring
 
 
+def init_entity_rows(config: dict, shards: list[int], shard_size: int) -> torch.Tensor:
+    """Initial e_S rows of ``shards`` concatenated -> (len(shards) * S, d) float32.
+
+    Each shard draws from its own generator seeded by (seed, shard), so the initial table does
+    not depend on how many workers share the shards (a D-worker run and its single-process
+    reference start from the same rows).
+    """
+    d, scale = config["dim"], config["init_scale"]
+    parts = []
+    for shard in shards:
+        generator = torch.Generator().manual_seed(config["seed"] * 100_003 + shard * 7_919 + 17)
+        parts.append(torch.randn(shard_size, d, generator=generator) * scale)
+    return torch.cat(parts) if parts else torch.zeros(0, d)
+
+
 class KGEModel(nn.Module):
-    def __init__(self, config: dict, num_rows: int, num_relations: int, feature_dim: int, generator: torch.Generator):
+    def __init__(self, config: dict, num_relations: int, feature_dim: int, generator: torch.Generator):
         super().__init__()
         self.config = config
         d = config["dim"]
@@ -24,7 +40,7 @@ class KGEModel(nn.Module):
         self.p = config["distance"]
         self.gamma = float(config["gamma"])
         scale = config["init_scale"]
-        self.entity_table = (torch.randn(num_rows, d, generator=generator) * scale)
+        self.entity_table = torch.zeros(0, d)  # set by the trainer / loader: this worker's rows
         rel_dim = scoring.relation_dim(self.score_fn, d)
         if self.score_fn == "rotate":
             # Relations are phases: uniform over the circle.
@@ -71,7 +87,17 @@ class KGEModel(nn.Module):
             self.score_fn, heads, self.relation[relations], tails, p=self.p, gamma=self.gamma, normal=normal
         )
 
+    def query(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
+        """heads (B, d) encoded, relations (B,) ids -> query vectors (B, d) (scoring.query_vectors)."""
+        normal = self.normal[relations] if self.normal is not None else None
+        return scoring.query_vectors(self.score_fn, heads, self.relation[relations], normal)
+
+    def score_queries(self, query: torch.Tensor, relations: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
+        """query (B, d) from ``query``, relations (B,) ids, tails (M, d) encoded -> (B, M) scores."""
+        normal = self.normal[relations] if self.normal is not None else None
+        return scoring.score_queries(self.score_fn, query, tails, p=self.p, gamma=self.gamma, normal=normal)
+
     def parameter_count(self, num_entities: int) -> int:
         """Trainable parameters of one model: entity rows of real entities plus dense parameters."""
         dense = sum(p.numel() for group in self.dense_param_groups() for p in group["params"])
-        return num_entities * self.entity_table.shape[1] + dense
+        return num_entities * self.config["dim"] + dense

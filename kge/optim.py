@@ -116,3 +116,12 @@ class SparseRowAdam:
         self.step_count = int(state["step_count"])
         if self.stochastic_rounding and "generator_state" in state:
             self.generator.set_state(state["generator_state"])
+
+    def load_rows(self, rows: slice, state: dict) -> None:
+        """Restore one block of rows (one shard) from ``state_dict()``-shaped pieces of that block."""
+        stored = state.get("storage", "float32")
+        if stored != self.storage:
+            raise KgeInputError(f"entity optimizer state was stored as {stored!r} but this run uses storage {self.storage!r}")
+        for key in ("m", "v", "sqrt_v"):
+            if key in state and getattr(self, key) is not None:
+                getattr(self, key)[rows] = state[key].to(getattr(self, key).device)

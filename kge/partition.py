@@ -101,6 +101,30 @@ class Partition:
         return _from_table(table, e, None if seed < 0 else seed, source=str(path))
 
 
+def owned_shards(n_shards: int, rank: int, world_size: int) -> list[int]:
+    """Shards of worker ``rank``: i with i % world_size == rank (D must be a multiple of W).
+
+    A worker's local tables (entity rows, optimiser state, features) are its shards' rows
+    concatenated in this order, so shard ``owned[k]`` occupies local rows [k*S, (k+1)*S).
+    """
+    if world_size < 1 or n_shards % world_size:
+        raise KgeInputError(f"workers: {world_size} workers must divide the {n_shards} entity shards (re-shard with a multiple)")
+    return list(range(rank, n_shards, world_size))
+
+
+def locate_rows(rows: torch.Tensor, shard_size: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global table rows (n,) -> (owner worker (n,), local row on that worker (n,)), int64."""
+    shard = torch.div(rows, shard_size, rounding_mode="floor")
+    owner = shard % world_size
+    local = torch.div(shard, world_size, rounding_mode="floor") * shard_size + rows % shard_size
+    return owner, local
+
+
+def global_rows(owned: list[int], shard_size: int) -> torch.Tensor:
+    """Global table row of every local row of a worker owning ``owned`` -> (len(owned)*S,) int64."""
+    return torch.cat([torch.arange(i * shard_size, (i + 1) * shard_size) for i in owned])
+
+
 def _shard_size(num_entities: int, n_shards: int) -> int:
     return math.ceil(num_entities / n_shards)
 

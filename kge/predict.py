@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from kge.checkpoint import load_entity_rows, read_model
 from kge.device import resolve_device
 from kge.errors import KgeInputError
 from kge.features import FeatureStore
@@ -26,17 +27,11 @@ def load_model(path: str | Path, device: torch.device | str | None = None) -> tu
 
     ``device`` None places the model where its config's ``device`` setting says.
     """
-    path = Path(path)
-    if not path.exists():
-        raise KgeInputError(f"{path}: missing trained model; run `kge train` first")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(saved, dict) or saved.get("format") != "kge-model-v1":
-        raise KgeInputError(f"{path}: not a model written by `kge train` (format kge-model-v1)")
+    saved = read_model(path)
     device = resolve_device(saved["config"]["device"]) if device is None else torch.device(device)
-    table = saved["entity_table"]
-    model = KGEModel(saved["config"], table.shape[0], saved["num_relations"], saved["feature_dim"], torch.Generator().manual_seed(0))
+    model = KGEModel(saved["config"], saved["num_relations"], saved["feature_dim"], torch.Generator().manual_seed(0))
     model.load_state_dict(saved["dense"])
-    model.entity_table = table.to(device)
+    model.entity_table = load_entity_rows(path, saved).float().to(device)
     model.to(device).eval()
     return model, saved, device
 

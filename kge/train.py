@@ -1,7 +1,13 @@
-"""Single-worker BESS training loop with atomic checkpoints and exact resume.
+"""BESS training: one worker of D (or the only one), per-shard atomic checkpoints, exact resume.
 
-Every step seeds its own generators from (seed, step), so a run resumed from a checkpoint draws
-the same batches and dropout masks as an uninterrupted run and ends with identical parameters.
+Worker w of W owns the entity shards i with i % W == w (their rows, Adam state and features).
+Per step it samples B triples whose heads it owns, B / D from each bucket (i, j), and N / D shared
+negatives from each shard j; the tails it needs travel from their owners in one AllToAll (or, with
+``exchange: scores``, its queries are all-gathered and the owners send back scores). Dense
+parameters are replicated; their gradients are summed across workers with one all-reduce.
+
+Every step seeds its own generators from (seed, step, rank), so a run resumed from a checkpoint
+draws the same batches and dropout masks as an uninterrupted run and ends with identical parameters.
 """
 
 from __future__ import annotations
@@ -15,23 +21,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kge import atomic, losses
+from kge import atomic, checkpoint, losses
+from kge.comm import LocalComm
 from kge.config import config_hash
 from kge.device import resolve_device
+from kge.errors import KgeInputError
 from kge.features import FeatureStore
-from kge.model import KGEModel
+from kge.model import KGEModel, init_entity_rows
 from kge.optim import SparseRowAdam
-from kge.partition import Partition
+from kge.partition import Partition, locate_rows, owned_shards
 from kge.sampling import BessSampler
 from kge.shard import read_shard_meta
 
-CHECKPOINT_NAME = "checkpoint.pt"
-MODEL_NAME = "model.pt"
+MODEL_NAME = checkpoint.MODEL_NAME
 HISTORY_NAME = "history.json"
 
 
-def step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Seed of worker ``rank``'s generators at ``step`` (rank 0 of 1 is the single-worker run)."""
+    return (seed * 1_000_003 + step * 7_919 + 12_345 + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
 
 
 def learning_rate(config: dict, step: int) -> float:
@@ -42,34 +50,48 @@ def learning_rate(config: dict, step: int) -> float:
 
 
 class Trainer:
-    """Holds the model, optimisers, sampler and feature store of one training run."""
+    """One worker's model rows, optimisers, sampler and feature store (``comm`` None = the only worker)."""
 
-    def __init__(self, config: dict, shard_dir: str | Path, model_dir: str | Path):
+    def __init__(self, config: dict, shard_dir: str | Path, model_dir: str | Path, comm=None):
         self.config = config
+        self.comm = comm if comm is not None else LocalComm()
+        self.rank, self.world_size = self.comm.rank, self.comm.world_size
+        if config["workers"] != self.world_size:
+            raise KgeInputError(f"workers: config asks for {config['workers']} workers, {self.world_size} are running")
         self.model_dir = Path(model_dir)
         self.shard_dir = Path(shard_dir)
-        self.device = resolve_device(config["device"])
+        self.device = getattr(self.comm, "device", None) or resolve_device(config["device"])
         meta = read_shard_meta(shard_dir)
         self.num_entities = int(meta["num_entities"])
         self.num_relations = int(meta["num_relations"])
         self.partition = Partition.load(self.shard_dir / "partition.npz")
-        self.features = FeatureStore(shard_dir, self.partition.n_shards)
+        self.n_shards, self.shard_size = self.partition.n_shards, self.partition.shard_size
+        self.owned = owned_shards(self.n_shards, self.rank, self.world_size)
+        self.features = FeatureStore(shard_dir, self.n_shards, shards=self.owned)
         self.sampler = BessSampler(
-            shard_dir, config["batch_size"], config["negatives"], rank=0, world_size=config["workers"],
+            shard_dir, config["batch_size"], config["negatives"], rank=self.rank, world_size=self.world_size,
             relation_power=config["relation_power"],
         )
-        generator = torch.Generator().manual_seed(config["seed"])
-        self.model = KGEModel(config, self.features.num_rows, self.num_relations, self.features.dim, generator)
+        generator = torch.Generator().manual_seed(config["seed"])  # dense parameters: identical on every worker
+        self.model = KGEModel(config, self.num_relations, self.features.dim, generator)
         self.model.to(self.device)
-        self.model.entity_table = self.model.entity_table.to(self.device)
         adam = config["adam"]
-        self.entity_optimizer = SparseRowAdam(self.model.entity_table, adam["beta1"], adam["beta2"], adam["eps"])
+        self.entity_optimizer = SparseRowAdam(
+            init_entity_rows(config, self.owned, self.shard_size).to(self.device), adam["beta1"], adam["beta2"], adam["eps"],
+            storage=config["dtype"], stochastic_rounding=config["stochastic_rounding"],
+        )
+        self.model.entity_table = self.entity_optimizer.table  # in the storage dtype
+        # Loss scaling as the submission did: Adam is scale invariant, so gradients are never
+        # unscaled; the scale only lifts small gradients above fp16's underflow in stored m.
+        scale = config["loss_scale"]
+        self.loss_scale = float(config["batch_size"] * config["negatives"]) if scale == "auto" else float(scale)
+        self.dense_params = [p for group in self.model.dense_param_groups() for p in group["params"]]
         self.dense_optimizer = torch.optim.Adam(
             self.model.dense_param_groups(), lr=config["learning_rate"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"]
         )
         self.step = 0
-        # Wall time per phase of train_step (sample, gather, compute, optimizer), for `kge bench`.
-        self.phase_seconds = {"sample": 0.0, "gather": 0.0, "compute": 0.0, "optimizer": 0.0}
+        # Wall time per phase of train_step, for `kge bench`; "exchange" is waiting on collectives.
+        self.phase_seconds = {"sample": 0.0, "gather": 0.0, "compute": 0.0, "exchange": 0.0, "optimizer": 0.0}
         self._phase_start = 0.0
         self.history: list[dict] = []
         self.train_seconds = 0.0
@@ -79,6 +101,11 @@ class Trainer:
         # pushed popular entities down (miniature, DistMult, 1000 steps: validation MRR 0.054 with
         # the correction on every column, 0.089 on shared negatives only).
         self.correction = losses.sampling_correction(self.num_entities, config["negatives"], config["loss"]["correction_weight"])
+        self.last_step: dict = {}  # the last step's indices, for parity checks and debugging
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     # ----- one step -------------------------------------------------------------------------
     def _phase(self, name: str | None) -> None:
@@ -91,27 +118,50 @@ class Trainer:
         self._phase_start = now
 
     def train_step(self) -> float:
-        """One BESS step on B triples and N shared negatives; returns the loss value."""
-        config, model = self.config, self.model
+        """One BESS step; returns the loss summed over workers' queries / W (the same on every worker).
+
+        Shapes: B triples and N shared negatives per worker, M = B + N target columns, of which
+        c = M / W live on each worker (equal by construction of the sampler).
+        """
+        config, model, comm, device = self.config, self.model, self.comm, self.device
+        W, S = self.world_size, self.shard_size
         self._phase(None)
-        seed = step_seed(config["seed"], self.step)
+        seed = step_seed(config["seed"], self.step, self.rank)
         batch = self.sampler.sample(torch.Generator().manual_seed(seed))
         self._phase("sample")
         torch.manual_seed(seed)  # dropout masks
         B = batch.head.shape[0]
-        rows = self.partition.row_of(torch.cat([batch.head, batch.tail, batch.negatives]))
-        unique_rows, inverse = torch.unique(rows, return_inverse=True)
-        unique_rows = unique_rows.to(self.device)
-        inverse = inverse.to(self.device)
-        embedding_rows = model.entity_table[unique_rows].requires_grad_(True)
-        embedding = embedding_rows[inverse]
-        features = self.features.gather(rows).to(self.device) if model.use_features else None
+        _, head_local = locate_rows(self.partition.row_of(batch.head), S, W)  # heads are all ours
+        owner, target_local = locate_rows(self.partition.row_of(torch.cat([batch.tail, batch.negatives])), S, W)
+        M = owner.shape[0]
+        order = torch.argsort(owner, stable=True)  # columns grouped by owner: (W, c)
+        requests = target_local[order].view(W, M // W)
+        served = comm.all_to_all_ints(requests.to(device)).cpu()  # (W, c): our rows each worker needs
+        self.last_step = {"batch": batch, "served": served}
+        self._phase("exchange")
+        local_rows = torch.cat([head_local, served.reshape(-1)])
+        unique_rows, inverse = torch.unique(local_rows, return_inverse=True)
+        unique_rows = unique_rows.to(device)
+        embedding_rows = model.entity_table[unique_rows].float().requires_grad_(True)
+        embedding = embedding_rows[inverse.to(device)]
+        features = self.features.gather(local_rows).to(device) if model.use_features else None
         self._phase("gather")
         head_e, head_f = model.encode(embedding[:B], None if features is None else features[:B], "head")
+        # Tails are encoded where they live: (W * c, d), block u = the tails worker u asked for.
         tail_e, tail_f = model.encode(embedding[B:], None if features is None else features[B:], "tail")
-        relations = batch.relation.to(self.device)
-        scores = model.scores(head_e, relations, tail_e)  # (B, B + N): batch tails, then shared negatives
-        diagonal = torch.arange(B, device=self.device)
+        relations = batch.relation.to(device)
+        served_tails = tail_e.view(W, M // W, -1)
+        unorder = torch.argsort(order).to(device)  # back from owner-grouped to batch column order
+        if config["exchange"] == "tails":
+            received = comm.all_to_all(served_tails).reshape(M, -1)  # (M, d) in owner-grouped order
+            scores = model.scores(head_e, relations, received[unorder])  # (B, B + N)
+        else:
+            queries = comm.all_gather(model.query(head_e, relations))  # (W, B, d)
+            query_relations = comm.all_gather_ints(relations)  # (W, B)
+            served_scores = torch.stack([model.score_queries(queries[u], query_relations[u], served_tails[u]) for u in range(W)])
+            received = comm.all_to_all(served_scores)  # (W, B, c): our queries against worker v's tails
+            scores = received.permute(1, 0, 2).reshape(B, M)[:, unorder]
+        diagonal = torch.arange(B, device=device)
         positive = scores[diagonal, diagonal]
         negative_mask = torch.ones_like(scores, dtype=torch.bool)
         negative_mask[diagonal, diagonal] = False  # a query's own tail is its positive, not a negative
@@ -119,7 +169,7 @@ class Trainer:
         if not loss_cfg["in_batch_negatives"]:
             negative_mask[:, :B] = False
         if loss_cfg["type"] == "softmax":
-            shift = torch.zeros(scores.shape[1], device=self.device)
+            shift = torch.zeros(scores.shape[1], device=device)
             shift[B:] = self.correction
             loss = losses.softmax_loss(positive, scores + shift, negative_mask, correction=0.0)
         else:
@@ -127,6 +177,8 @@ class Trainer:
                 positive, scores, negative_mask, adversarial_scale=loss_cfg["adversarial_scale"],
                 pos_weight=loss_cfg["positive_weight"], neg_weight=loss_cfg["negative_weight"],
             )
+        # Penalties on heads here and on tails where they are encoded: summed over workers this is
+        # every worker's (heads, tails, negatives), as in one process.
         reg = config["regularisation"]
         for key, tensors in (
             ("entity", [head_e, tail_e]),
@@ -136,85 +188,126 @@ class Trainer:
             if reg[key]["weight"] > 0:
                 loss = loss + losses.l3_penalty(tensors, reg[key]["weight"], reg[key]["power"])
         self.dense_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # The objective is the mean over workers: each backpropagates loss / W, dense gradients are summed.
+        (loss * (self.loss_scale / W)).backward()
         self._phase("compute")
+        for p in self.dense_params:
+            if p.grad is None:  # every worker must contribute the same tensors to the all-reduce
+                p.grad = torch.zeros_like(p)
+        loss_sum = loss.detach().reshape(1) / W
+        comm.all_reduce_([p.grad for p in self.dense_params] + [loss_sum])
+        self._phase("exchange")
         lr = learning_rate(config, self.step)
         for group in self.dense_optimizer.param_groups:
             group["lr"] = lr * group["lr_modifier"]
         self.dense_optimizer.step()
-        self.entity_optimizer.step(unique_rows, embedding_rows.grad, lr * config["lr_modifiers"]["entity_embedding"])
+        rounding = torch.Generator(device=device).manual_seed(seed) if config["stochastic_rounding"] else None
+        self.entity_optimizer.step(unique_rows, embedding_rows.grad, lr * config["lr_modifiers"]["entity_embedding"], generator=rounding)
         self._phase("optimizer")
         self.step += 1
-        value = float(loss.detach())
+        value = float(loss_sum)
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at step {self.step}; lower learning_rate")
         return value
 
     # ----- checkpoints ----------------------------------------------------------------------
-    def state(self) -> dict:
-        return {
-            "config_hash": self.hash,
-            "step": self.step,
-            "entity_table": self.model.entity_table.cpu(),
-            "entity_optimizer": {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in self.entity_optimizer.state_dict().items()},
-            "dense": self.model.state_dict(),
-            "dense_optimizer": self.dense_optimizer.state_dict(),
-            "history": self.history,
-            "train_seconds": self.train_seconds,
-        }
+    def _shard_rows(self, k: int) -> slice:
+        return slice(k * self.shard_size, (k + 1) * self.shard_size)
+
+    def shard_states(self) -> dict[int, dict]:
+        """This worker's shards: rows and Adam state, each (S, d)."""
+        opt = self.entity_optimizer.state_dict()
+        out = {}
+        for k, shard in enumerate(self.owned):
+            rows = self._shard_rows(k)
+            state = {key: (v[rows] if torch.is_tensor(v) and v.dim() == 2 else v) for key, v in opt.items()}
+            out[shard] = {"rows": self.model.entity_table[rows], "optimizer": state}
+        return out
+
+    def _meta(self) -> dict:
+        return {"config_hash": self.hash, "n_shards": self.n_shards, "num_entities": self.num_entities,
+                "partition_seed": self.partition.seed}
 
     def save_checkpoint(self) -> None:
-        atomic.torch_save(self.model_dir / CHECKPOINT_NAME, self.state())
-        atomic.save_json(self.model_dir / HISTORY_NAME, {"config": self.config, "history": self.history})
+        """Every worker writes its shards; after a barrier rank 0 commits (dense state, latest.json)."""
+        checkpoint.save_shard_states(self.model_dir, self.step, self.shard_states())
+        self.comm.barrier()
+        if self.is_main:
+            dense = {"step": self.step, "dense": self.model.state_dict(), "dense_optimizer": self.dense_optimizer.state_dict(),
+                     "entity_step_count": self.entity_optimizer.step_count, "history": self.history,
+                     "train_seconds": self.train_seconds}
+            checkpoint.commit(self.model_dir, self.step, dense, self._meta())
+            atomic.save_json(self.model_dir / HISTORY_NAME, {"config": self.config, "history": self.history})
+        self.comm.barrier()  # nobody runs ahead while rank 0 prunes the older step
 
     def try_resume(self) -> bool:
-        path = self.model_dir / CHECKPOINT_NAME
-        if not path.exists():
+        """Load the last complete checkpoint if it belongs to this configuration and partition."""
+        found = checkpoint.latest(self.model_dir)
+        usable = found is not None and all(found[1].get(k) == v for k, v in self._meta().items())
+        if found is not None and not usable and self.is_main:
+            tqdm.write(f"kge train: {found[0]} belongs to a different configuration or partition; starting afresh", file=sys.stderr)
+        if not self.comm.broadcast_flag(usable):
             return False
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("config_hash") != self.hash:
-            tqdm.write(f"kge train: {path} belongs to a different configuration; starting afresh", file=sys.stderr)
-            return False
-        self.model.entity_table.copy_(state["entity_table"])
-        self.entity_optimizer.load_state_dict(state["entity_optimizer"])
-        self.model.load_state_dict(state["dense"])
-        self.dense_optimizer.load_state_dict(state["dense_optimizer"])
-        self.step = int(state["step"])
-        self.history = list(state["history"])
-        self.train_seconds = float(state["train_seconds"])
-        tqdm.write(f"kge train: resumed from {path} at step {self.step}", file=sys.stderr)
+        directory, _ = found
+        dense = torch.load(directory / "dense.pt", map_location="cpu", weights_only=False)
+        for k, shard in enumerate(self.owned):
+            state = checkpoint.load_shard_state(directory, shard)
+            rows = self._shard_rows(k)
+            self.model.entity_table[rows] = state["rows"].to(self.device)
+            self.entity_optimizer.load_rows(rows, state["optimizer"])
+        self.entity_optimizer.step_count = int(dense["entity_step_count"])
+        self.model.load_state_dict(dense["dense"])
+        self.dense_optimizer.load_state_dict(dense["dense_optimizer"])
+        self.step = int(dense["step"])
+        self.history = list(dense["history"])
+        self.train_seconds = float(dense["train_seconds"])
+        if self.is_main:
+            tqdm.write(f"kge train: resumed from {directory} at step {self.step}", file=sys.stderr)
         return True
 
-    def final_model(self) -> dict:
-        return {
-            "format": "kge-model-v1",
+    def save_final(self) -> dict:
+        """Every worker writes its entity shards; then rank 0 writes model.pt (last: it marks completion)."""
+        checkpoint.save_entity_shards(self.model_dir, {shard: self.model.entity_table[self._shard_rows(k)] for k, shard in enumerate(self.owned)})
+        self.comm.barrier()
+        final = {
+            "format": checkpoint.MODEL_FORMAT,
             "config": self.config,
             "num_entities": self.num_entities,
             "num_relations": self.num_relations,
             "feature_dim": self.features.dim,
-            "n_shards": self.partition.n_shards,
+            "n_shards": self.n_shards,
+            "shard_size": self.shard_size,
+            "partition_seed": self.partition.seed,
+            "entity_files": checkpoint.entity_files(self.n_shards),
             "steps": self.step,
             "train_seconds": self.train_seconds,
             "parameters": self.model.parameter_count(self.num_entities),
             "history": self.history,
-            "entity_table": self.model.entity_table.cpu(),
             "dense": self.model.state_dict(),
         }
+        if self.is_main:
+            atomic.torch_save(self.model_dir / MODEL_NAME, final)
+            atomic.save_json(self.model_dir / HISTORY_NAME, {"config": self.config, "history": self.history})
+            checkpoint.remove_checkpoints(self.model_dir)
+        self.comm.barrier()
+        return final
 
 
-def train(config: dict, shard_dir: str | Path, model_dir: str | Path, evaluator=None, progress: bool = True) -> dict:
+def train(config: dict, shard_dir: str | Path, model_dir: str | Path, evaluator=None, progress: bool = True, comm=None) -> dict:
     """Train (or resume) to ``config['steps']``; writes model_dir/model.pt atomically at the end.
 
-    ``evaluator(trainer) -> dict`` is called every ``validate_every`` steps and at the end; its
-    metrics (e.g. train and validation MRR) are appended to the history with the mean loss.
+    ``evaluator(trainer) -> dict`` is called (on every worker) every ``validate_every`` steps and
+    at the end; its metrics (e.g. train and validation MRR) are appended to the history with the
+    mean loss. ``comm`` is this worker's communicator (None: the only worker).
     """
-    trainer = Trainer(config, shard_dir, model_dir)
+    trainer = Trainer(config, shard_dir, model_dir, comm)
     trainer.model_dir.mkdir(parents=True, exist_ok=True)
     trainer.try_resume()
     total = config["steps"]
     last_save = time.monotonic()
     running: list[float] = []
-    bar = tqdm(total=total, initial=trainer.step, desc=f"train {config['score_fn']}", unit="step", disable=not progress, mininterval=2.0)
+    bar = tqdm(total=total, initial=trainer.step, desc=f"train {config['score_fn']}", unit="step",
+               disable=not progress or not trainer.is_main, mininterval=2.0)
     log_every = max(1, min(100, total // 20))
     while trainer.step < total:
         start = time.perf_counter()
@@ -231,12 +324,10 @@ def train(config: dict, shard_dir: str | Path, model_dir: str | Path, evaluator=
                 entry.update(evaluator(trainer))
             trainer.history.append(entry)
             bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "step"})
-        if not done and (trainer.step % config["checkpoint_every"] == 0 or time.monotonic() - last_save > config["checkpoint_seconds"]):
+        due = trainer.step % config["checkpoint_every"] == 0 or time.monotonic() - last_save > config["checkpoint_seconds"]
+        # Every worker must take the same decision (the save has barriers): rank 0's clock decides.
+        if not done and trainer.comm.broadcast_flag(due):
             trainer.save_checkpoint()
             last_save = time.monotonic()
     bar.close()
-    final = trainer.final_model()
-    atomic.torch_save(trainer.model_dir / MODEL_NAME, final)
-    atomic.save_json(trainer.model_dir / HISTORY_NAME, {"config": config, "history": trainer.history})
-    (trainer.model_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
-    return final
+    return trainer.save_final()
