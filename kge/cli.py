@@ -81,6 +81,9 @@ def _launch_workers(workers: int, max_restarts: int) -> None:
 
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
             f"--max-restarts={max_restarts}", "-m", "kge", *sys.argv[1:]]
+    # With the rendezvous store shared between torchrun and the workers (the default), restarted
+    # workers hang in init_process_group on the previous attempt's keys (pytorch issue 135712).
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

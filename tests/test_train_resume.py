@@ -69,3 +69,51 @@ def test_stale_checkpoint_of_other_config_is_not_used(mini_root, mini_shards, tm
     assert Trainer(cfg, mini_shards, tmp_path).try_resume()
     other = Trainer(resolve_model_config(dict(SETTINGS, steps=10, learning_rate=0.5)), mini_shards, tmp_path)
     assert not other.try_resume()
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (from /proc)."""
+    out = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(stat))
+    return out
+
+
+def test_killed_worker_group_restarts_and_resumes_to_identical_model(mini_root, mini_shards, tmp_path):
+    """W = 2 workers under torchrun: SIGKILL one worker after a checkpoint; torchrun restarts the
+    group, both workers resume from the last complete per-shard checkpoint, and the final model
+    equals an uninterrupted two-worker run bit for bit."""
+    from kge.checkpoint import load_entity_rows
+
+    settings = dict(SETTINGS, workers=2, steps=120, checkpoint_every=10, features={"dropout": 0.0})
+    config_path = tmp_path / "config.json"
+    subprocess.run([sys.executable, "-m", "kge", "config", "model", "--name", "m", "--json", json.dumps(settings),
+                    "--out", str(config_path)], check=True)
+    reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+    subprocess.run(_train_cmd(config_path, mini_root, mini_shards, reference_dir), check=True, capture_output=True)
+
+    launcher = subprocess.Popen(_train_cmd(config_path, mini_root, mini_shards, resumed_dir), stderr=subprocess.PIPE, text=True)
+    latest = resumed_dir / "checkpoint" / "latest.json"
+    deadline = time.monotonic() + 120
+    while not latest.exists() and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.05)
+    workers = _children(launcher.pid)  # `kge train` exec'd into torchrun, whose children are the workers
+    assert launcher.poll() is None and len(workers) == 2, "training ended before a worker could be killed; raise steps"
+    os.kill(workers[1], signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert "resumed from" in stderr
+
+    reference = torch.load(reference_dir / "model.pt", weights_only=False)
+    resumed = torch.load(resumed_dir / "model.pt", weights_only=False)
+    assert resumed["steps"] == reference["steps"] == settings["steps"]
+    assert torch.equal(load_entity_rows(resumed_dir / "model.pt", resumed), load_entity_rows(reference_dir / "model.pt", reference))
+    for key, value in reference["dense"].items():
+        assert torch.equal(resumed["dense"][key], value), key
+    assert not (resumed_dir / "checkpoint").exists()
