@@ -162,6 +162,13 @@ def _ensemble(args) -> None:
                  powers=args.powers, weight_exponents=args.weight_exponents)
 
 
+def _reshard(args) -> None:
+    from kge.reshard import reshard
+
+    what = reshard(args.model_dir, args.from_shards, args.to_shards, args.out)
+    print(f"kge reshard: wrote the {what} of {args.model_dir} for {args.to_shards} to {args.out}")
+
+
 def _submit(args) -> None:
     from kge.submission import run_submission
 
@@ -234,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default); split among local workers")
     p.add_argument("--max-restarts", type=int, default=3, help="workers > 1: times torchrun restarts a failed group")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("reshard", help="convert a checkpoint (or a trained model) to another entity partition / D")
+    p.add_argument("--model-dir", required=True, help="model directory with checkpoint/ or model.pt")
+    p.add_argument("--from-shards", required=True, help="shard directory it was trained on")
+    p.add_argument("--to-shards", required=True, help="shard directory of the new partition")
+    p.add_argument("--out", required=True, help="new model directory")
+    p.set_defaults(func=_reshard)
 
     p = sub.add_parser("predict", help="top-K over all entities for valid/test-dev/test-challenge")
     p.add_argument("--model", required=True, help="model.pt")

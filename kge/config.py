@@ -105,5 +105,8 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
 
 def config_hash(config: dict) -> str:
     """Stable digest of the settings that change training (used to refuse a stale checkpoint)."""
-    relevant = {k: v for k, v in config.items() if k not in ("checkpoint_every", "checkpoint_seconds", "device", "predict_batch", "predict_block")}
+    # Workers and the exchange variant change how a step is computed, not what is trained: a
+    # checkpoint resumes under another worker count (shards are owned by shard index).
+    ignored = ("checkpoint_every", "checkpoint_seconds", "device", "predict_batch", "predict_block", "workers", "exchange")
+    relevant = {k: v for k, v in config.items() if k not in ignored}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
