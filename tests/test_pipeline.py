@@ -16,8 +16,9 @@ MODELS = {
     "transe": {"score_fn": "transe", "distance": 1, "loss": {"type": "softmax"}},
     "transh": {"score_fn": "transh", "distance": 2, "loss": {"type": "logsigmoid", "adversarial_scale": 2.0}},
     "rotate": {"score_fn": "rotate", "distance": 2, "loss": {"type": "logsigmoid", "adversarial_scale": 4.0}},
-    "distmult": {"score_fn": "distmult", "loss": {"type": "softmax"}},
-    "complex": {"score_fn": "complex", "loss": {"type": "softmax"}},
+    # Two BESS workers each (torchrun, gloo): one moving tails, one moving scores.
+    "distmult": {"score_fn": "distmult", "loss": {"type": "softmax"}, "workers": 2},
+    "complex": {"score_fn": "complex", "loss": {"type": "softmax"}, "workers": 2, "exchange": "scores"},
 }
 
 
@@ -61,6 +62,8 @@ def test_pipeline_writes_valid_submission(tmp_path):
     summary = json.loads((results / "ensemble" / "summary.json").read_text())
     assert {m["model"] for m in summary["members"]} == set(MODELS)
     assert all(m["valid_mrr"] > 0 for m in summary["members"])
+    for name in ("distmult", "complex"):  # the two-worker models wrote one entity file per shard
+        assert len(list((results / "models" / name / "entities").glob("shard_*.pt"))) == 2
     metadata = json.loads((results / "submission" / "metadata.json").read_text())
     assert metadata["number_of_models"] == len(MODELS)
     assert metadata["validation_mrr"] == summary["ensemble_valid_mrr"]
