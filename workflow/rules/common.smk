@@ -26,3 +26,133 @@ wildcard_constraints:
 
 def model_settings_json(wildcards):
     return json.dumps(MODELS[wildcards.model], sort_keys=True)
+
+
+# ----- launching multi-worker models (config key `launcher`) ---------------------------------------
+# launcher: null -> today's behaviour: `kge train`/`kge predict` start torchrun themselves on the node
+# the job runs on, and jobs take `threads_per_job` threads. launcher: {...} -> per-model cluster
+# resources derived from the model's `workers` W, and for W > 1 with a `command`, that command (with
+# its {placeholders} filled in) prefixes `kge train`/`kge predict` to start the W workers across nodes.
+import math
+import re
+
+LAUNCHER = config.get("launcher")
+_PLACEHOLDER = re.compile(r"(?<!\$)\{(\w+)\}")  # {nodes} is ours; ${VAR} is left to the shell
+LAUNCH_PLACEHOLDERS = ("nodes", "workers", "workers_per_node", "cpus_per_worker", "cpus_per_node", "gpus_per_node")
+
+for _name, _cfg in MODELS.items():
+    if config["shards"]["count"] % _cfg["workers"]:
+        raise ValueError(
+            f"config key models.{_name}.workers: {_cfg['workers']} workers must divide shards.count = {config['shards']['count']}"
+        )
+
+
+def launch_plan(name):
+    """How model `name` runs under `launcher`: a dict of nodes, workers per node, threads and the
+    command prefix ("" = none), or None when `launcher` is null."""
+    if not LAUNCHER:
+        return None
+    workers = MODELS[name]["workers"]
+    per_node_max = LAUNCHER["workers_per_node"]
+    command = LAUNCHER.get("command") if workers > 1 else None
+    if workers > per_node_max and not command:
+        raise ValueError(
+            f"config key models.{name}.workers: {workers} workers do not fit on one node "
+            f"(launcher.workers_per_node = {per_node_max}) and launcher.command is not set"
+        )
+    if workers > per_node_max and workers % per_node_max:
+        raise ValueError(
+            f"config key models.{name}.workers: {workers} workers are not a whole number of nodes of "
+            f"launcher.workers_per_node = {per_node_max}"
+        )
+    per_node = min(workers, per_node_max)
+    plan = {
+        "nodes": math.ceil(workers / per_node),
+        "workers": workers,
+        "workers_per_node": per_node,
+        "cpus_per_worker": LAUNCHER["cpus_per_worker"],
+        "cpus_per_node": per_node * LAUNCHER["cpus_per_worker"],
+        "gpus_per_node": per_node * LAUNCHER["gpus_per_worker"],
+    }
+    prefix = ""
+    if command:
+        def fill(match):
+            key = match.group(1)
+            if key not in LAUNCH_PLACEHOLDERS:
+                raise ValueError(
+                    f"config key launcher.command: unknown placeholder {{{key}}} (known: {', '.join(LAUNCH_PLACEHOLDERS)}; "
+                    "write ${VAR} for shell variables)"
+                )
+            return str(plan[key])
+
+        prefix = _PLACEHOLDER.sub(fill, command.strip())
+    plan["prefix"] = prefix
+    return plan
+
+
+LAUNCH = {name: launch_plan(name) for name in MODELS}
+
+
+def launch_prefix(wildcards):
+    """The launcher command before `kge train`/`kge predict` ("" when kge launches its own workers)."""
+    plan = LAUNCH[wildcards.model]
+    return plan["prefix"] if plan else ""
+
+
+def job_threads(wildcards):
+    """Threads of a train/predict job: per node, split by kge among its local workers."""
+    plan = LAUNCH[wildcards.model]
+    return plan["cpus_per_node"] if plan else THREADS
+
+
+def _resource(step, key):
+    """resources: callables for the SLURM executor plugin; None leaves the resource unset."""
+
+    def value(wildcards):
+        plan = LAUNCH[wildcards.model]
+        if plan is None:
+            return None
+        multi_node = bool(plan["prefix"])  # the command starts one task per worker itself
+        gpus = plan["gpus_per_node"]
+        if key == "nodes":
+            return plan["nodes"]
+        if key == "mpi":  # the plugin then runs the job's shell without wrapping it in `srun -n1`
+            return "srun" if multi_node else None
+        if key == "tasks_per_node":  # --ntasks-per-node (the plugin wants > 1 with mpi)
+            return plan["workers_per_node"] if multi_node and plan["workers_per_node"] > 1 else None
+        if key == "tasks":  # one worker per node: --ntasks = W over W nodes
+            return plan["workers"] if multi_node and plan["workers_per_node"] == 1 else None
+        if key == "tasks_per_gpu":  # 0: no --ntasks-per-gpu (the plugin would otherwise copy `tasks` there)
+            return 0 if multi_node and gpus and plan["workers_per_node"] == 1 else None
+        if key == "cpus_per_task":
+            return plan["cpus_per_worker"] if multi_node else plan["cpus_per_node"]
+        if key == "gres":  # per node: --gres=gpu:G
+            return f"gpu:{gpus}" if multi_node and gpus else None
+        if key == "gpu":  # single-node job: --gpus=G (also on its srun step)
+            return gpus if not multi_node and gpus else None
+        if key == "mem_mb":  # --mem is per node
+            per_worker = LAUNCHER.get("mem_mb_per_worker")
+            return per_worker * plan["workers_per_node"] if per_worker else None
+        if key == "runtime":
+            return (LAUNCHER.get("runtime") or {}).get(step)
+        if key == "slurm_partition":
+            return LAUNCHER.get("slurm_partition")
+        raise KeyError(key)
+
+    return value
+
+
+def launch_resources(step):
+    """Keyword arguments for a rule's `resources:` (step = "train" or "predict"); none without a launcher.
+
+    mem_mb and runtime are left out unless the launcher sets them (Snakemake refuses None for sized
+    resources), so the profile's default-resources apply.
+    """
+    if not LAUNCHER:
+        return {}
+    keys = ["nodes", "mpi", "tasks", "tasks_per_node", "tasks_per_gpu", "cpus_per_task", "gres", "gpu", "slurm_partition"]
+    if LAUNCHER.get("mem_mb_per_worker"):
+        keys.append("mem_mb")
+    if (LAUNCHER.get("runtime") or {}).get(step):
+        keys.append("runtime")
+    return {key: _resource(step, key) for key in keys}

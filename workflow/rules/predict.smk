@@ -1,4 +1,5 @@
 # Top-K over all entities for validation, test-dev and test-challenge; validation MRR by ogb's evaluator.
+# Multi-worker models are launched as in train.smk (config key `launcher`).
 
 rule predict:
     input:
@@ -11,11 +12,14 @@ rule predict:
         root=ROOT,
         shards=SHARDS,
         top_k=config["top_k"],
-    threads: THREADS
+        launch=launch_prefix,
+    threads: job_threads
+    resources:
+        **launch_resources("predict"),
     log:
         f"{RESULTS}/logs/predict/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/{{model}}.tsv"
     shell:
-        "kge predict --model {input.model} --name {wildcards.model} --root {params.root} --shard-dir {params.shards}"
+        "{params.launch} kge predict --model {input.model} --name {wildcards.model} --root {params.root} --shard-dir {params.shards}"
         " --top-k {params.top_k} --out {output.predictions} --metrics {output.metrics} --threads {threads} 2> {log}"

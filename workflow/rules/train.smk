@@ -1,5 +1,12 @@
 # One training job per model. A killed job resumes from models/<name>/checkpoint.pt (not a declared
 # output, so Snakemake leaves it alone); model.pt appears only when training has finished.
+# Multi-worker models: with `launcher` null, `kge train` starts torchrun itself on the job's node;
+# with `launcher.command` set, that command (srun + torchrun) starts the workers across nodes, and the
+# job asks the batch system for nodes, tasks, GPUs, CPUs, memory and time derived from `workers`.
+
+localrules:
+    model_config,
+
 
 rule model_config:
     output:
@@ -20,11 +27,14 @@ rule train:
         root=ROOT,
         shards=SHARDS,
         out=f"{RESULTS}/models/{{model}}",
-    threads: THREADS
+        launch=launch_prefix,
+    threads: job_threads
+    resources:
+        **launch_resources("train"),
     log:
         f"{RESULTS}/logs/train/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}.tsv"
     shell:
-        "kge train --config {input.config} --root {params.root} --shard-dir {params.shards}"
+        "{params.launch} kge train --config {input.config} --root {params.root} --shard-dir {params.shards}"
         " --out {params.out} --threads {threads} 2> {log}"
