@@ -10,6 +10,8 @@ tested on its own against hand computations), not the exchange logic under test.
 from __future__ import annotations
 
 import os
+
+import numpy as np
 from pathlib import Path
 
 import torch
@@ -136,5 +138,48 @@ def parity_worker(rank: int, world_size: int, init_file: str, configs: list[dict
         record["dense"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         results.append(record)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def reference_topk(config: dict, shard_dir: Path, hr: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brute force: the full (Q, D*S) score matrix of the initial model, padding masked, torch.topk.
+
+    Returns (entity ids (Q, k), scores (Q, k)).
+    """
+    meta = read_shard_meta(shard_dir)
+    partition = Partition.load(Path(shard_dir) / "partition.npz")
+    features = FeatureStore(shard_dir, partition.n_shards)
+    model = KGEModel(config, int(meta["num_relations"]), features.dim, torch.Generator().manual_seed(config["seed"]))
+    table = init_entity_rows(config, list(range(partition.n_shards)), partition.shard_size)
+    row_entity = torch.from_numpy(np.concatenate(partition.shard_entities))
+    with torch.no_grad():
+        all_rows = torch.arange(table.shape[0])
+        feats = features.gather(all_rows) if model.use_features else None
+        tails = model.encode(table, feats, "tail")[0]
+        head_rows = partition.row_of(hr[:, 0])
+        heads = model.encode(table[head_rows], features.gather(head_rows) if model.use_features else None, "head")[0]
+        scores = model.scores(heads, hr[:, 1], tails).masked_fill(row_entity < 0, float("-inf"))
+        top_s, top_rows = torch.topk(scores, k, dim=1)
+    return row_entity[top_rows], top_s
+
+
+def topk_worker(rank: int, world_size: int, init_file: str, configs: list[dict], shard_dir: str, out_dir: str, hr, k: int) -> None:
+    """One spawned worker: sharded top-K of every config's initial model for queries ``hr``."""
+    import torch.distributed as dist
+
+    from kge.comm import ProcessGroupComm
+    from kge.distributed_predict import ShardedPredictor
+    from kge.train import Trainer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    comm = ProcessGroupComm(torch.device("cpu"))
+    results = []
+    for n, config in enumerate(configs):
+        trainer = Trainer(config, shard_dir, Path(out_dir) / f"model{n}", comm)
+        predictor = ShardedPredictor(trainer.model, trainer.features, trainer.partition, trainer.owned, trainer.device, comm, block_rows=97)
+        results.append(predictor.topk(hr.numpy(), k, query_batch=64))
+    torch.save(results, os.path.join(out_dir, f"topk{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()

@@ -102,7 +102,8 @@ def launch_prefix(wildcards):
 def job_threads(wildcards):
     """Threads of a train/predict job: per node, split by kge among its local workers."""
     plan = LAUNCH[wildcards.model]
-    return plan["cpus_per_node"] if plan else THREADS
+    # Without a launcher, W local workers need W cores at least (Snakemake schedules by threads).
+    return plan["cpus_per_node"] if plan else max(THREADS, MODELS[wildcards.model]["workers"])
 
 
 def _resource(step, key):
