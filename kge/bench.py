@@ -93,7 +93,7 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
 
 
 def bench_predict(score_fn: str, dim: int, queries: int = 2000, k: int = 100, root=None, shard_dir=None,
-                  scale: float = 1.0, n_shards: int = 2, device: str = "auto", query_batch: int = 1000, block: int = 16384) -> dict:
+                  scale: float = 1.0, n_shards: int = 2, device: str = "auto", query_batch: int = 1000, block: int = 65536) -> dict:
     """Time top-``k`` over every entity for ``queries`` random (head, relation) queries."""
     from kge.predict import Predictor
     from kge.shard import read_shard_meta

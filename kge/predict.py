@@ -13,6 +13,7 @@ from kge.checkpoint import load_entity_rows, read_model
 from kge.device import resolve_device
 from kge.errors import KgeInputError
 from kge.features import FeatureStore
+from kge import scoring
 from kge.model import KGEModel
 from kge.partition import Partition
 from kge.topk import blocked_topk
@@ -39,7 +40,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None) -> tu
 class Predictor:
     """Scores (head, relation) queries against every real entity row and keeps the top K."""
 
-    def __init__(self, model: KGEModel, features: FeatureStore, partition: Partition, device: torch.device, block_rows: int = 16384):
+    def __init__(self, model: KGEModel, features: FeatureStore, partition: Partition, device: torch.device, block_rows: int = 65536):
         self.model, self.features, self.partition, self.device = model, features, partition, device
         self.block_rows = block_rows
         self.row_to_entity = torch.from_numpy(np.concatenate(partition.shard_entities).astype(np.int64))
@@ -48,6 +49,9 @@ class Predictor:
         self._tail_cache: torch.Tensor | None = None
         if self.num_rows * model.entity_table.shape[1] * 4 <= TAIL_CACHE_LIMIT_BYTES:
             self._tail_cache = torch.cat([self._tail_block(s, min(s + block_rows, self.num_rows)) for s in range(0, self.num_rows, block_rows)])
+        # Squared tail norms for the L2 distance paths (|q|^2 + |t|^2 - 2 q.t), computed once.
+        self._l2 = model.score_fn == "transh" or (model.score_fn in ("transe", "rotate") and model.p == 2)
+        self._tails_sq = (self._tail_cache * self._tail_cache).sum(-1) if self._l2 and self._tail_cache is not None else None
 
     @torch.no_grad()
     def _tail_block(self, start: int, stop: int) -> torch.Tensor:
@@ -65,20 +69,40 @@ class Predictor:
         return self.model.encode(embedding, features, "head")[0], hr[:, 1].to(self.device)
 
     @torch.no_grad()
+    def query_vectors(self, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hr (Q, 2) -> (folded query vectors q (Q, d), TransH normals (Q, d) or None), see scoring.query_vectors."""
+        heads, relations = self.encode_queries(hr)
+        normal = self.model.normal[relations] if self.model.normal is not None else None
+        return scoring.query_vectors(self.model.score_fn, heads, self.model.relation[relations], normal), normal
+
+    @torch.no_grad()
     def topk(self, hr: np.ndarray, k: int, query_batch: int = 1000, progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
-        """hr (Q, 2) -> (entity ids (Q, k) int64, scores (Q, k) float32), best first."""
+        """hr (Q, 2) -> (entity ids (Q, k) int64, scores (Q, k) float32), best first.
+
+        Each query batch folds head and relation into its query vectors once, then scores them block by
+        block (padding rows are skipped, never scored); DistMult/ComplEx blocks are one matmul into a
+        reused (query_batch, block_rows) buffer.
+        """
         hr_t = torch.as_tensor(np.asarray(hr), dtype=torch.int64)
         ids_out = np.empty((len(hr_t), k), dtype=np.int64)
         scores_out = np.empty((len(hr_t), k), dtype=np.float32)
+        model = self.model
+        is_matmul = model.score_fn in ("distmult", "complex")
+        buffer = None
         for start in tqdm(range(0, len(hr_t), query_batch), desc=desc, unit="batch", disable=not progress, mininterval=2.0):
-            heads, relations = self.encode_queries(hr_t[start : start + query_batch])
+            query, normal = self.query_vectors(hr_t[start : start + query_batch])
+            if is_matmul and buffer is None:
+                buffer = torch.empty(min(query_batch, len(hr_t)), min(self.block_rows, self.num_rows), device=query.device, dtype=query.dtype)
 
             def block_scores(lo: int, hi: int) -> torch.Tensor:
                 tails = self._tail_cache[lo:hi] if self._tail_cache is not None else self._tail_block(lo, hi)
-                return self.model.scores(heads, relations, tails)
+                if is_matmul:
+                    return torch.matmul(query, tails.T, out=buffer[: len(query), : hi - lo])
+                tails_sq = self._tails_sq[lo:hi] if self._tails_sq is not None else None
+                return scoring.score_queries(model.score_fn, query, tails, p=model.p, gamma=model.gamma, normal=normal, tails_sq=tails_sq)
 
             scores, rows = blocked_topk(block_scores, self.num_rows, k, block_rows=self.block_rows, valid_rows=self.valid_rows)
-            stop = start + len(heads)
+            stop = start + len(query)
             ids_out[start:stop] = self.row_to_entity[rows.cpu()].numpy()
             scores_out[start:stop] = scores.float().cpu().numpy()
         return ids_out, scores_out
