@@ -89,26 +89,29 @@ def _launch_workers(workers: int, max_restarts: int) -> None:
     os.execv(sys.executable, argv)
 
 
-def _train(args) -> None:
+def _join_workers(workers: int, device_name: str, threads: int, max_restarts: int):
+    """This process's communicator: for workers > 1, launch torchrun first (unless it launched us)."""
     from kge.comm import launched_world_size, make_comm, worker_device
-    from kge.data.layout import open_dataset
     from kge.device import resolve_device, set_threads
+
+    if workers > 1 and launched_world_size() == 1:
+        _launch_workers(workers, max_restarts)
+    if workers > 1 and threads:  # the job's threads are shared by the workers on this node
+        set_threads(max(1, threads // min(workers, int(os.environ.get("LOCAL_WORLD_SIZE", workers)))))
+    return make_comm(workers, worker_device(resolve_device(device_name)))
+
+
+def _train(args) -> None:
+    from kge.data.layout import open_dataset
     from kge.predict import curve_evaluator
     from kge.train import train
 
     config = _load_model_config(args.config)
     if args.steps:
         config["steps"] = args.steps
-    workers = config["workers"]
-    if workers > 1 and launched_world_size() == 1:
-        _launch_workers(workers, args.max_restarts)
-    if workers > 1 and args.threads:
-        set_threads(max(1, args.threads // min(workers, int(os.environ.get("LOCAL_WORLD_SIZE", workers)))))
+    comm = _join_workers(config["workers"], config["device"], args.threads, args.max_restarts)
     ds = open_dataset(args.root, check=False)
-    comm = make_comm(workers, worker_device(resolve_device(config["device"])))
-    evaluator = None
-    if workers == 1:  # the training curve's top-K runs on a single worker's full table
-        evaluator = curve_evaluator(ds.val_hr, ds.val_t, ds.train_hrt, config["validate_queries"], seed=config["seed"])
+    evaluator = curve_evaluator(ds.val_hr, ds.val_t, ds.train_hrt, config["validate_queries"], seed=config["seed"])
     train(config, args.shard_dir, args.out, evaluator=evaluator, comm=comm)
 
 
@@ -125,14 +128,25 @@ def _predict(args) -> None:
     from kge.partition import Partition
     from kge.predict import Predictor, load_model, predict_splits
 
+    from kge.checkpoint import read_model
+    from kge.partition import owned_shards
+
     model_path = Path(args.model)
-    model, saved, device = load_model(model_path)
-    ds = open_dataset(args.root, check=False)
+    saved = read_model(model_path)
+    workers = args.workers or saved["config"]["workers"]
+    comm = _join_workers(workers, saved["config"]["device"], args.threads, 0)
     partition = Partition.load(Path(args.shard_dir) / "partition.npz")
-    features = FeatureStore(args.shard_dir, partition.n_shards)
-    predictor = Predictor(model, features, partition, device, saved["config"]["predict_block"])
+    if partition.n_shards != saved["n_shards"] or partition.seed != saved.get("partition_seed"):
+        raise KgeInputError(f"{args.shard_dir}: not the partition {model_path} was trained on; see `kge reshard`")
+    owned = owned_shards(partition.n_shards, comm.rank, comm.world_size)
+    model, saved, device = load_model(model_path, getattr(comm, "device", None), shards=owned)
+    ds = open_dataset(args.root, check=False)
+    features = FeatureStore(args.shard_dir, partition.n_shards, shards=owned)
+    predictor = Predictor(model, features, partition, device, saved["config"]["predict_block"], owned=owned, comm=comm)
     queries = {"valid": np.asarray(ds.val_hr), "test-dev": np.asarray(ds.test_dev_hr), "test-challenge": np.asarray(ds.test_challenge_hr)}
     arrays, seconds = predict_splits(predictor, queries, args.top_k, saved["config"]["predict_batch"])
+    if comm.rank != 0:
+        return  # every worker holds the merged result; rank 0 writes it
     valid_mrr = mrr(arrays["valid_ids"][:, :10], np.asarray(ds.val_t))
     atomic.save_npz(args.out, **arrays)
     cfg = saved["config"]
@@ -148,6 +162,7 @@ def _predict(args) -> None:
         "train_seconds": saved["train_seconds"],
         "inference_seconds": seconds,
         "hardware": describe(device),
+        "workers": comm.world_size,
         "top_k": args.top_k,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -257,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=100)
     p.add_argument("--out", required=True, help="predictions .npz")
     p.add_argument("--metrics", required=True, help="metrics .json")
+    p.add_argument("--workers", type=int, default=None, help="workers sharing the entity table (default: the model's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.set_defaults(func=_predict)
 

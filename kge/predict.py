@@ -9,41 +9,55 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kge.checkpoint import load_entity_rows, read_model
-from kge.device import resolve_device
-from kge.errors import KgeInputError
-from kge.features import FeatureStore
 from kge import scoring
+from kge.checkpoint import load_entity_rows, read_model
+from kge.comm import LocalComm
+from kge.device import resolve_device
+from kge.features import FeatureStore
 from kge.model import KGEModel
-from kge.partition import Partition
-from kge.topk import blocked_topk
+from kge.partition import Partition, locate_rows
+from kge.topk import blocked_topk, merge_topk
 
 # Cache every tail embedding when it fits; otherwise recompute each block per query batch.
 TAIL_CACHE_LIMIT_BYTES = 2 << 30
 SPLITS = ("valid", "test-dev", "test-challenge")
 
 
-def load_model(path: str | Path, device: torch.device | str | None = None) -> tuple[KGEModel, dict, torch.device]:
+def load_model(path: str | Path, device: torch.device | str | None = None, shards: list[int] | None = None) -> tuple[KGEModel, dict, torch.device]:
     """model.pt written by ``kge train`` -> (model in eval mode, its metadata dict, its device).
 
-    ``device`` None places the model where its config's ``device`` setting says.
+    ``device`` None places the model where its config's ``device`` setting says. ``shards``: load
+    only those shards' entity rows (one worker of a sharded prediction); default all.
     """
     saved = read_model(path)
     device = resolve_device(saved["config"]["device"]) if device is None else torch.device(device)
     model = KGEModel(saved["config"], saved["num_relations"], saved["feature_dim"], torch.Generator().manual_seed(0))
     model.load_state_dict(saved["dense"])
-    model.entity_table = load_entity_rows(path, saved).float().to(device)
+    model.entity_table = load_entity_rows(path, saved, shards).float().to(device)
     model.to(device).eval()
     return model, saved, device
 
 
 class Predictor:
-    """Scores (head, relation) queries against every real entity row and keeps the top K."""
+    """Scores (head, relation) queries against every real entity row and keeps the top K.
 
-    def __init__(self, model: KGEModel, features: FeatureStore, partition: Partition, device: torch.device, block_rows: int = 65536):
+    Single process: ``Predictor(model, features, partition, device)`` with the whole (D*S, d)
+    table in ``model.entity_table`` and the FeatureStore of every shard. One of W workers (BESS
+    inference): ``owned`` = the worker's shards (its table rows and FeatureStore are those shards
+    concatenated) and ``comm`` its communicator. Queries are grouped by the shard of their head:
+    the owner encodes the head, the encoded heads are combined with one all-reduce (the other
+    workers add zeros, so the sum is exact); each worker scans its own rows with a running top-K
+    and the W candidate lists ((Q, k) each) are all-gathered and merged. Every worker returns the
+    same merged result.
+    """
+
+    def __init__(self, model: KGEModel, features: FeatureStore, partition: Partition, device: torch.device,
+                 block_rows: int = 65536, owned: list[int] | None = None, comm=None):
         self.model, self.features, self.partition, self.device = model, features, partition, device
+        self.comm = comm if comm is not None else LocalComm()
+        self.owned = list(range(partition.n_shards)) if owned is None else list(owned)
         self.block_rows = block_rows
-        self.row_to_entity = torch.from_numpy(np.concatenate(partition.shard_entities).astype(np.int64))
+        self.row_to_entity = torch.from_numpy(np.concatenate([partition.shard_entities[i] for i in self.owned]).astype(np.int64))
         self.valid_rows = (self.row_to_entity >= 0).to(device)
         self.num_rows = int(self.row_to_entity.shape[0])
         self._tail_cache: torch.Tensor | None = None
@@ -55,18 +69,30 @@ class Predictor:
 
     @torch.no_grad()
     def _tail_block(self, start: int, stop: int) -> torch.Tensor:
-        """Encoded tail embeddings of rows [start, stop) -> (stop-start, d)."""
-        embedding = self.model.entity_table[start:stop]
+        """Encoded tail embeddings of local rows [start, stop) -> (stop-start, d) float32."""
+        embedding = self.model.entity_table[start:stop].float()
         features = self.features.block(start, stop).to(self.device) if self.model.use_features else None
         return self.model.encode(embedding, features, "tail")[0]
 
     @torch.no_grad()
     def encode_queries(self, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hr (Q, 2) global (head id, relation id) -> (encoded heads (Q, d), relations (Q,))."""
-        rows = self.partition.row_of(hr[:, 0])
-        embedding = self.model.entity_table[rows.to(self.device)]
+        """hr (Q, 2) global (head id, relation id) -> (encoded heads (Q, d), relations (Q,)), on every worker."""
+        heads = hr[:, 0]
+        owner, local = locate_rows(self.partition.row_of(heads), self.partition.shard_size, self.comm.world_size)
+        relations = hr[:, 1].to(self.device)
+        if self.comm.world_size == 1:
+            rows = local
+        else:
+            rows = local[owner == self.comm.rank]
+        embedding = self.model.entity_table[rows.to(self.device)].float()
         features = self.features.gather(rows).to(self.device) if self.model.use_features else None
-        return self.model.encode(embedding, features, "head")[0], hr[:, 1].to(self.device)
+        encoded = self.model.encode(embedding, features, "head")[0]
+        if self.comm.world_size == 1:
+            return encoded, relations
+        out = torch.zeros(len(heads), encoded.shape[1], device=self.device)
+        out[torch.nonzero(owner == self.comm.rank).squeeze(1).to(self.device)] = encoded
+        self.comm.all_reduce_([out])
+        return out, relations
 
     @torch.no_grad()
     def query_vectors(self, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -83,13 +109,14 @@ class Predictor:
         block (padding rows are skipped, never scored); DistMult/ComplEx blocks are one matmul into a
         reused (query_batch, block_rows) buffer.
         """
-        hr_t = torch.as_tensor(np.asarray(hr), dtype=torch.int64)
+        hr_t = torch.as_tensor(np.array(hr, dtype=np.int64))
         ids_out = np.empty((len(hr_t), k), dtype=np.int64)
         scores_out = np.empty((len(hr_t), k), dtype=np.float32)
         model = self.model
         is_matmul = model.score_fn in ("distmult", "complex")
         buffer = None
-        for start in tqdm(range(0, len(hr_t), query_batch), desc=desc, unit="batch", disable=not progress, mininterval=2.0):
+        show = progress and self.comm.rank == 0
+        for start in tqdm(range(0, len(hr_t), query_batch), desc=desc, unit="batch", disable=not show, mininterval=2.0):
             query, normal = self.query_vectors(hr_t[start : start + query_batch])
             if is_matmul and buffer is None:
                 buffer = torch.empty(min(query_batch, len(hr_t)), min(self.block_rows, self.num_rows), device=query.device, dtype=query.dtype)
@@ -102,8 +129,13 @@ class Predictor:
                 return scoring.score_queries(model.score_fn, query, tails, p=model.p, gamma=model.gamma, normal=normal, tails_sq=tails_sq)
 
             scores, rows = blocked_topk(block_scores, self.num_rows, k, block_rows=self.block_rows, valid_rows=self.valid_rows)
+            entity = self.row_to_entity[rows.cpu()]
+            if self.comm.world_size > 1:
+                all_scores = self.comm.all_gather(scores.contiguous())  # (W, Q, k)
+                all_ids = self.comm.all_gather_ints(entity.to(self.device).contiguous())  # (W, Q, k)
+                scores, entity = merge_topk([(all_scores[w], all_ids[w]) for w in range(self.comm.world_size)], k)
             stop = start + len(query)
-            ids_out[start:stop] = self.row_to_entity[rows.cpu()].numpy()
+            ids_out[start:stop] = entity.cpu().numpy()
             scores_out[start:stop] = scores.float().cpu().numpy()
         return ids_out, scores_out
 
@@ -138,7 +170,9 @@ def curve_evaluator(val_hr: np.ndarray, val_t: np.ndarray, train_hrt: np.ndarray
         model = trainer.model
         model.eval()
         try:
-            predictor = Predictor(model, trainer.features, trainer.partition, trainer.device, trainer.config["predict_block"])
+            # Every worker takes part: each scans its own shards, all get the merged top-K.
+            predictor = Predictor(model, trainer.features, trainer.partition, trainer.device, trainer.config["predict_block"],
+                                  owned=trainer.owned, comm=trainer.comm)
             batch = trainer.config["predict_batch"]
             valid_ids, _ = predictor.topk(valid_hr, 10, query_batch=batch)
             train_ids, _ = predictor.topk(sample[:, :2], 10, query_batch=batch)

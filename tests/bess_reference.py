@@ -169,7 +169,7 @@ def topk_worker(rank: int, world_size: int, init_file: str, configs: list[dict],
     import torch.distributed as dist
 
     from kge.comm import ProcessGroupComm
-    from kge.distributed_predict import ShardedPredictor
+    from kge.predict import Predictor
     from kge.train import Trainer
 
     torch.set_num_threads(1)
@@ -178,7 +178,8 @@ def topk_worker(rank: int, world_size: int, init_file: str, configs: list[dict],
     results = []
     for n, config in enumerate(configs):
         trainer = Trainer(config, shard_dir, Path(out_dir) / f"model{n}", comm)
-        predictor = ShardedPredictor(trainer.model, trainer.features, trainer.partition, trainer.owned, trainer.device, comm, block_rows=97)
+        predictor = Predictor(trainer.model, trainer.features, trainer.partition, trainer.device, block_rows=97,
+                              owned=trainer.owned, comm=comm)
         results.append(predictor.topk(hr.numpy(), k, query_batch=64))
     torch.save(results, os.path.join(out_dir, f"topk{rank}.pt"))
     dist.barrier()
