@@ -54,7 +54,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "validate_every": 0,
     "validate_queries": 2000,
     "predict_batch": 1000,
-    "predict_block": 16384,
+    "predict_block": 65536,
 }
 
 
