@@ -25,7 +25,7 @@ pytest.importorskip(
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 COMMAND = (
     "srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={cpus_per_node} --gres=gpu:{gpus_per_node} "
-    "torchrun --nnodes={nodes} --nproc-per-node={workers_per_node} --rdzv-backend=c10d "
+    "env TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes={nodes} --nproc-per-node={workers_per_node} --rdzv-backend=c10d "
     "--rdzv-endpoint=$(hostname):29500 --rdzv-id=${SLURM_JOB_ID} --max-restarts=3 --no-python"
 )
 MODELS = {"single": {"score_fn": "distmult"}, "duo": {"score_fn": "complex", "workers": 2}}
