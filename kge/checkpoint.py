@@ -33,6 +33,16 @@ MODEL_NAME = "model.pt"
 MODEL_FORMAT = "kge-model-v2"
 
 
+def _own_storage(value):
+    """Copy tensors (recursively) into storage of their own: torch.save writes a view's WHOLE
+    underlying storage, so saving a shard's slice of the table would write the whole table."""
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True).contiguous()
+    if isinstance(value, dict):
+        return {k: _own_storage(v) for k, v in value.items()}
+    return value
+
+
 def shard_file(shard: int) -> str:
     return f"shard_{shard:04d}.pt"
 
@@ -46,7 +56,7 @@ def save_shard_states(model_dir: Path, step: int, states: dict[int, dict]) -> No
     directory = step_dir(model_dir, step)
     directory.mkdir(parents=True, exist_ok=True)
     for shard, state in states.items():
-        atomic.torch_save(directory / shard_file(shard), {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.items()})
+        atomic.torch_save(directory / shard_file(shard), _own_storage(state))
 
 
 def commit(model_dir: Path, step: int, dense_state: dict, meta: dict) -> None:
@@ -84,7 +94,7 @@ def save_entity_shards(model_dir: Path, tables: dict[int, torch.Tensor]) -> None
     directory = Path(model_dir) / ENTITY_DIR
     directory.mkdir(parents=True, exist_ok=True)
     for shard, rows in tables.items():
-        atomic.torch_save(directory / shard_file(shard), rows.detach().cpu().contiguous())
+        atomic.torch_save(directory / shard_file(shard), _own_storage(rows))
 
 
 def entity_files(n_shards: int) -> list[str]:

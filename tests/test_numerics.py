@@ -64,6 +64,9 @@ def test_final_model_is_stored_in_the_storage_dtype(mini_shards, tmp_path):
     saved = torch.load(tmp_path / "model.pt", weights_only=False)
     rows = load_entity_rows(tmp_path / "model.pt", saved)
     assert rows.dtype == torch.bfloat16 and rows.shape[1] == 32
+    for path in (tmp_path / "entities").glob("shard_*.pt"):  # each file holds its shard only
+        shard = torch.load(path, weights_only=True)
+        assert shard.untyped_storage().nbytes() == shard.numel() * 2 == saved["shard_size"] * 32 * 2
     model, _, _ = load_model(tmp_path / "model.pt", "cpu")
     assert model.entity_table.dtype == torch.float32  # compute in fp32
     assert torch.equal(model.entity_table, rows.float())

@@ -41,6 +41,10 @@ def test_checkpoint_moves_to_another_partition_and_resumes(mini_shards, shards4,
     for _ in range(3):
         trainer.train_step()
     trainer.save_checkpoint()
+    for path in (tmp_path / "d2" / "checkpoint").glob("step_*/shard_*.pt"):  # a shard's rows only, not the table
+        state = torch.load(path, weights_only=False)
+        assert state["rows"].untyped_storage().nbytes() == state["rows"].numel() * state["rows"].element_size()
+        assert state["rows"].shape[0] == trainer.shard_size
     assert reshard(tmp_path / "d2", mini_shards, shards4, tmp_path / "d4", progress=False) == "checkpoint"
 
     moved = Trainer(config, shards4, tmp_path / "d4")
