@@ -34,6 +34,22 @@ def matmul_gflops(device: torch.device, n: int = 1024, seconds: float = 1.0) -> 
     return 2.0 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
+def cached_data(scale: float, n_shards: int) -> tuple[Path, Path]:
+    """A generated miniature and its shards in a reusable cache directory (for multi-process runs,
+    whose workers must all read the same files). Complete when shard_meta.json exists."""
+    from kge.data.mini import generate_mini
+    from kge.shard import shard_dataset
+
+    base = Path(tempfile.gettempdir()) / "kge-bench-cache" / f"mini-scale{scale:g}"
+    root, shards = base / "data", base / f"shards{n_shards}"
+    if not (root / "dataset.ok").exists():
+        generate_mini(root, seed=0, scale=scale, progress=False)
+        (root / "dataset.ok").write_text("ok\n")
+    if not (shards / "shard_meta.json").exists():
+        shard_dataset(root, shards, n_shards, seed=0, progress=False)
+    return root, shards
+
+
 def _data(root, shard_dir, scale: float, n_shards: int, tmp: Path) -> tuple[Path, Path]:
     """Use the given dataset and shards, or generate a miniature of ``scale`` into ``tmp``."""
     if root and shard_dir:
@@ -57,32 +73,52 @@ def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: 
 
 
 def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: int = 1, steps: int = 30,
-                warmup: int = 3, root=None, shard_dir=None, scale: float = 0.2, n_shards: int = 2, device: str = "auto") -> dict:
-    """Time ``steps`` training steps after ``warmup``; scored pairs are B x (B + N) per step."""
+                warmup: int = 3, root=None, shard_dir=None, scale: float = 0.2, n_shards: int = 2, device: str = "auto",
+                comm=None) -> dict | None:
+    """Time ``steps`` training steps after ``warmup``; scored pairs are B x (B + N) per step and worker.
+
+    With ``comm`` (one of W workers launched by torchrun) every worker times its own steps, the
+    matmul rates measured concurrently by all workers are summed (the machine's rate under the
+    same load), throughput counts all W workers, and only rank 0 returns the result.
+    """
+    from kge.comm import LocalComm
     from kge.train import Trainer
 
-    dev = resolve_device(device)
+    comm = comm if comm is not None else LocalComm()
+    dev = getattr(comm, "device", None) or resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="kge-bench-") as tmp:
         root, shard_dir = _data(root, shard_dir, scale, n_shards, Path(tmp))
-        trainer = Trainer(_model_config(score_fn, dim, batch, negatives, workers, device), shard_dir, Path(tmp) / "model")
+        trainer = Trainer(_model_config(score_fn, dim, batch, negatives, workers, device), shard_dir, Path(tmp) / "model", comm)
         for _ in range(warmup):
             trainer.train_step()
+        comm.barrier()
         rate = matmul_gflops(dev)
+        comm.barrier()
         trainer.phase_seconds = dict.fromkeys(trainer.phase_seconds, 0.0)
         start = time.perf_counter()
         for _ in range(steps):
             trainer.train_step()
         seconds = time.perf_counter() - start
+    if comm.world_size > 1:
+        # Sum over workers: matmul rate and seconds (phases averaged below); the slowest worker sets the pace.
+        totals = torch.tensor([rate, seconds] + list(trainer.phase_seconds.values()), dtype=torch.float64, device=dev)
+        comm.all_reduce_([totals])
+        rate = float(totals[0])
+        seconds = float(totals[1]) / comm.world_size
+        trainer.phase_seconds = {k: float(v) / comm.world_size for k, v in zip(trainer.phase_seconds, totals[2:])}
+        if comm.rank != 0:
+            return None
+    batch_all = batch * comm.world_size
     columns = batch + negatives
     # Forward B x M x d multiply-adds, backward twice that (gradients of queries and of tails).
-    scoring_flops = 6.0 * batch * columns * dim * steps
-    feature_flops = FEATURE_FLOPS_PER_ROW * (batch + columns) * trainer.features.dim * dim * steps if trainer.model.use_features else 0.0
+    scoring_flops = 6.0 * batch_all * columns * dim * steps
+    feature_flops = FEATURE_FLOPS_PER_ROW * (batch + columns) * comm.world_size * trainer.features.dim * dim * steps if trainer.model.use_features else 0.0
     compute = trainer.phase_seconds["compute"]
     return {
         "bench": "train", "score_fn": score_fn, "dim": dim, "batch": batch, "negatives": negatives, "workers": workers,
         "steps": steps, "device": str(dev), "threads": torch.get_num_threads(),
-        "triples_per_s": batch * steps / seconds,
-        "scored_pairs_per_s": batch * columns * steps / seconds,
+        "triples_per_s": batch_all * steps / seconds,
+        "scored_pairs_per_s": batch_all * columns * steps / seconds,
         "matmul_gflops": rate,
         "model_gflops": (scoring_flops + feature_flops) / seconds / 1e9,
         "fraction_of_matmul": (scoring_flops + feature_flops) / seconds / 1e9 / rate,

@@ -71,7 +71,7 @@ def _load_model_config(path: str) -> dict:
     return resolve_model_config(json.loads(p.read_text()), where=str(p))
 
 
-def _launch_workers(workers: int, max_restarts: int) -> None:
+def _launch_workers(workers: int, max_restarts: int, extra_args: tuple = ()) -> None:
     """Re-run this very command under torchrun with ``workers`` local processes (replaces this process).
 
     torchrun restarts the whole group after any worker dies, up to ``max_restarts`` times; each
@@ -80,7 +80,7 @@ def _launch_workers(workers: int, max_restarts: int) -> None:
     import os
 
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
-            f"--max-restarts={max_restarts}", "-m", "kge", *sys.argv[1:]]
+            f"--max-restarts={max_restarts}", "-m", "kge", *sys.argv[1:], *extra_args]
     # With the rendezvous store shared between torchrun and the workers (the default), restarted
     # workers hang in init_process_group on the previous attempt's keys (pytorch issue 135712).
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
@@ -195,10 +195,21 @@ def _bench(args) -> None:
 
     common = dict(root=args.root, shard_dir=args.shard_dir, device=args.device)
     if args.bench_command == "train":
-        result = bench_train(args.score_fn, args.dim, args.batch, args.negatives, args.workers, args.steps, **common)
+        comm = None
+        if args.workers > 1:
+            from kge.bench import cached_data
+            from kge.comm import launched_world_size
+
+            if launched_world_size() == 1 and not (args.root and args.shard_dir):
+                # The workers must share one dataset: generate it once, before launching them.
+                root, shards = cached_data(scale=0.2, n_shards=args.workers)
+                _launch_workers(args.workers, 0, ("--root", str(root), "--shard-dir", str(shards)))
+            comm = _join_workers(args.workers, args.device, args.threads, 0)
+        result = bench_train(args.score_fn, args.dim, args.batch, args.negatives, args.workers, args.steps, comm=comm, **common)
     else:
         result = bench_predict(args.score_fn, args.dim, args.queries, args.top_k, **common)
-    print(json.dumps(result))
+    if result is not None:
+        print(json.dumps(result))
 
 
 def _plot(args) -> None:

@@ -20,3 +20,15 @@ def test_bench_train_and_predict_report_consistent_json(mini_root, mini_shards):
     p = json.loads(run.stdout)
     assert p["queries_per_s"] > 0 and abs(p["queries_per_s"] * p["seconds"] - 300) < 1e-6 * 300
     assert abs(p["scoring_gflops"] - 2 * 300 * p["entities"] * 32 / p["seconds"] / 1e9) < 1e-9
+
+
+def test_bench_train_with_two_workers_counts_both(mini_root, mini_shards):
+    """--workers 2: torchrun runs two BESS workers; one JSON line (rank 0) counting both workers' triples."""
+    common = ["--score-fn", "distmult", "--dim", "32", "--root", str(mini_root), "--shard-dir", str(mini_shards), "--threads", "2"]
+    run = subprocess.run([sys.executable, "-m", "kge", "bench", "train", *common, "--batch", "64", "--negatives", "64",
+                          "--steps", "4", "--workers", "2"], capture_output=True, text=True, check=True)
+    (line,) = [x for x in run.stdout.strip().splitlines() if x.startswith("{")]
+    r = json.loads(line)
+    assert r["workers"] == 2
+    assert abs(r["triples_per_s"] * r["seconds"] - 2 * 64 * 4) < 1e-6 * 2 * 64 * 4
+    assert r["phase_share"]["exchange"] > 0  # the AllToAll and all-reduce were timed
