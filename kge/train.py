@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kge import atomic, checkpoint, losses
+from kge import atomic, checkpoint, losses, scoring
 from kge.comm import LocalComm
 from kge.config import config_hash
 from kge.device import resolve_device
@@ -142,8 +142,8 @@ class Trainer:
         local_rows = torch.cat([head_local, served.reshape(-1)])
         unique_rows, inverse = torch.unique(local_rows, return_inverse=True)
         unique_rows = unique_rows.to(device)
-        embedding_rows = model.entity_table[unique_rows].float().requires_grad_(True)
-        embedding = embedding_rows[inverse.to(device)]
+        embedding_rows = model.entity_table.index_select(0, unique_rows).float().requires_grad_(True)
+        embedding = embedding_rows.index_select(0, inverse.to(device))  # backward: one index_add_
         features = self.features.gather(local_rows).to(device) if model.use_features else None
         self._phase("gather")
         head_e, head_f = model.encode(embedding[:B], None if features is None else features[:B], "head")
@@ -152,27 +152,33 @@ class Trainer:
         relations = batch.relation.to(device)
         served_tails = tail_e.view(W, M // W, -1)
         unorder = torch.argsort(order).to(device)  # back from owner-grouped to batch column order
+        loss_cfg = config["loss"]
+        fused = loss_cfg["type"] == "softmax" and model.score_fn in scoring.DOT_FNS
+        loss = scores = None
         if config["exchange"] == "tails":
             received = comm.all_to_all(served_tails).reshape(M, -1)  # (M, d) in owner-grouped order
-            scores = model.scores(head_e, relations, received[unorder])  # (B, B + N)
+            if fused:  # dot-product scores: matmuls and softmax in one function, no (B, M) gradient
+                loss = losses.dot_softmax_loss(
+                    model.query(head_e, relations), received[unorder], self.correction, loss_cfg["in_batch_negatives"]
+                )
+            else:
+                scores = model.scores(head_e, relations, received[unorder])  # (B, B + N)
         else:
             queries = comm.all_gather(model.query(head_e, relations))  # (W, B, d)
             query_relations = comm.all_gather_ints(relations)  # (W, B)
             served_scores = torch.stack([model.score_queries(queries[u], query_relations[u], served_tails[u]) for u in range(W)])
             received = comm.all_to_all(served_scores)  # (W, B, c): our queries against worker v's tails
             scores = received.permute(1, 0, 2).reshape(B, M)[:, unorder]
-        diagonal = torch.arange(B, device=device)
-        positive = scores[diagonal, diagonal]
-        negative_mask = torch.ones_like(scores, dtype=torch.bool)
-        negative_mask[diagonal, diagonal] = False  # a query's own tail is its positive, not a negative
-        loss_cfg = config["loss"]
-        if not loss_cfg["in_batch_negatives"]:
-            negative_mask[:, :B] = False
-        if loss_cfg["type"] == "softmax":
-            shift = torch.zeros(scores.shape[1], device=device)
-            shift[B:] = self.correction
-            loss = losses.softmax_loss(positive, scores + shift, negative_mask, correction=0.0)
-        else:
+        if loss is None and loss_cfg["type"] == "softmax":
+            # One softmax pass over (B, M); the correction only on the shared negatives.
+            loss = losses.batch_softmax_loss(scores, self.correction, loss_cfg["in_batch_negatives"])
+        elif loss is None:
+            diagonal = torch.arange(B, device=device)
+            positive = scores[diagonal, diagonal]
+            negative_mask = torch.ones_like(scores, dtype=torch.bool)
+            negative_mask[diagonal, diagonal] = False  # a query's own tail is its positive, not a negative
+            if not loss_cfg["in_batch_negatives"]:
+                negative_mask[:, :B] = False
             loss = losses.logsigmoid_loss(
                 positive, scores, negative_mask, adversarial_scale=loss_cfg["adversarial_scale"],
                 pos_weight=loss_cfg["positive_weight"], neg_weight=loss_cfg["negative_weight"],
