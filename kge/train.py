@@ -143,32 +143,41 @@ class Trainer:
         unique_rows, inverse = torch.unique(local_rows, return_inverse=True)
         unique_rows = unique_rows.to(device)
         embedding_rows = model.entity_table.index_select(0, unique_rows).float().requires_grad_(True)
-        embedding = embedding_rows.index_select(0, inverse.to(device))  # backward: one index_add_
+        inverse = inverse.to(device)
+        # Heads and tails gathered apart: backward is two index_add_ into the rows' gradient, not
+        # slice gradients zero-filled to (B + M, d) and summed.
+        head_s = embedding_rows.index_select(0, inverse[:B])
+        tail_s = embedding_rows.index_select(0, inverse[B:])
         features = self.features.gather(local_rows).to(device) if model.use_features else None
         self._phase("gather")
-        head_e, head_f = model.encode(embedding[:B], None if features is None else features[:B], "head")
+        head_e, head_f = model.encode(head_s, None if features is None else features[:B], "head")
         # Tails are encoded where they live: (W * c, d), block u = the tails worker u asked for.
-        tail_e, tail_f = model.encode(embedding[B:], None if features is None else features[B:], "tail")
+        tail_e, tail_f = model.encode(tail_s, None if features is None else features[B:], "tail")
         relations = batch.relation.to(device)
         served_tails = tail_e.view(W, M // W, -1)
-        unorder = torch.argsort(order).to(device)  # back from owner-grouped to batch column order
+        # Back from owner-grouped to batch column order (one worker: already in order).
+        unorder = None if W == 1 else torch.argsort(order).to(device)
         loss_cfg = config["loss"]
         fused = loss_cfg["type"] == "softmax" and model.score_fn in scoring.DOT_FNS
         loss = scores = None
         if config["exchange"] == "tails":
             received = comm.all_to_all(served_tails).reshape(M, -1)  # (M, d) in owner-grouped order
+            if unorder is not None:
+                received = received.index_select(0, unorder)
             if fused:  # dot-product scores: matmuls and softmax in one function, no (B, M) gradient
                 loss = losses.dot_softmax_loss(
-                    model.query(head_e, relations), received[unorder], self.correction, loss_cfg["in_batch_negatives"]
+                    model.query(head_e, relations), received, self.correction, loss_cfg["in_batch_negatives"]
                 )
             else:
-                scores = model.scores(head_e, relations, received[unorder])  # (B, B + N)
+                scores = model.scores(head_e, relations, received)  # (B, B + N)
         else:
             queries = comm.all_gather(model.query(head_e, relations))  # (W, B, d)
             query_relations = comm.all_gather_ints(relations)  # (W, B)
             served_scores = torch.stack([model.score_queries(queries[u], query_relations[u], served_tails[u]) for u in range(W)])
             received = comm.all_to_all(served_scores)  # (W, B, c): our queries against worker v's tails
-            scores = received.permute(1, 0, 2).reshape(B, M)[:, unorder]
+            scores = received.permute(1, 0, 2).reshape(B, M)
+            if unorder is not None:
+                scores = scores[:, unorder]
         if loss is None and loss_cfg["type"] == "softmax":
             # One softmax pass over (B, M); the correction only on the shared negatives.
             loss = losses.batch_softmax_loss(scores, self.correction, loss_cfg["in_batch_negatives"])
@@ -188,7 +197,7 @@ class Trainer:
         reg = config["regularisation"]
         for key, tensors in (
             ("entity", [head_e, tail_e]),
-            ("embedding", [embedding[:B], embedding[B:]]),
+            ("embedding", [head_s, tail_s]),
             ("feature", [head_f, tail_f]),
         ):
             if reg[key]["weight"] > 0:
