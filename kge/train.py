@@ -134,8 +134,9 @@ class Trainer:
         _, head_local = locate_rows(self.partition.row_of(batch.head), S, W)  # heads are all ours
         owner, target_local = locate_rows(self.partition.row_of(torch.cat([batch.tail, batch.negatives])), S, W)
         M = owner.shape[0]
-        order = torch.argsort(owner, stable=True)  # columns grouped by owner: (W, c)
-        requests = target_local[order].view(W, M // W)
+        # Columns grouped by owner: (W, c); one worker owns them all, in batch order already.
+        order = None if W == 1 else torch.argsort(owner, stable=True)
+        requests = (target_local if order is None else target_local[order]).view(W, M // W)
         served = comm.all_to_all_ints(requests.to(device)).cpu()  # (W, c): our rows each worker needs
         self.last_step = {"batch": batch, "served": served}
         self._phase("exchange")
