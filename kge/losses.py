@@ -59,6 +59,124 @@ def softmax_loss(pos: torch.Tensor, neg: torch.Tensor, neg_mask: torch.Tensor | 
     return (torch.logsumexp(logits, dim=1) - pos).mean()
 
 
+class _BatchSoftmaxLoss(torch.autograd.Function):
+    """Forward and backward of ``batch_softmax_loss``: the arithmetic of ``softmax_loss`` on the same
+    (B, 1 + M) logits, bit for bit, without the bool mask, masked fill and concatenation passes."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, correction: float, in_batch_negatives: bool) -> torch.Tensor:
+        B, M = scores.shape
+        rows = torch.arange(B, device=scores.device)
+        shift = torch.zeros(M, dtype=scores.dtype, device=scores.device)
+        shift[B:] = correction
+        logits = torch.empty(B, 1 + M, dtype=scores.dtype, device=scores.device)  # [positive, negatives]
+        logits[:, 0] = scores.diagonal()
+        torch.add(scores, shift, out=logits[:, 1:])
+        logits[rows, rows + 1] = float("-inf")  # a query's own tail is its positive, not a negative
+        if not in_batch_negatives:
+            logits[:, 1:B + 1] = float("-inf")
+        lse = torch.logsumexp(logits, dim=1)
+        ctx.save_for_backward(logits, lse)
+        return (lse - logits[:, 0]).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        logits, lse = ctx.saved_tensors
+        B = logits.shape[0]
+        scale = grad_output / B
+        grad = scale * (logits - lse.unsqueeze(1)).exp()  # as logsumexp's backward; masked columns 0
+        rows = torch.arange(B, device=logits.device)
+        grad_scores = grad[:, 1:]
+        grad_scores[rows, rows] = grad[:, 0] - scale  # the positive: d(lse - pos)
+        return grad_scores, None, None
+
+
+def batch_softmax_loss(scores: torch.Tensor, correction: float = 0.0, in_batch_negatives: bool = True) -> torch.Tensor:
+    """The trainer's sampled softmax on its (B, M) score matrix, fused; a scalar.
+
+    Column b < B holds query b's own tail (its positive); columns B: are the shared negatives.
+    Equal to ``softmax_loss(pos, neg, mask, correction=0.0)`` with pos the diagonal, neg = scores +
+    ``correction`` on columns B: and mask excluding the diagonal and, when not ``in_batch_negatives``,
+    every in-batch column (same value and gradient, same rounding) in fewer passes over B x M.
+    """
+    if scores.ndim != 2 or scores.shape[0] > scores.shape[1]:
+        raise KgeInputError(f"batch_softmax_loss: expected scores (B, M) with B <= M, got {tuple(scores.shape)}")
+    return _BatchSoftmaxLoss.apply(scores, float(correction), bool(in_batch_negatives))
+
+
+class _DotSoftmaxLoss(torch.autograd.Function):
+    """``batch_softmax_loss(query @ tails.T, ...)`` with the score matrix kept inside: backward never
+    forms a (B, M) gradient, it multiplies the saved probabilities straight into the two matmuls."""
+
+    @staticmethod
+    def forward(ctx, query: torch.Tensor, tails: torch.Tensor, correction: float, in_batch_negatives: bool) -> torch.Tensor:
+        B = query.shape[0]
+        if in_batch_negatives:
+            scores = query @ tails.T  # (B, M), ours: shifted in place
+            if correction != 0.0:
+                scores[:, B:] += correction
+            probs = torch.softmax(scores, dim=1)
+            log_p = torch.log(probs.diagonal())
+            bad = log_p < -69.0  # p below 1e-30: that row's log-normaliser the long way
+            if bool(bad.any()):
+                idx = torch.nonzero(bad).squeeze(1)
+                log_p[idx] = scores[idx, idx] - torch.logsumexp(scores[idx], dim=1)
+            ctx.save_for_backward(query, tails, probs)
+            ctx.in_batch_negatives = True
+            return -log_p.mean()
+        # Only the shared negatives are scored; softmax(s + c) = softmax(s), and the negatives'
+        # log-normaliser is read off the largest probability (>= 1/N, so never underflowed).
+        scores = query @ tails[B:].T  # (B, N)
+        probs = torch.softmax(scores, dim=1)
+        lse_neg = scores.amax(dim=1) - torch.log(probs.amax(dim=1)) + correction
+        pos = (query * tails[:B]).sum(dim=1)
+        lse = torch.logaddexp(lse_neg, pos)
+        ctx.save_for_backward(query, tails, probs, torch.exp(lse_neg - lse), torch.exp(pos - lse))
+        ctx.in_batch_negatives = False
+        return (lse - pos).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        B = ctx.saved_tensors[0].shape[0]
+        scale = grad_output / B
+        grad_q = grad_t = None
+        if ctx.in_batch_negatives:
+            # d loss / d scores = scale * (probs - I): I @ tails = tails[:B], I.T @ query = [query; 0].
+            query, tails, probs = ctx.saved_tensors
+            if ctx.needs_input_grad[0]:
+                grad_q = (probs @ tails).sub_(tails[:B]).mul_(scale)
+            if ctx.needs_input_grad[1]:
+                grad_t = probs.T @ query
+                grad_t[:B] -= query
+                grad_t.mul_(scale)
+            return grad_q, grad_t, None, None
+        query, tails, probs, neg_share, p_pos = ctx.saved_tensors
+        w = (neg_share * scale).unsqueeze(1)  # d loss / d s_bj = scale * neg_share_b * probs_bj
+        coef = ((p_pos - 1.0) * scale).unsqueeze(1)  # d loss / d pos_b
+        if ctx.needs_input_grad[0]:
+            grad_q = (probs @ tails[B:]).mul_(w).add_(coef * tails[:B])
+        if ctx.needs_input_grad[1]:
+            grad_t = torch.empty_like(tails)
+            torch.mm(probs.T, query * w, out=grad_t[B:])
+            torch.mul(query, coef, out=grad_t[:B])
+        return grad_q, grad_t, None, None
+
+
+def dot_softmax_loss(query: torch.Tensor, tails: torch.Tensor, correction: float = 0.0,
+                     in_batch_negatives: bool = True) -> torch.Tensor:
+    """``batch_softmax_loss(query @ tails.T, correction, in_batch_negatives)`` for dot-product scores
+    (DistMult, ComplEx: query (B, d) from ``scoring.query_vectors``, tails (M, d), B <= M), fused.
+
+    Without in-batch negatives the B x B in-batch block is never computed (positives are row dots).
+    """
+    if query.ndim != 2 or tails.ndim != 2 or query.shape[1] != tails.shape[1] or query.shape[0] > tails.shape[0]:
+        raise KgeInputError(f"dot_softmax_loss: expected query (B, d) and tails (M, d) with B <= M, got "
+                            f"{tuple(query.shape)} and {tuple(tails.shape)}")
+    return _DotSoftmaxLoss.apply(query, tails, float(correction), bool(in_batch_negatives))
+
+
 def sampling_correction(num_entities: int, num_negatives: int, weight: float = 1.0) -> float:
     """weight * log((E - 1) / N): each of N uniform negatives stands for (E - 1) / N entities."""
     if num_entities < 2 or num_negatives < 1:

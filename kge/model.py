@@ -82,19 +82,19 @@ class KGEModel(nn.Module):
 
     def scores(self, heads: torch.Tensor, relations: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
         """heads (B, d) encoded, relations (B,) ids, tails (M, d) encoded -> (B, M) scores."""
-        normal = self.normal[relations] if self.normal is not None else None
+        normal = self.normal.index_select(0, relations) if self.normal is not None else None
         return scoring.score_matrix(
-            self.score_fn, heads, self.relation[relations], tails, p=self.p, gamma=self.gamma, normal=normal
+            self.score_fn, heads, self.relation.index_select(0, relations), tails, p=self.p, gamma=self.gamma, normal=normal
         )
 
     def query(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
         """heads (B, d) encoded, relations (B,) ids -> query vectors (B, d) (scoring.query_vectors)."""
-        normal = self.normal[relations] if self.normal is not None else None
-        return scoring.query_vectors(self.score_fn, heads, self.relation[relations], normal)
+        normal = self.normal.index_select(0, relations) if self.normal is not None else None
+        return scoring.query_vectors(self.score_fn, heads, self.relation.index_select(0, relations), normal)
 
     def score_queries(self, query: torch.Tensor, relations: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
         """query (B, d) from ``query``, relations (B,) ids, tails (M, d) encoded -> (B, M) scores."""
-        normal = self.normal[relations] if self.normal is not None else None
+        normal = self.normal.index_select(0, relations) if self.normal is not None else None
         return scoring.score_queries(self.score_fn, query, tails, p=self.p, gamma=self.gamma, normal=normal)
 
     def parameter_count(self, num_entities: int) -> int:

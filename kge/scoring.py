@@ -32,6 +32,8 @@ from kge.errors import KgeInputError
 SCORE_FNS = frozenset({"transe", "transh", "rotate", "distmult", "complex"})
 DISTANCE_FNS = frozenset({"transe", "transh", "rotate"})
 COMPLEX_FNS = frozenset({"rotate", "complex"})
+# Scores are query_vectors(...) @ tails.T: a plain matmul (the trainer fuses it with the softmax loss).
+DOT_FNS = frozenset({"distmult", "complex"})
 
 # Elements of one (B, chunk, d) broadcast block of the L1 paths (about 128 MiB in float32).
 L1_CHUNK_ELEMENTS = 1 << 25

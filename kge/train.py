@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kge import atomic, checkpoint, losses
+from kge import atomic, checkpoint, losses, scoring
 from kge.comm import LocalComm
 from kge.config import config_hash
 from kge.device import resolve_device
@@ -134,45 +134,61 @@ class Trainer:
         _, head_local = locate_rows(self.partition.row_of(batch.head), S, W)  # heads are all ours
         owner, target_local = locate_rows(self.partition.row_of(torch.cat([batch.tail, batch.negatives])), S, W)
         M = owner.shape[0]
-        order = torch.argsort(owner, stable=True)  # columns grouped by owner: (W, c)
-        requests = target_local[order].view(W, M // W)
+        # Columns grouped by owner: (W, c); one worker owns them all, in batch order already.
+        order = None if W == 1 else torch.argsort(owner, stable=True)
+        requests = (target_local if order is None else target_local[order]).view(W, M // W)
         served = comm.all_to_all_ints(requests.to(device)).cpu()  # (W, c): our rows each worker needs
         self.last_step = {"batch": batch, "served": served}
         self._phase("exchange")
         local_rows = torch.cat([head_local, served.reshape(-1)])
         unique_rows, inverse = torch.unique(local_rows, return_inverse=True)
         unique_rows = unique_rows.to(device)
-        embedding_rows = model.entity_table[unique_rows].float().requires_grad_(True)
-        embedding = embedding_rows[inverse.to(device)]
+        embedding_rows = model.entity_table.index_select(0, unique_rows).float().requires_grad_(True)
+        inverse = inverse.to(device)
+        # Heads and tails gathered apart: backward is two index_add_ into the rows' gradient, not
+        # slice gradients zero-filled to (B + M, d) and summed.
+        head_s = embedding_rows.index_select(0, inverse[:B])
+        tail_s = embedding_rows.index_select(0, inverse[B:])
         features = self.features.gather(local_rows).to(device) if model.use_features else None
         self._phase("gather")
-        head_e, head_f = model.encode(embedding[:B], None if features is None else features[:B], "head")
+        head_e, head_f = model.encode(head_s, None if features is None else features[:B], "head")
         # Tails are encoded where they live: (W * c, d), block u = the tails worker u asked for.
-        tail_e, tail_f = model.encode(embedding[B:], None if features is None else features[B:], "tail")
+        tail_e, tail_f = model.encode(tail_s, None if features is None else features[B:], "tail")
         relations = batch.relation.to(device)
         served_tails = tail_e.view(W, M // W, -1)
-        unorder = torch.argsort(order).to(device)  # back from owner-grouped to batch column order
+        # Back from owner-grouped to batch column order (one worker: already in order).
+        unorder = None if W == 1 else torch.argsort(order).to(device)
+        loss_cfg = config["loss"]
+        fused = loss_cfg["type"] == "softmax" and model.score_fn in scoring.DOT_FNS
+        loss = scores = None
         if config["exchange"] == "tails":
             received = comm.all_to_all(served_tails).reshape(M, -1)  # (M, d) in owner-grouped order
-            scores = model.scores(head_e, relations, received[unorder])  # (B, B + N)
+            if unorder is not None:
+                received = received.index_select(0, unorder)
+            if fused:  # dot-product scores: matmuls and softmax in one function, no (B, M) gradient
+                loss = losses.dot_softmax_loss(
+                    model.query(head_e, relations), received, self.correction, loss_cfg["in_batch_negatives"]
+                )
+            else:
+                scores = model.scores(head_e, relations, received)  # (B, B + N)
         else:
             queries = comm.all_gather(model.query(head_e, relations))  # (W, B, d)
             query_relations = comm.all_gather_ints(relations)  # (W, B)
             served_scores = torch.stack([model.score_queries(queries[u], query_relations[u], served_tails[u]) for u in range(W)])
             received = comm.all_to_all(served_scores)  # (W, B, c): our queries against worker v's tails
-            scores = received.permute(1, 0, 2).reshape(B, M)[:, unorder]
-        diagonal = torch.arange(B, device=device)
-        positive = scores[diagonal, diagonal]
-        negative_mask = torch.ones_like(scores, dtype=torch.bool)
-        negative_mask[diagonal, diagonal] = False  # a query's own tail is its positive, not a negative
-        loss_cfg = config["loss"]
-        if not loss_cfg["in_batch_negatives"]:
-            negative_mask[:, :B] = False
-        if loss_cfg["type"] == "softmax":
-            shift = torch.zeros(scores.shape[1], device=device)
-            shift[B:] = self.correction
-            loss = losses.softmax_loss(positive, scores + shift, negative_mask, correction=0.0)
-        else:
+            scores = received.permute(1, 0, 2).reshape(B, M)
+            if unorder is not None:
+                scores = scores[:, unorder]
+        if loss is None and loss_cfg["type"] == "softmax":
+            # One softmax pass over (B, M); the correction only on the shared negatives.
+            loss = losses.batch_softmax_loss(scores, self.correction, loss_cfg["in_batch_negatives"])
+        elif loss is None:
+            diagonal = torch.arange(B, device=device)
+            positive = scores[diagonal, diagonal]
+            negative_mask = torch.ones_like(scores, dtype=torch.bool)
+            negative_mask[diagonal, diagonal] = False  # a query's own tail is its positive, not a negative
+            if not loss_cfg["in_batch_negatives"]:
+                negative_mask[:, :B] = False
             loss = losses.logsigmoid_loss(
                 positive, scores, negative_mask, adversarial_scale=loss_cfg["adversarial_scale"],
                 pos_weight=loss_cfg["positive_weight"], neg_weight=loss_cfg["negative_weight"],
@@ -182,7 +198,7 @@ class Trainer:
         reg = config["regularisation"]
         for key, tensors in (
             ("entity", [head_e, tail_e]),
-            ("embedding", [embedding[:B], embedding[B:]]),
+            ("embedding", [head_s, tail_s]),
             ("feature", [head_f, tail_f]),
         ):
             if reg[key]["weight"] > 0:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kge.errors import KgeInputError
-from kge.losses import l3_penalty, logsigmoid_loss, sampling_correction, softmax_loss
+from kge.losses import batch_softmax_loss, dot_softmax_loss, l3_penalty, logsigmoid_loss, sampling_correction, softmax_loss
 
 D64 = torch.float64
 
@@ -132,3 +132,80 @@ def test_shape_validation():
         softmax_loss(torch.zeros(3), torch.zeros(2, 4))
     with pytest.raises(KgeInputError):
         logsigmoid_loss(torch.zeros(2), torch.zeros(2, 4), torch.ones(2, 3, dtype=torch.bool))
+
+
+def _trainer_softmax(scores, correction, in_batch):
+    """The trainer's former composition: diagonal positive, shift on shared columns, mask."""
+    B, M = scores.shape
+    diag = torch.arange(B)
+    mask = torch.ones(B, M, dtype=torch.bool)
+    mask[diag, diag] = False
+    if not in_batch:
+        mask[:, :B] = False
+    shift = torch.zeros(M, dtype=scores.dtype)
+    shift[B:] = correction
+    return softmax_loss(scores[diag, diag], scores + shift, mask, correction=0.0)
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+@pytest.mark.parametrize("correction", [0.0, 2.5])
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+def test_batch_softmax_matches_masked_softmax(in_batch, correction, dtype):
+    g = torch.Generator().manual_seed(1)
+    scores = (3 * torch.randn(6, 15, dtype=torch.float64, generator=g)).to(dtype)
+    a = scores.clone().requires_grad_()
+    b = scores.clone().requires_grad_()
+    want = _trainer_softmax(a, correction, in_batch)
+    got = batch_softmax_loss(b, correction, in_batch)
+    torch.testing.assert_close(got, want)
+    (want * 1.7).backward()
+    (got * 1.7).backward()
+    torch.testing.assert_close(b.grad, a.grad)
+    if not in_batch:  # off-diagonal in-batch columns take no part
+        off = ~torch.eye(6, 15, dtype=torch.bool)
+        off[:, 6:] = False
+        assert (b.grad[off] == 0).all()
+
+
+def test_batch_softmax_by_hand():
+    # B = 1, M = 2: logits (1, 0 + ln 2) -> -log(e / (e + 2)) = log(1 + 2/e)
+    got = batch_softmax_loss(torch.tensor([[1.0, 0.0]], dtype=D64), correction=math.log(2))
+    assert got.item() == pytest.approx(math.log1p(2 / math.e), rel=1e-12)
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_batch_softmax_underflowed_positive_stays_finite(in_batch):
+    # A positive 200 below its negatives: p underflows in float32, the loss must still be ~200.
+    scores = torch.zeros(3, 7)
+    scores[:, 3:] = 200.0
+    scores[1, 1] = 5.0
+    got = batch_softmax_loss(scores.clone().requires_grad_(), 0.0, in_batch)
+    want = _trainer_softmax(scores.double(), 0.0, in_batch)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+@pytest.mark.parametrize("correction", [0.0, 2.5])
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+def test_dot_softmax_matches_scores_then_loss(in_batch, correction, dtype):
+    g = torch.Generator().manual_seed(2)
+    q0 = torch.randn(5, 8, dtype=torch.float64, generator=g).to(dtype)
+    t0 = torch.randn(13, 8, dtype=torch.float64, generator=g).to(dtype)
+    q1, t1 = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    q2, t2 = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    want = _trainer_softmax(q1 @ t1.T, correction, in_batch)
+    got = dot_softmax_loss(q2, t2, correction, in_batch)
+    torch.testing.assert_close(got, want)
+    (want * 0.3).backward()
+    (got * 0.3).backward()
+    torch.testing.assert_close(q2.grad, q1.grad)
+    torch.testing.assert_close(t2.grad, t1.grad)
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_dot_softmax_underflowed_positive_stays_finite(in_batch):
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[-100.0, 0.0], [0.0, 3.0], [100.0, 0.0], [0.0, 100.0]])
+    got = dot_softmax_loss(q, t, 0.0, in_batch)
+    want = _trainer_softmax((q @ t.T).double(), 0.0, in_batch)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
