@@ -62,11 +62,11 @@ def _data(root, shard_dir, scale: float, n_shards: int, tmp: Path) -> tuple[Path
     return tmp / "data", tmp / "shards"
 
 
-def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: int, device: str) -> dict:
+def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: int, device: str, exchange: str = "tails") -> dict:
     from kge.config import resolve_model_config
 
     return resolve_model_config({
-        "score_fn": score_fn, "dim": dim, "batch_size": batch, "negatives": negatives, "workers": workers,
+        "score_fn": score_fn, "dim": dim, "batch_size": batch, "negatives": negatives, "workers": workers, "exchange": exchange,
         "device": device, "steps": 10**9, "loss": {"type": "softmax", "in_batch_negatives": True},
         "distance": 2 if score_fn in ("transh", "rotate") else 1,
     }, where="kge bench")
@@ -74,7 +74,7 @@ def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: 
 
 def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: int = 1, steps: int = 30,
                 warmup: int = 3, root=None, shard_dir=None, scale: float = 0.2, n_shards: int = 2, device: str = "auto",
-                comm=None) -> dict | None:
+                comm=None, exchange: str = "tails") -> dict | None:
     """Time ``steps`` training steps after ``warmup``; scored pairs are B x (B + N) per step and worker.
 
     With ``comm`` (one of W workers launched by torchrun) every worker times its own steps, the
@@ -88,7 +88,7 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
     dev = getattr(comm, "device", None) or resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="kge-bench-") as tmp:
         root, shard_dir = _data(root, shard_dir, scale, n_shards, Path(tmp))
-        trainer = Trainer(_model_config(score_fn, dim, batch, negatives, workers, device), shard_dir, Path(tmp) / "model", comm)
+        trainer = Trainer(_model_config(score_fn, dim, batch, negatives, workers, device, exchange), shard_dir, Path(tmp) / "model", comm)
         for _ in range(warmup):
             trainer.train_step()
         comm.barrier()
@@ -115,7 +115,7 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
     feature_flops = FEATURE_FLOPS_PER_ROW * (batch + columns) * comm.world_size * trainer.features.dim * dim * steps if trainer.model.use_features else 0.0
     compute = trainer.phase_seconds["compute"]
     return {
-        "bench": "train", "score_fn": score_fn, "dim": dim, "batch": batch, "negatives": negatives, "workers": workers,
+        "bench": "train", "score_fn": score_fn, "dim": dim, "batch": batch, "negatives": negatives, "workers": workers, "exchange": exchange,
         "steps": steps, "device": str(dev), "threads": torch.get_num_threads(),
         "triples_per_s": batch_all * steps / seconds,
         "scored_pairs_per_s": batch_all * columns * steps / seconds,

@@ -205,7 +205,8 @@ def _bench(args) -> None:
                 root, shards = cached_data(scale=0.2, n_shards=args.workers)
                 _launch_workers(args.workers, 0, ("--root", str(root), "--shard-dir", str(shards)))
             comm = _join_workers(args.workers, args.device, args.threads, 0)
-        result = bench_train(args.score_fn, args.dim, args.batch, args.negatives, args.workers, args.steps, comm=comm, **common)
+        result = bench_train(args.score_fn, args.dim, args.batch, args.negatives, args.workers, args.steps, comm=comm,
+                             exchange=args.exchange, **common)
     else:
         result = bench_predict(args.score_fn, args.dim, args.queries, args.top_k, **common)
     if result is not None:
@@ -320,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--batch", type=int, default=1024)
             p.add_argument("--negatives", type=int, default=1024)
             p.add_argument("--workers", type=int, default=1)
+            p.add_argument("--exchange", default="tails", choices=["tails", "scores"], help="move tails or scores between workers")
             p.add_argument("--steps", type=int, default=30)
         else:
             p.add_argument("--queries", type=int, default=2000)
