@@ -115,16 +115,30 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
     return out
 
 
-def parity_worker(rank: int, world_size: int, init_file: str, configs: list[dict], shard_dir: str, out_dir: str, steps: int) -> None:
-    """One spawned worker: run ``steps`` distributed steps of every config, save what it saw."""
+def _join_gloo(rank: int, world_size: int, init_file: str):
+    """A spawned test worker joins the gloo group (file rendezvous) -> its communicator."""
     import torch.distributed as dist
 
     from kge.comm import ProcessGroupComm
-    from kge.train import Trainer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    comm = ProcessGroupComm(torch.device("cpu"))
+    return ProcessGroupComm(torch.device("cpu"))
+
+
+def _save_and_leave(results, path: str) -> None:
+    import torch.distributed as dist
+
+    torch.save(results, path)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def parity_worker(rank: int, world_size: int, init_file: str, configs: list[dict], shard_dir: str, out_dir: str, steps: int) -> None:
+    """One spawned worker: run ``steps`` distributed steps of every config, save what it saw."""
+    from kge.train import Trainer
+
+    comm = _join_gloo(rank, world_size, init_file)
     results = []
     for n, config in enumerate(configs):
         trainer = Trainer(config, shard_dir, Path(out_dir) / f"model{n}", comm)
@@ -137,9 +151,7 @@ def parity_worker(rank: int, world_size: int, init_file: str, configs: list[dict
         record["table"] = trainer.model.entity_table.clone()
         record["dense"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         results.append(record)
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    _save_and_leave(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def reference_topk(config: dict, shard_dir: Path, hr: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,21 +178,14 @@ def reference_topk(config: dict, shard_dir: Path, hr: torch.Tensor, k: int) -> t
 
 def topk_worker(rank: int, world_size: int, init_file: str, configs: list[dict], shard_dir: str, out_dir: str, hr, k: int) -> None:
     """One spawned worker: sharded top-K of every config's initial model for queries ``hr``."""
-    import torch.distributed as dist
-
-    from kge.comm import ProcessGroupComm
     from kge.predict import Predictor
     from kge.train import Trainer
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    comm = ProcessGroupComm(torch.device("cpu"))
+    comm = _join_gloo(rank, world_size, init_file)
     results = []
     for n, config in enumerate(configs):
         trainer = Trainer(config, shard_dir, Path(out_dir) / f"model{n}", comm)
         predictor = Predictor(trainer.model, trainer.features, trainer.partition, trainer.device, block_rows=97,
                               owned=trainer.owned, comm=comm)
         results.append(predictor.topk(hr.numpy(), k, query_batch=64))
-    torch.save(results, os.path.join(out_dir, f"topk{rank}.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    _save_and_leave(results, os.path.join(out_dir, f"topk{rank}.pt"))
