@@ -64,15 +64,61 @@ def _commit() -> str | None:
         return None
 
 
-def run_submission(root, ensemble_dir, out_dir, answers: str | None = None) -> dict:
-    """Write both submission files from the ensemble, and metadata.json for the leaderboard form."""
-    import json
+VERSIONED_PACKAGES = ("ogb", "torch", "numpy", "pandas", "pyarrow", "snakemake", "kge")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages a result depends on (None where one is missing)."""
     import platform
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def leaderboard_text(metadata: dict) -> str:
+    """The OGB-LSC submission form's fields, ready to paste, from ``metadata.json``'s contents."""
+    lines = [
+        "OGB-LSC WikiKG90Mv2 submission (fields of the leaderboard form)",
+        "",
+        f"Validation MRR: {metadata['validation_mrr']:.4f}",
+    ]
+    for mode in SUBMISSION_ROWS:
+        if f"{mode}_mrr" in metadata:
+            lines.append(f"{mode} MRR (local answers, not the official test): {metadata[f'{mode}_mrr']:.4f}")
+    lines += [
+        f"Number of models in the ensemble: {metadata['number_of_models']}",
+        f"#Parameters: {metadata['parameters_total']:,} in total (largest model {max(metadata['parameters_per_model'].values()):,})",
+        f"Hardware: {'; '.join(metadata['hardware'])}",
+        f"Training time: {_duration(metadata['train_seconds'])} summed over models",
+        f"Inference time: {_duration(metadata['inference_seconds'])} summed over models and splits",
+        f"Ensemble: rank-power mean, power {metadata['ensemble']['power']}, top-{metadata['ensemble']['top_k']} per model"
+        + (f", members weighted by (MRR / best)^{metadata['ensemble']['weight_exponent']:g}" if metadata["ensemble"].get("weight_exponent") else ""),
+        "Package versions: " + ", ".join(f"{k} {v}" for k, v in metadata["versions"].items() if v),
+        f"Code commit: {metadata['commit'] or 'unknown (not a git checkout)'}",
+        "Files: " + ", ".join(Path(f).name for f in metadata["files"].values()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_submission(root, ensemble_dir, out_dir, answers: str | None = None) -> dict:
+    """Write both submission files from the ensemble, metadata.json, and leaderboard.txt (the form's
+    fields, ready to paste)."""
+    import json
 
     import ogb
-    import torch
 
-    from kge import __version__, atomic
+    from kge import atomic
     from kge.data.layout import open_dataset
     from kge.ensemble import mrr
 
@@ -97,9 +143,10 @@ def run_submission(root, ensemble_dir, out_dir, answers: str | None = None) -> d
         "hardware": sorted({m["hardware"] for m in members}),
         "train_seconds": float(sum(m["train_seconds"] for m in members)),
         "inference_seconds": float(sum(sum(m["inference_seconds"].values()) for m in members)),
-        "ensemble": {"power": summary["power"], "top_k": summary["top_k"], "best_member_valid_mrr": summary["best_member_valid_mrr"]},
+        "ensemble": {"power": summary["power"], "top_k": summary["top_k"], "weight_exponent": summary.get("weight_exponent", 0.0),
+                     "best_member_valid_mrr": summary["best_member_valid_mrr"]},
         "files": files,
-        "versions": {"kge": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": package_versions(),
         "commit": _commit(),
     }
     if answers:
@@ -110,5 +157,6 @@ def run_submission(root, ensemble_dir, out_dir, answers: str | None = None) -> d
             if path.exists():
                 metadata[f"{mode}_mrr"] = mrr(predictions[mode], np.load(path))
     atomic.save_json(out_dir / "metadata.json", metadata)
+    atomic.save_text(out_dir / "leaderboard.txt", leaderboard_text(metadata))
     print(json.dumps({k: v for k, v in metadata.items() if k.endswith("mrr")}))
     return metadata

@@ -70,6 +70,8 @@ def test_pipeline_writes_valid_submission(tmp_path):
     for key in ("ogb_version", "parameters_per_model", "hardware", "train_seconds", "inference_seconds", "test-dev_mrr"):
         assert key in metadata
     assert (results / "plots" / "training_curves.png").stat().st_size > 0
+    leaderboard = (results / "submission" / "leaderboard.txt").read_text()
+    assert f"Validation MRR: {metadata['validation_mrr']:.4f}" in leaderboard and metadata["versions"]["snakemake"] in leaderboard
 
     # Nothing left to do: a second run plans no job.
     again = _snakemake(tmp_path, config_path, "-n")

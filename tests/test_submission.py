@@ -38,3 +38,23 @@ def test_duplicates_and_shapes_refused():
         check_predictions(pred, 1000, "test-challenge")
     with pytest.raises(KgeInputError, match=r"expected \(15000, 10\)"):
         check_predictions(_valid(10000), 1000, "test-dev")
+
+
+def test_leaderboard_text_carries_the_form_fields():
+    from kge.submission import leaderboard_text, package_versions
+
+    versions = package_versions()
+    assert versions["ogb"] and versions["torch"] and versions["python"]
+    metadata = {
+        "validation_mrr": 0.29216, "test-dev_mrr": 0.2034, "number_of_models": 2,
+        "parameters_per_model": {"a": 1_000, "b": 2_500}, "parameters_total": 3_500,
+        "hardware": ["CPU x86_64 x2"], "train_seconds": 3725.0, "inference_seconds": 61.0,
+        "ensemble": {"power": -0.5, "top_k": 100}, "versions": versions, "commit": "abc123",
+        "files": {"test-dev": "/x/t_pred_wikikg90m-v2_test-dev.npz"},
+    }
+    text = leaderboard_text(metadata)
+    for expected in ("Validation MRR: 0.2922", "test-dev MRR (local answers, not the official test): 0.2034",
+                     "Number of models in the ensemble: 2", "#Parameters: 3,500 in total (largest model 2,500)",
+                     "Hardware: CPU x86_64 x2", "Training time: 1 h 02 min", "Inference time: 1 min 01 s",
+                     f"ogb {versions['ogb']}", "Code commit: abc123", "t_pred_wikikg90m-v2_test-dev.npz"):
+        assert expected in text, expected

@@ -7,6 +7,7 @@ rule submit:
     output:
         SUBMISSION_FILES,
         metadata=f"{RESULTS}/submission/metadata.json",
+        leaderboard=f"{RESULTS}/submission/leaderboard.txt",
     params:
         root=ROOT,
         ensemble=f"{RESULTS}/ensemble",
