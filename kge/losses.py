@@ -177,6 +177,70 @@ def dot_softmax_loss(query: torch.Tensor, tails: torch.Tensor, correction: float
     return _DotSoftmaxLoss.apply(query, tails, float(correction), bool(in_batch_negatives))
 
 
+class _DotLogsigmoidLoss(torch.autograd.Function):
+    """``logsigmoid_loss`` on dot-product scores ``query @ tails.T`` with the matmuls inside.
+
+    The self-adversarial weights are constants, so d loss / d scores is known in closed form once
+    the scores are: -pos_weight * sigma(-s+) / B on a positive, neg_weight * w * sigma(s-) / B on a
+    negative. Forward builds that (B, M) matrix G once; backward is G @ tails and G.T @ query.
+    """
+
+    @staticmethod
+    def forward(ctx, query, tails, adversarial_scale: float, pos_weight: float, neg_weight: float, in_batch_negatives: bool):
+        B = query.shape[0]
+        pos = (query * tails[:B]).sum(dim=1)  # (B,)
+        neg_tails = tails if in_batch_negatives else tails[B:]
+        scores = query @ neg_tails.T  # (B, M) or (B, N)
+        logits = scores * adversarial_scale
+        if in_batch_negatives:
+            logits.diagonal().fill_(float("-inf"))  # a query's own tail is its positive
+        weights = torch.softmax(logits, dim=1)  # stop-gradient weights; exactly 0 on the diagonal
+        neg_term = (weights * F.logsigmoid(-scores)).sum(dim=1)
+        loss = (-pos_weight * F.logsigmoid(pos) - neg_weight * neg_term).mean()
+        grad = weights.mul_(torch.sigmoid(scores)).mul_(neg_weight / B)  # reuses the weights' memory
+        pos_grad = torch.sigmoid(-pos).mul_(-pos_weight / B)  # (B,)
+        if in_batch_negatives:
+            grad.diagonal().copy_(pos_grad)
+        ctx.save_for_backward(query, tails, grad, pos_grad)
+        ctx.in_batch_negatives = in_batch_negatives
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        query, tails, grad, pos_grad = ctx.saved_tensors
+        B = query.shape[0]
+        grad_q = grad_t = None
+        if ctx.in_batch_negatives:
+            if ctx.needs_input_grad[0]:
+                grad_q = (grad @ tails).mul_(grad_output)
+            if ctx.needs_input_grad[1]:
+                grad_t = (grad.T @ query).mul_(grad_output)
+        else:
+            coef = pos_grad.unsqueeze(1)
+            if ctx.needs_input_grad[0]:
+                grad_q = (grad @ tails[B:]).add_(coef * tails[:B]).mul_(grad_output)
+            if ctx.needs_input_grad[1]:
+                grad_t = torch.empty_like(tails)
+                torch.mm(grad.T, query, out=grad_t[B:])
+                torch.mul(query, coef, out=grad_t[:B])
+                grad_t.mul_(grad_output)
+        return grad_q, grad_t, None, None, None, None
+
+
+def dot_logsigmoid_loss(query: torch.Tensor, tails: torch.Tensor, adversarial_scale: float = 0.0,
+                        pos_weight: float = 0.5, neg_weight: float = 0.5, in_batch_negatives: bool = True) -> torch.Tensor:
+    """``logsigmoid_loss`` for dot-product scores, fused: query (B, d), tails (M, d) with the B
+    positives first; the negatives of query b are every other column (in-batch) or the M - B shared
+    ones only. Equal to ``logsigmoid_loss(s_diag, s, mask, ...)`` with ``s = query @ tails.T``."""
+    if query.ndim != 2 or tails.ndim != 2 or query.shape[1] != tails.shape[1] or query.shape[0] > tails.shape[0]:
+        raise KgeInputError(f"dot_logsigmoid_loss: expected query (B, d) and tails (M, d) with B <= M, got "
+                            f"{tuple(query.shape)} and {tuple(tails.shape)}")
+    if not in_batch_negatives and query.shape[0] == tails.shape[0]:
+        raise KgeInputError("dot_logsigmoid_loss: no negatives (M = B and in_batch_negatives off)")
+    return _DotLogsigmoidLoss.apply(query, tails, float(adversarial_scale), float(pos_weight), float(neg_weight), bool(in_batch_negatives))
+
+
 def sampling_correction(num_entities: int, num_negatives: int, weight: float = 1.0) -> float:
     """weight * log((E - 1) / N): each of N uniform negatives stands for (E - 1) / N entities."""
     if num_entities < 2 or num_negatives < 1:

@@ -159,15 +159,20 @@ class Trainer:
         # Back from owner-grouped to batch column order (one worker: already in order).
         unorder = None if W == 1 else torch.argsort(order).to(device)
         loss_cfg = config["loss"]
-        fused = loss_cfg["type"] == "softmax" and model.score_fn in scoring.DOT_FNS
+        fused = model.score_fn in scoring.DOT_FNS
         loss = scores = None
         if config["exchange"] == "tails":
             received = comm.all_to_all(served_tails).reshape(M, -1)  # (M, d) in owner-grouped order
             if unorder is not None:
                 received = received.index_select(0, unorder)
-            if fused:  # dot-product scores: matmuls and softmax in one function, no (B, M) gradient
+            if fused and loss_cfg["type"] == "softmax":  # dot-product scores: matmuls and loss in one function
                 loss = losses.dot_softmax_loss(
                     model.query(head_e, relations), received, self.correction, loss_cfg["in_batch_negatives"]
+                )
+            elif fused:
+                loss = losses.dot_logsigmoid_loss(
+                    model.query(head_e, relations), received, loss_cfg["adversarial_scale"], loss_cfg["positive_weight"],
+                    loss_cfg["negative_weight"], loss_cfg["in_batch_negatives"],
                 )
             else:
                 scores = model.scores(head_e, relations, received)  # (B, B + N)

@@ -209,3 +209,30 @@ def test_dot_softmax_underflowed_positive_stays_finite(in_batch):
     got = dot_softmax_loss(q, t, 0.0, in_batch)
     want = _trainer_softmax((q @ t.T).double(), 0.0, in_batch)
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+@pytest.mark.parametrize("adversarial_scale, pos_weight, neg_weight", [(0.0, 0.5, 0.5), (2.5, 0.5, 0.5), (1.0, 0.3, 1.2)])
+def test_dot_logsigmoid_loss_equals_the_masked_composition(in_batch, adversarial_scale, pos_weight, neg_weight):
+    """The fused DistMult/ComplEx log-sigmoid loss: value and both gradients equal logsigmoid_loss on
+    query @ tails.T with the query's own column masked (and the in-batch block masked when off)."""
+    from kge.losses import dot_logsigmoid_loss, logsigmoid_loss
+
+    g = torch.Generator().manual_seed(3)
+    B, M, d = 6, 15, 4
+    q0 = torch.randn(B, d, generator=g, dtype=torch.float64)
+    t0 = torch.randn(M, d, generator=g, dtype=torch.float64)
+    q1, t1 = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    fused = dot_logsigmoid_loss(q1, t1, adversarial_scale, pos_weight, neg_weight, in_batch)
+    fused.backward()
+    q2, t2 = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    scores = q2 @ t2.T
+    mask = torch.ones(B, M, dtype=torch.bool)
+    mask[torch.arange(B), torch.arange(B)] = False
+    if not in_batch:
+        mask[:, :B] = False
+    reference = logsigmoid_loss(scores.diagonal(), scores, mask, adversarial_scale, pos_weight, neg_weight)
+    reference.backward()
+    torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(t1.grad, t2.grad, rtol=1e-10, atol=1e-12)
