@@ -38,7 +38,9 @@ def ensemble_figure(summary_path: str, out: str) -> None:
     members = sorted(summary["members"], key=lambda m: m["valid_mrr"])
     names = [m["model"] for m in members] + ["ensemble"]
     values = [m["valid_mrr"] for m in members] + [summary["ensemble_valid_mrr"]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
+    curve = summary.get("greedy_curve") or []
+    fig, axes = plt.subplots(1, 3 if curve else 2, figsize=(19 if curve else 13, 4))
+    left, right = axes[0], axes[1]
     left.barh(names, values, color=["tab:blue"] * len(members) + ["tab:red"])
     left.set_xlabel("validation MRR")
     for exponent in sorted({g["weight_exponent"] for g in summary["grid"]}):
@@ -50,6 +52,12 @@ def ensemble_figure(summary_path: str, out: str) -> None:
     right.set_xlabel("rank power p")
     right.set_ylabel("ensemble validation MRR")
     right.legend()
+    if curve:  # MRR of the greedy prefixes: what each added model buys
+        axes[2].plot([c["n"] for c in curve], [c["valid_mrr"] for c in curve], marker="o")
+        for c in curve:
+            axes[2].annotate(c["added"], (c["n"], c["valid_mrr"]), fontsize=7, rotation=30)
+        axes[2].set_xlabel("models in the ensemble (greedy order)")
+        axes[2].set_ylabel("ensemble validation MRR")
     fig.tight_layout()
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)

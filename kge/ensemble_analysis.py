@@ -1,0 +1,126 @@
+"""What each member adds to the rank-power ensemble: the greedy curve and leave-one-family-out.
+
+Greedy curve (the winning report's "MRR versus number of models" figure): start from no model, add
+at each step the member whose addition gives the highest validation MRR, and record the MRR of
+every prefix. The selection works on a dense (Q, C) table of ensemble scores over each query's
+union of candidate ids, so evaluating one candidate is one pass over that table (not a new
+ensemble); the MRR of each chosen prefix is then recomputed exactly with ``rank_power_ensemble``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from kge.ensemble import mrr, rank_power_ensemble
+from kge.errors import KgeInputError
+
+
+def _member_terms(predictions: Sequence[np.ndarray], power: float, weights: np.ndarray):
+    """Columns of every listed id in a dense (Q, C) candidate table, and each entry's term.
+
+    Returns (columns (M, Q, K) int64, terms (M, Q, K) float64, valid (M, Q, K) bool, C, the sorted
+    (query, id) keys, the key base, the first key of each query). Padding (-1) gets a column of
+    its own that no update touches, so it stays -inf.
+    """
+    q_count, _ = predictions[0].shape
+    ids = np.stack(predictions).astype(np.int64)  # (M, Q, K)
+    big = int(ids.max()) + 2
+    keys = np.arange(q_count, dtype=np.int64)[None, :, None] * big + (ids + 1)  # padding -1 -> key of id 0
+    unique, inverse = np.unique(keys.reshape(-1), return_inverse=True)
+    query_of = unique // big
+    start = np.searchsorted(query_of, np.arange(q_count))  # first column key of each query
+    width = int(np.diff(np.append(start, unique.size)).max())
+    columns = (inverse - start[query_of[inverse]]).reshape(ids.shape)
+    ranks = np.arange(1, ids.shape[2] + 1, dtype=np.float64)
+    term = -np.sign(power) * ranks**power  # RECIPE: each model adds -sign(p) k^p (p < 0: absent = 0)
+    terms = np.where(ids >= 0, term[None, None, :], 0.0) * weights[:, None, None]
+    if power > 0:  # absent from a list gives -(K+1)^p: shift every present entry by +(K+1)^p instead
+        terms = terms + np.where(ids >= 0, (ids.shape[2] + 1.0) ** power, 0.0) * weights[:, None, None]
+    return columns, terms, ids >= 0, width, unique, big, start
+
+
+def _table_mrr(table: np.ndarray, true_col: np.ndarray) -> float:
+    """MRR@10 of (Q, C) ensemble scores (-inf = not listed yet) given each query's true column (-1 =
+    no member lists it). Rank = 1 + candidates scoring strictly higher (ties count in the answer's
+    favour; only the selection uses this, reported values come from the exact ensemble)."""
+    rows = np.arange(table.shape[0])
+    true_score = np.where(true_col >= 0, table[rows, np.maximum(true_col, 0)], -np.inf)
+    rank = (table > true_score[:, None]).sum(axis=1) + 1
+    hit = np.isfinite(true_score) & (rank <= 10)
+    return float(np.where(hit, 1.0 / rank, 0.0).mean())
+
+
+def greedy_curve(predictions: Sequence[np.ndarray], t_true, power: float = -0.5, weights=None,
+                 names: Sequence[str] | None = None, selection_queries: int | None = None, seed: int = 0) -> list[dict]:
+    """Greedy forward selection of ensemble members by validation MRR.
+
+    predictions: M (Q, K) id arrays (rank order, -1 padding); t_true (Q,) answers; weights (M,) or
+    None. ``selection_queries`` picks the order on a random subset of queries (None = all); the
+    MRR reported for each prefix always uses every query and the exact ensemble.
+    Returns [{"n": 1.., "added": name, "valid_mrr": prefix MRR}, ...] in selection order.
+    """
+    m_count = len(predictions)
+    if m_count == 0:
+        raise KgeInputError("greedy_curve: no ensemble members")
+    names = list(names) if names is not None else [str(i) for i in range(m_count)]
+    w = np.ones(m_count) if weights is None else np.asarray(weights, dtype=np.float64)
+    t_true = np.asarray(t_true, dtype=np.int64)
+    q_all = predictions[0].shape[0]
+    if selection_queries is not None and selection_queries < q_all:
+        pick = np.sort(np.random.default_rng(seed).choice(q_all, size=selection_queries, replace=False))
+    else:
+        pick = np.arange(q_all)
+    sub = [np.asarray(p)[pick] for p in predictions]
+    columns, terms, valid, width, unique, big, start = _member_terms(sub, power, w)
+    q_count = len(pick)
+    # Column of each query's true tail in its candidate row (-1 if no member lists it).
+    true_key = np.arange(q_count, dtype=np.int64) * big + (t_true[pick] + 1)
+    pos = np.searchsorted(unique, true_key)
+    found = (pos < unique.size) & (unique[np.minimum(pos, unique.size - 1)] == true_key)
+    true_col = np.where(found, pos - start, -1)
+    rows = np.arange(q_count)[:, None]
+    current = np.full((q_count, width), -np.inf)  # -inf: no chosen member lists this candidate
+    chosen: list[int] = []
+    remaining = list(range(m_count))
+    while remaining:
+        best, best_mrr, best_table = None, -1.0, None
+        for m in remaining:
+            table = current.copy()
+            cols = columns[m]
+            old = table[rows, cols]
+            # A candidate listed for the first time starts from 0 (the RECIPE's "absent" value).
+            table[rows, cols] = np.where(valid[m], np.where(np.isfinite(old), old, 0.0) + terms[m], old)
+            value = _table_mrr(table, true_col)
+            if value > best_mrr:
+                best, best_mrr, best_table = m, value, table
+        chosen.append(best)
+        remaining.remove(best)
+        current = best_table
+    t_full = np.asarray(t_true)
+    curve = []
+    for n in range(1, m_count + 1):
+        members = chosen[:n]
+        top = rank_power_ensemble([predictions[i] for i in members], power=power, top=10, weights=w[members])
+        curve.append({"n": n, "added": names[chosen[n - 1]], "valid_mrr": mrr(top, t_full)})
+    return curve
+
+
+def leave_one_family_out(predictions: Sequence[np.ndarray], t_true, families: Sequence[str], power: float = -0.5,
+                         weights=None) -> list[dict]:
+    """Validation MRR of the ensemble without each family (e.g. scoring function) in turn.
+
+    Returns [{"family", "removed": count, "valid_mrr", "change": vs. all members}, ...]; a family that
+    is the whole ensemble is skipped (nothing would be left).
+    """
+    w = np.ones(len(predictions)) if weights is None else np.asarray(weights, dtype=np.float64)
+    full = mrr(rank_power_ensemble(list(predictions), power=power, top=10, weights=w), t_true)
+    out = []
+    for family in sorted(set(families)):
+        keep = [i for i, f in enumerate(families) if f != family]
+        if not keep:
+            continue
+        value = mrr(rank_power_ensemble([predictions[i] for i in keep], power=power, top=10, weights=w[keep]), t_true)
+        out.append({"family": family, "removed": len(families) - len(keep), "valid_mrr": value, "change": value - full})
+    return out
