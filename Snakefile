@@ -24,8 +24,12 @@ include: "workflow/rules/submit.smk"
 
 rule all:
     input:
-        SUBMISSION_FILES,
-        f"{RESULTS}/submission/metadata.json",
-        f"{RESULTS}/plots/training_curves.png",
-        f"{RESULTS}/plots/ensemble.png",
+        FINAL_TARGETS,
+        # members: finished -> the models not finished yet keep training alongside.
+        TRAINING_TARGETS,
     default_target: True
+
+
+rule train_all:
+    input:
+        expand(f"{RESULTS}/models/{{model}}/model.pt", model=MODELS),

@@ -91,3 +91,31 @@ def test_mistyped_config_key_fails_before_any_job(tmp_path):
     output = run.stdout + run.stderr
     assert run.returncode != 0 and "models.bad" in output and "learning_rat" in output
     assert not (tmp_path / "results").exists()
+
+
+def test_ensemble_of_the_finished_models_while_the_rest_train(tmp_path):
+    """ensemble.members: finished -> the ensemble is planned over the models whose model.pt exists,
+    the others keep training; before any model has finished the run only trains, and says so."""
+    models = {name: {"score_fn": "distmult", "loss": {"type": "softmax"}, "seed": i} for i, name in enumerate(("m1", "m2", "m3"))}
+    ensemble = {"power": -0.5, "top_k": 100, "tune_power": False, "powers": [-0.5], "members": "finished"}
+    small = {"dim": 16, "batch_size": 64, "negatives": 64, "steps": 10, "validate_every": 0}
+    config_path = _config(tmp_path, models=models, ensemble=ensemble, model_defaults=small)
+    early = _snakemake(tmp_path, config_path, "-n", "-p")
+    assert early.returncode == 0 and "no model has finished training yet" in early.stdout + early.stderr
+    assert "kge ensemble" not in early.stdout and early.stdout.count("kge train ") == 3
+
+    m1 = tmp_path / "results" / "models" / "m1" / "model.pt"
+    trained = _snakemake(tmp_path, config_path, str(m1))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert m1.exists() and not (tmp_path / "results" / "models" / "m2" / "model.pt").exists()
+
+    plan = _snakemake(tmp_path, config_path, "-n", "-p")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    lines = [line.split("Shell command:", 1)[-1].strip() for line in (plan.stdout + plan.stderr).splitlines()]
+    shell = [line for line in lines if line.startswith("kge ")]
+    trains = [line for line in shell if line.startswith("kge train")]
+    assert sorted("/m2/" in line or "/m3/" in line for line in trains) == [True, True]  # m2, m3 train; m1 is done
+    (ensemble_cmd,) = [line for line in shell if line.startswith("kge ensemble")]
+    assert "predictions/m1.npz" in ensemble_cmd and "m2.npz" not in ensemble_cmd and "m3.npz" not in ensemble_cmd
+    predicts = [line for line in shell if line.startswith("kge predict")]
+    assert len(predicts) == 1 and "/m1/" in predicts[0]

@@ -1,6 +1,8 @@
 # Paths and per-model settings shared by every rule. Model settings are validated in depth here
 # (kge's own schema) so a mistyped key fails before any job runs.
 import json
+import os
+import sys
 
 from kge.config import deep_merge, resolve_model_config
 
@@ -14,11 +16,30 @@ MODELS = {
     name: resolve_model_config(deep_merge(config.get("model_defaults", {}), settings or {}), where=f"config key models.{name}")
     for name, settings in config["models"].items()
 }
-ENSEMBLE_MEMBERS = config["ensemble"].get("members") or list(MODELS)
+SUBMISSION_FILES = [f"{RESULTS}/submission/t_pred_wikikg90m-v2_{mode}.npz" for mode in ("test-dev", "test-challenge")]
+_MEMBERS = config["ensemble"].get("members")
+if _MEMBERS == "finished":
+    # The models whose training has finished when the workflow is planned; the others keep training
+    # (rule all asks for every model), and a later run re-ensembles with whatever has finished then.
+    ENSEMBLE_MEMBERS = [name for name in MODELS if os.path.exists(f"{RESULTS}/models/{name}/model.pt")]
+    if not ENSEMBLE_MEMBERS:
+        print(
+            f"ensemble.members = finished: no model has finished training yet (no {RESULTS}/models/*/model.pt); "
+            "this run trains, run snakemake again to ensemble what has finished",
+            file=sys.stderr,
+        )
+else:
+    ENSEMBLE_MEMBERS = _MEMBERS or list(MODELS)
+TRAINING_TARGETS = [f"{RESULTS}/models/{name}/model.pt" for name in MODELS] if _MEMBERS == "finished" else []
+# The ensemble, its plots and the submission (nothing to ensemble yet: none of them).
+FINAL_TARGETS = (
+    SUBMISSION_FILES + [f"{RESULTS}/submission/{name}" for name in ("metadata.json", "leaderboard.txt")]
+    + [f"{RESULTS}/plots/{name}.png" for name in ("training_curves", "ensemble")]
+    if ENSEMBLE_MEMBERS else []
+)
 for _name in ENSEMBLE_MEMBERS:
     if _name not in MODELS:
         raise ValueError(f"config key ensemble.members: '{_name}' is not a model in 'models' ({', '.join(MODELS)})")
-SUBMISSION_FILES = [f"{RESULTS}/submission/t_pred_wikikg90m-v2_{mode}.npz" for mode in ("test-dev", "test-challenge")]
 
 wildcard_constraints:
     model="|".join(MODELS),
