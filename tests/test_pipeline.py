@@ -119,3 +119,15 @@ def test_ensemble_of_the_finished_models_while_the_rest_train(tmp_path):
     assert "predictions/m1.npz" in ensemble_cmd and "m2.npz" not in ensemble_cmd and "m3.npz" not in ensemble_cmd
     predicts = [line for line in shell if line.startswith("kge predict")]
     assert len(predicts) == 1 and "/m1/" in predicts[0]
+
+    # Run it: m1 is ensembled (and submitted) while m2 and m3 train. The next run adds m2 and m3:
+    # only their predictions and the ensemble steps are planned, nothing of m1 and no training.
+    first = _snakemake(tmp_path, config_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((tmp_path / "results" / "ensemble" / "summary.json").read_text())
+    assert [m["model"] for m in summary["members"]] == ["m1"]
+    again = _snakemake(tmp_path, config_path, "-n", "-p")
+    lines = [line.split("Shell command:", 1)[-1].strip() for line in (again.stdout + again.stderr).splitlines()]
+    planned = sorted(line.split()[1] + ("" if "--name" not in line else ":" + line.split("--name")[1].split()[0])
+                     for line in lines if line.startswith("kge "))
+    assert planned == ["ensemble", "plot", "predict:m2", "predict:m3", "submit"], planned
