@@ -17,28 +17,33 @@ from kge.ensemble import mrr, rank_power_ensemble
 from kge.errors import KgeInputError
 
 
-def _member_terms(predictions: Sequence[np.ndarray], power: float, weights: np.ndarray):
-    """Columns of every listed id in a dense (Q, C) candidate table, and each entry's term.
+def _member_terms(predictions: Sequence[np.ndarray], t_true: np.ndarray, power: float, weights: np.ndarray):
+    """Columns of every listed id in a dense (Q, C) candidate table, each entry's term, and the
+    column of each query's answer.
 
-    Returns (columns (M, Q, K) int64, terms (M, Q, K) float64, valid (M, Q, K) bool, C, the sorted
-    (query, id) keys, the key base, the first key of each query). Padding (-1) gets a column of
-    its own that no update touches, so it stays -inf.
+    Returns (columns (M, Q, K) int64, terms (M, Q, K) float64, valid (M, Q, K) bool, C,
+    true_col (Q,): the answer's column, -1 where no member lists it). Padding (-1) gets a column
+    of its own that no update touches, so it stays -inf.
     """
     q_count, _ = predictions[0].shape
     ids = np.stack(predictions).astype(np.int64)  # (M, Q, K)
-    big = int(ids.max()) + 2
+    big = int(max(ids.max(), t_true.max())) + 2  # keys q * big + (id + 1) never collide across queries
     keys = np.arange(q_count, dtype=np.int64)[None, :, None] * big + (ids + 1)  # padding -1 -> key of id 0
     unique, inverse = np.unique(keys.reshape(-1), return_inverse=True)
     query_of = unique // big
     start = np.searchsorted(query_of, np.arange(q_count))  # first column key of each query
     width = int(np.diff(np.append(start, unique.size)).max())
     columns = (inverse - start[query_of[inverse]]).reshape(ids.shape)
+    true_key = np.arange(q_count, dtype=np.int64) * big + (t_true + 1)
+    pos = np.searchsorted(unique, true_key)
+    found = (pos < unique.size) & (unique[np.minimum(pos, unique.size - 1)] == true_key)
+    true_col = np.where(found, pos - start, -1)
     ranks = np.arange(1, ids.shape[2] + 1, dtype=np.float64)
     term = -np.sign(power) * ranks**power  # RECIPE: each model adds -sign(p) k^p (p < 0: absent = 0)
     terms = np.where(ids >= 0, term[None, None, :], 0.0) * weights[:, None, None]
     if power > 0:  # absent from a list gives -(K+1)^p: shift every present entry by +(K+1)^p instead
         terms = terms + np.where(ids >= 0, (ids.shape[2] + 1.0) ** power, 0.0) * weights[:, None, None]
-    return columns, terms, ids >= 0, width, unique, big, start
+    return columns, terms, ids >= 0, width, true_col
 
 
 def _table_mrr(table: np.ndarray, true_col: np.ndarray) -> float:
@@ -73,13 +78,8 @@ def greedy_curve(predictions: Sequence[np.ndarray], t_true, power: float = -0.5,
     else:
         pick = np.arange(q_all)
     sub = [np.asarray(p)[pick] for p in predictions]
-    columns, terms, valid, width, unique, big, start = _member_terms(sub, power, w)
+    columns, terms, valid, width, true_col = _member_terms(sub, t_true[pick], power, w)
     q_count = len(pick)
-    # Column of each query's true tail in its candidate row (-1 if no member lists it).
-    true_key = np.arange(q_count, dtype=np.int64) * big + (t_true[pick] + 1)
-    pos = np.searchsorted(unique, true_key)
-    found = (pos < unique.size) & (unique[np.minimum(pos, unique.size - 1)] == true_key)
-    true_col = np.where(found, pos - start, -1)
     rows = np.arange(q_count)[:, None]
     current = np.full((q_count, width), -np.inf)  # -inf: no chosen member lists this candidate
     chosen: list[int] = []
@@ -98,12 +98,11 @@ def greedy_curve(predictions: Sequence[np.ndarray], t_true, power: float = -0.5,
         chosen.append(best)
         remaining.remove(best)
         current = best_table
-    t_full = np.asarray(t_true)
     curve = []
     for n in range(1, m_count + 1):
         members = chosen[:n]
         top = rank_power_ensemble([predictions[i] for i in members], power=power, top=10, weights=w[members])
-        curve.append({"n": n, "added": names[chosen[n - 1]], "valid_mrr": mrr(top, t_full)})
+        curve.append({"n": n, "added": names[chosen[n - 1]], "valid_mrr": mrr(top, t_true)})
     return curve
 
 

@@ -74,3 +74,16 @@ def test_leave_one_family_out():
     assert table["transe"]["change"] == pytest.approx(without_transe - full)
     assert set(table) == {"transe", "distmult", "complex"}
     assert leave_one_family_out(preds[:1], t, ["transe"]) == []  # nothing would be left
+
+
+def test_answers_beyond_every_listed_id_are_misses():
+    """An answer id larger than any listed id is simply not found (its key must not alias the next
+    query's candidates)."""
+    preds = [np.array([[0, 1], [1, 0], [0, 1]]), np.array([[1, 0], [0, 1], [1, 0]])]
+    t = np.array([3, 0, 1])  # query 0's answer (3) is listed by nobody; 3 + 1 would alias query 1's id 0
+    curve = greedy_curve(preds, t, power=-0.5, weights=np.array([1.0, 0.9]))
+    for c in curve:
+        members = [int(x["added"]) for x in curve[: c["n"]]]
+        assert c["valid_mrr"] == pytest.approx(mrr(rank_power_ensemble([preds[i] for i in members], power=-0.5, top=10,
+                                                                        weights=np.array([1.0, 0.9])[members]), t))
+    assert curve[0]["added"] == "1"  # member 1 ranks answers 2 and 3 first (MRR 2/3), member 0 second (1/3)
