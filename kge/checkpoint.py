@@ -82,7 +82,7 @@ def load_shard_state(directory: Path, shard: int) -> dict:
     path = directory / shard_file(shard)
     if not path.is_file():
         raise KgeInputError(f"{path}: missing shard of a committed checkpoint (was the directory copied partially?)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # rows are read as used
 
 
 def remove_checkpoints(model_dir: Path) -> None:

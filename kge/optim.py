@@ -106,16 +106,7 @@ class SparseRowAdam:
 
         A state without "storage" (written before storage existed) counts as float32.
         """
-        stored = state.get("storage", "float32")
-        if stored != self.storage:
-            raise KgeInputError(
-                f"entity optimizer state was stored as {stored!r} but this run uses storage {self.storage!r}"
-            )
-        self.m.copy_(state["m"])
-        if self.sqrt_v is None:
-            self.v.copy_(state["v"])
-        else:
-            self.sqrt_v.copy_(state["sqrt_v"])
+        self.load_rows(slice(None), state)
         self.step_count = int(state["step_count"])
         if self.stochastic_rounding and "generator_state" in state:
             self.generator.set_state(state["generator_state"])
@@ -125,6 +116,6 @@ class SparseRowAdam:
         stored = state.get("storage", "float32")
         if stored != self.storage:
             raise KgeInputError(f"entity optimizer state was stored as {stored!r} but this run uses storage {self.storage!r}")
-        for key in ("m", "v", "sqrt_v"):
-            if key in state and getattr(self, key) is not None:
-                getattr(self, key)[rows] = state[key].to(getattr(self, key).device)
+        for key in ("m", "v") if self.sqrt_v is None else ("m", "sqrt_v"):
+            target = getattr(self, key)
+            target[rows] = state[key].to(target.device)

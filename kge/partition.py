@@ -120,11 +120,6 @@ def locate_rows(rows: torch.Tensor, shard_size: int, world_size: int) -> tuple[t
     return owner, local
 
 
-def global_rows(owned: list[int], shard_size: int) -> torch.Tensor:
-    """Global table row of every local row of a worker owning ``owned`` -> (len(owned)*S,) int64."""
-    return torch.cat([torch.arange(i * shard_size, (i + 1) * shard_size) for i in owned])
-
-
 def _shard_size(num_entities: int, n_shards: int) -> int:
     return math.ceil(num_entities / n_shards)
 

@@ -21,13 +21,13 @@ from kge.errors import KgeInputError
 from kge.partition import Partition
 
 
-def _move_rows(source: Partition, target: Partition, target_shard: int, read_source) -> dict[str, torch.Tensor]:
-    """Tensors of one target shard, {key: (S_target, d)}; ``read_source(i)`` -> {key: (S_source, d)}."""
+def _move_rows(source: Partition, target: Partition, target_shard: int, read_source, template: dict) -> dict[str, torch.Tensor]:
+    """Tensors of one target shard, {key: (S_target, d)}; ``read_source(i)`` -> {key: (S_source, d)};
+    ``template``: one source shard's tensors (their widths and dtypes)."""
     ids = target.shard_entities[target_shard]
     valid = np.flatnonzero(ids >= 0)
     rows = source.row_of(ids[valid])
     src_shard, src_local = np.divmod(rows, source.shard_size)
-    template = read_source(0)
     out = {key: torch.zeros((target.shard_size,) + tuple(t.shape[1:]), dtype=t.dtype) for key, t in template.items()}
     for i in np.unique(src_shard):
         tensors = read_source(int(i))
@@ -57,18 +57,21 @@ def reshard(model_dir: str | Path, from_shards: str | Path, to_shards: str | Pat
             raise KgeInputError(f"{directory}: written for another partition than {from_shards}/partition.npz")
         new_dir = checkpoint.step_dir(out_dir, meta["step"])
         new_dir.mkdir(parents=True, exist_ok=True)
+
         def is_table(v) -> bool:
             return torch.is_tensor(v) and v.dim() == 2
 
-        def read_checkpoint_shard(i: int) -> dict:
-            # Memory-mapped: only the rows picked are read.
-            state = torch.load(directory / checkpoint.shard_file(i), map_location="cpu", weights_only=False, mmap=True)
+        def tables(state: dict) -> dict:
             return {"rows": state["rows"], **{f"optimizer.{k}": v for k, v in state["optimizer"].items() if is_table(v)}}
 
-        first = torch.load(directory / checkpoint.shard_file(0), map_location="cpu", weights_only=False, mmap=True)
+        def read_checkpoint_shard(i: int) -> dict:
+            return tables(checkpoint.load_shard_state(directory, i))  # memory-mapped: picked rows are read
+
+        first = checkpoint.load_shard_state(directory, 0)
         scalars = {k: v for k, v in first["optimizer"].items() if not is_table(v)}  # step count, storage: global
+        template = tables(first)
         for k in tqdm(range(target.n_shards), desc="reshard checkpoint", unit="shard", disable=not progress):
-            moved = _move_rows(source, target, k, read_checkpoint_shard)
+            moved = _move_rows(source, target, k, read_checkpoint_shard, template)
             optimizer = dict(scalars, **{key.split(".", 1)[1]: v for key, v in moved.items() if key.startswith("optimizer.")})
             checkpoint.save_shard_states(out_dir, meta["step"], {k: {"rows": moved["rows"], "optimizer": optimizer}})
         dense = torch.load(directory / "dense.pt", map_location="cpu", weights_only=False)
@@ -87,8 +90,9 @@ def reshard(model_dir: str | Path, from_shards: str | Path, to_shards: str | Pat
     def read_model_shard(i: int) -> dict:
         return {"rows": checkpoint.load_entity_rows(model_dir / checkpoint.MODEL_NAME, saved, [i])}
 
+    template = read_model_shard(0)
     for k in tqdm(range(target.n_shards), desc="reshard model", unit="shard", disable=not progress):
-        checkpoint.save_entity_shards(out_dir, {k: _move_rows(source, target, k, read_model_shard)["rows"]})
+        checkpoint.save_entity_shards(out_dir, {k: _move_rows(source, target, k, read_model_shard, template)["rows"]})
     saved.update(n_shards=target.n_shards, shard_size=target.shard_size, partition_seed=target.seed,
                  entity_files=checkpoint.entity_files(target.n_shards))
     atomic.torch_save(out_dir / checkpoint.MODEL_NAME, saved)
