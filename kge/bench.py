@@ -34,32 +34,32 @@ def matmul_gflops(device: torch.device, n: int = 1024, seconds: float = 1.0) -> 
     return 2.0 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def cached_data(scale: float, n_shards: int) -> tuple[Path, Path]:
-    """A generated miniature and its shards in a reusable cache directory (for multi-process runs,
-    whose workers must all read the same files). Complete when shard_meta.json exists."""
+def _generate(root: Path, shards: Path, scale: float, n_shards: int) -> tuple[Path, Path]:
+    """The miniature of ``scale`` at ``root`` and its ``n_shards`` shards, each made unless complete
+    (the dataset's release marker and shard_meta.json are written last)."""
+    from kge.data.layout import MARKER_NAME, dataset_dir
     from kge.data.mini import generate_mini
     from kge.shard import shard_dataset
 
-    base = Path(tempfile.gettempdir()) / "kge-bench-cache" / f"mini-scale{scale:g}"
-    root, shards = base / "data", base / f"shards{n_shards}"
-    if not (root / "dataset.ok").exists():
+    if not (dataset_dir(root) / MARKER_NAME).exists():
         generate_mini(root, seed=0, scale=scale, progress=False)
-        (root / "dataset.ok").write_text("ok\n")
     if not (shards / "shard_meta.json").exists():
         shard_dataset(root, shards, n_shards, seed=0, progress=False)
     return root, shards
+
+
+def cached_data(scale: float, n_shards: int) -> tuple[Path, Path]:
+    """A generated miniature and its shards in a reusable cache directory (for multi-process runs,
+    whose workers must all read the same files)."""
+    base = Path(tempfile.gettempdir()) / "kge-bench-cache" / f"mini-scale{scale:g}"
+    return _generate(base / "data", base / f"shards{n_shards}", scale, n_shards)
 
 
 def _data(root, shard_dir, scale: float, n_shards: int, tmp: Path) -> tuple[Path, Path]:
     """Use the given dataset and shards, or generate a miniature of ``scale`` into ``tmp``."""
     if root and shard_dir:
         return Path(root), Path(shard_dir)
-    from kge.data.mini import generate_mini
-    from kge.shard import shard_dataset
-
-    generate_mini(tmp / "data", seed=0, scale=scale, progress=False)
-    shard_dataset(tmp / "data", tmp / "shards", n_shards, seed=0, progress=False)
-    return tmp / "data", tmp / "shards"
+    return _generate(tmp / "data", tmp / "shards", scale, n_shards)
 
 
 def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: int, device: str, exchange: str = "tails") -> dict:
