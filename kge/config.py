@@ -22,10 +22,13 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "init_scale": 0.01,
     "batch_size": 512,
     "negatives": 512,
+    "negatives_per_shard": None,
+    "inverse_relations": False,
     "relation_power": 1.0 / 3.0,
     "loss": {
         "type": "softmax",
         "adversarial_scale": 0.0,
+        "adversarial_temperature": None,
         "correction_weight": 1.0,
         "in_batch_negatives": True,
         "positive_weight": 0.5,
@@ -36,10 +39,16 @@ MODEL_DEFAULTS: dict[str, Any] = {
         "embedding": {"weight": 0.0, "power": 3.0},
         "feature": {"weight": 0.0, "power": 3.0},
     },
-    "features": {"use": True, "share_projection": False, "dropout": 0.0},
+    "features": {
+        "use": True, "share_projection": False, "dropout": 0.0, "bias": False, "weight": False, "gated": False,
+        "mlp": {"hidden": 0, "squeeze": False, "residual": False, "concat_embeddings": False, "glu": False},
+    },
     "learning_rate": 1e-3,
     "lr_decay": "linear",
-    "lr_modifiers": {"entity_embedding": 1.0, "feature_projection": 1.0, "relation": 1.0},
+    "lr_modifiers": {
+        "entity_embedding": 1.0, "feature_projection": 1.0, "relation": 1.0,
+        "head_feature_projection": None, "tail_feature_projection": None,
+    },
     "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
     "steps": 1000,
     "workers": 1,
@@ -100,7 +109,27 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
     for key in ("batch_size", "negatives"):
         if config[key] % config["workers"]:
             raise KgeInputError(f"{where}: key '{key}' = {config[key]} must be a multiple of workers = {config['workers']}")
+    if "negatives" in overrides and overrides.get("negatives_per_shard") is not None:
+        raise KgeInputError(f"{where}: set one of 'negatives' and 'negatives_per_shard', not both")
+    loss = overrides.get("loss", {})
+    if loss.get("adversarial_temperature") is not None and loss.get("adversarial_scale"):
+        raise KgeInputError(f"{where}: set one of 'loss.adversarial_scale' and 'loss.adversarial_temperature', not both")
+    mlp = config["features"]["mlp"]
+    if mlp["hidden"] and mlp["residual"] and not mlp["squeeze"]:
+        raise KgeInputError(f"{where}: key 'features.mlp.residual' needs 'features.mlp.squeeze' (the residual is M e_F)")
     return config
+
+
+def negatives_per_step(config: dict, n_shards: int) -> int:
+    """Shared negatives N per worker per step: negatives_per_shard x D when set, else 'negatives'."""
+    per_shard = config.get("negatives_per_shard")
+    return int(per_shard) * int(n_shards) if per_shard else int(config["negatives"])
+
+
+def adversarial_scale(loss_config: dict) -> float:
+    """The self-adversarial scale a of softmax(a * s): 1 / temperature when a temperature is set."""
+    temperature = loss_config.get("adversarial_temperature")
+    return 1.0 / float(temperature) if temperature else float(loss_config["adversarial_scale"])
 
 
 def config_hash(config: dict) -> str:

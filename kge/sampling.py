@@ -7,6 +7,10 @@ a uniform triple of relation r. Negatives: N / D entities uniformly from the rea
 entities of each shard j. All randomness comes from the torch.Generator passed to ``sample``, so a
 trainer that seeds one generator per step resumes bit-exactly.
 
+Inverse relations (``inverse_relations=True``, triple augmentation): relation r + R is the reverse
+of r, and bucket (i, j) also holds (t, r + R, h) for every (h, r, t) of bucket (j, i), so a worker
+reads the triples whose head or tail it owns. Relation sampling then runs over 2R relations.
+
 Memory: the owned buckets are held as int32 (or int64 if E >= 2^31) head/tail ids sorted by
 (bucket, relation); the relation is implicit in the group, so ~8 bytes per owned triple.
 """
@@ -70,6 +74,7 @@ class BessSampler:
         rank: int = 0,
         world_size: int = 1,
         relation_power: float = 1.0 / 3.0,
+        inverse_relations: bool = False,
     ):
         self.shard_dir = Path(shard_dir)
         meta = read_shard_meta(self.shard_dir)
@@ -93,6 +98,8 @@ class BessSampler:
         self.per_bucket = batch_size // (n_owned * d)
         self.per_shard_negatives = n_negatives // d
         self.relation_power = float(relation_power)
+        self.inverse_relations = bool(inverse_relations)
+        self.num_model_relations = 2 * r_count if inverse_relations else r_count
 
         self.partition = Partition.load(self.shard_dir / "partition.npz")
         if self.partition.n_shards != d or self.partition.num_entities != self.num_entities:
@@ -103,7 +110,10 @@ class BessSampler:
         counts = np.load(counts_path)
         if counts.shape != (d, d, r_count):
             raise KgeInputError(f"{counts_path}: shape {counts.shape}, expected ({d}, {d}, {r_count})")
-        self.bucket_relation_counts = counts
+        if inverse_relations:
+            # Bucket (i, j) gains the reversed triples of bucket (j, i) as relations R..2R-1.
+            counts = np.concatenate([counts, counts.transpose(1, 0, 2)], axis=2)
+        self.bucket_relation_counts = counts  # (D, D, R or 2R)
         for i in self.owned:
             empty = np.flatnonzero(counts[i].sum(axis=1) == 0)
             if empty.size:
@@ -129,7 +139,7 @@ class BessSampler:
         arrays, size, relation id, and the bucket-offset cumulative probability (bucket b's groups
         span (b, b+1]) so one searchsorted samples relations for all buckets at once.
         """
-        d, r_count = self.n_shards, self.num_relations
+        d, r_count = self.n_shards, self.num_model_relations
         id_dtype = np.int32 if self.num_entities < 2**31 else np.int64
         dataset = triples_dataset(self.shard_dir)
         heads, tails, g_start, g_size, g_rel, g_cdf = [], [], [], [], [], []
@@ -141,6 +151,14 @@ class BessSampler:
             t = table.column("t").to_numpy()
             j = table.column("tail_shard").to_numpy().astype(np.int64)
             del table
+            if self.inverse_relations:
+                # (h, r, t) with t in shard i becomes (t, r + R, h) in bucket (i, head_shard).
+                rev = dataset.to_table(columns=["h", "r", "t", "head_shard"], filter=pads.field("tail_shard") == i)
+                h = np.concatenate([h, rev.column("t").to_numpy()])
+                t = np.concatenate([t, rev.column("h").to_numpy()])
+                r = np.concatenate([r, rev.column("r").to_numpy().astype(np.int64) + self.num_relations])
+                j = np.concatenate([j, rev.column("head_shard").to_numpy().astype(np.int64)])
+                del rev
             key = j * r_count + r
             found = np.bincount(key, minlength=d * r_count).reshape(d, r_count)
             if not np.array_equal(found, counts[i]):

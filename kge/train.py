@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from kge import atomic, checkpoint, losses, scoring
 from kge.comm import LocalComm
-from kge.config import config_hash
+from kge.config import adversarial_scale, config_hash, negatives_per_step
 from kge.device import resolve_device
 from kge.errors import KgeInputError
 from kge.features import FeatureStore
@@ -68,12 +68,15 @@ class Trainer:
         self.n_shards, self.shard_size = self.partition.n_shards, self.partition.shard_size
         self.owned = owned_shards(self.n_shards, self.rank, self.world_size)
         self.features = FeatureStore(shard_dir, self.n_shards, shards=self.owned)
+        self.negatives = negatives_per_step(config, self.n_shards)
         self.sampler = BessSampler(
-            shard_dir, config["batch_size"], config["negatives"], rank=self.rank, world_size=self.world_size,
-            relation_power=config["relation_power"],
+            shard_dir, config["batch_size"], self.negatives, rank=self.rank, world_size=self.world_size,
+            relation_power=config["relation_power"], inverse_relations=config["inverse_relations"],
         )
         generator = torch.Generator().manual_seed(config["seed"])  # dense parameters: identical on every worker
-        self.model = KGEModel(config, self.num_relations, self.features.dim, generator)
+        # With inverse relations, relation r + R is the reverse of r: (t, r + R, h) for every (h, r, t).
+        self.model_relations = self.sampler.num_model_relations
+        self.model = KGEModel(config, self.model_relations, self.features.dim, generator)
         self.model.to(self.device)
         adam = config["adam"]
         self.entity_optimizer = SparseRowAdam(
@@ -84,7 +87,7 @@ class Trainer:
         # Loss scaling as the submission did: Adam is scale invariant, so gradients are never
         # unscaled; the scale only lifts small gradients above fp16's underflow in stored m.
         scale = config["loss_scale"]
-        self.loss_scale = float(config["batch_size"] * config["negatives"]) if scale == "auto" else float(scale)
+        self.loss_scale = float(config["batch_size"] * self.negatives) if scale == "auto" else float(scale)
         self.dense_params = [p for group in self.model.dense_param_groups() for p in group["params"]]
         self.dense_optimizer = torch.optim.Adam(
             self.model.dense_param_groups(), lr=config["learning_rate"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"]
@@ -100,7 +103,7 @@ class Trainer:
         # tails are drawn from the data's tail distribution, not uniformly: correcting them too
         # pushed popular entities down (miniature, DistMult, 1000 steps: validation MRR 0.054 with
         # the correction on every column, 0.089 on shared negatives only).
-        self.correction = losses.sampling_correction(self.num_entities, config["negatives"], config["loss"]["correction_weight"])
+        self.correction = losses.sampling_correction(self.num_entities, self.negatives, config["loss"]["correction_weight"])
         self.last_step: dict = {}  # the last step's indices, for parity checks and debugging
 
     @property
@@ -159,6 +162,7 @@ class Trainer:
         # Back from owner-grouped to batch column order (one worker: already in order).
         unorder = None if W == 1 else torch.argsort(order).to(device)
         loss_cfg = config["loss"]
+        adversarial = adversarial_scale(loss_cfg)
         fused = model.score_fn in scoring.DOT_FNS
         loss = scores = None
         if config["exchange"] == "tails":
@@ -171,7 +175,7 @@ class Trainer:
                 )
             elif fused:
                 loss = losses.dot_logsigmoid_loss(
-                    model.query(head_e, relations), received, loss_cfg["adversarial_scale"], loss_cfg["positive_weight"],
+                    model.query(head_e, relations), received, adversarial, loss_cfg["positive_weight"],
                     loss_cfg["negative_weight"], loss_cfg["in_batch_negatives"],
                 )
             else:
@@ -195,7 +199,7 @@ class Trainer:
             if not loss_cfg["in_batch_negatives"]:
                 negative_mask[:, :B] = False
             loss = losses.logsigmoid_loss(
-                positive, scores, negative_mask, adversarial_scale=loss_cfg["adversarial_scale"],
+                positive, scores, negative_mask, adversarial_scale=adversarial,
                 pos_weight=loss_cfg["positive_weight"], neg_weight=loss_cfg["negative_weight"],
             )
         # Penalties on heads here and on tails where they are encoded: summed over workers this is
@@ -294,7 +298,7 @@ class Trainer:
             "format": checkpoint.MODEL_FORMAT,
             "config": self.config,
             "num_entities": self.num_entities,
-            "num_relations": self.num_relations,
+            "num_relations": self.model_relations,
             "feature_dim": self.features.dim,
             "n_shards": self.n_shards,
             "shard_size": self.shard_size,

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from kge import losses
+from kge.config import adversarial_scale, negatives_per_step
 from kge.features import FeatureStore
 from kge.model import KGEModel, init_entity_rows
 from kge.optim import SparseRowAdam
@@ -35,12 +36,13 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
     partition = Partition.load(Path(shard_dir) / "partition.npz")
     D, S, W = partition.n_shards, partition.shard_size, config["workers"]
     features = FeatureStore(shard_dir, D)
-    model = KGEModel(config, int(meta["num_relations"]), features.dim, torch.Generator().manual_seed(config["seed"]))
+    relations = int(meta["num_relations"]) * (2 if config["inverse_relations"] else 1)
+    model = KGEModel(config, relations, features.dim, torch.Generator().manual_seed(config["seed"]))
     table = init_entity_rows(config, list(range(D)), S)
     adam = config["adam"]
     sparse = SparseRowAdam(table, adam["beta1"], adam["beta2"], adam["eps"])
     dense_opt = torch.optim.Adam(model.dense_param_groups(), lr=config["learning_rate"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"])
-    correction = losses.sampling_correction(int(meta["num_entities"]), config["negatives"], config["loss"]["correction_weight"])
+    correction = losses.sampling_correction(int(meta["num_entities"]), negatives_per_step(config, D), config["loss"]["correction_weight"])
     out = {"losses": [], "dense_grads": []}
     for step, worker_batches in enumerate(batches):
         leaf = table.clone().requires_grad_(True)
@@ -93,7 +95,7 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
                 loss = losses.softmax_loss(scores[diag, diag], scores + shift, mask)
             else:
                 lc = config["loss"]
-                loss = losses.logsigmoid_loss(scores[diag, diag], scores, mask, lc["adversarial_scale"], lc["positive_weight"], lc["negative_weight"])
+                loss = losses.logsigmoid_loss(scores[diag, diag], scores, mask, adversarial_scale(lc), lc["positive_weight"], lc["negative_weight"])
             total = total + loss
         reg = config["regularisation"]
         for key, part in (("entity", "e"), ("embedding", "s"), ("feature", "f")):
@@ -162,7 +164,8 @@ def reference_topk(config: dict, shard_dir: Path, hr: torch.Tensor, k: int) -> t
     meta = read_shard_meta(shard_dir)
     partition = Partition.load(Path(shard_dir) / "partition.npz")
     features = FeatureStore(shard_dir, partition.n_shards)
-    model = KGEModel(config, int(meta["num_relations"]), features.dim, torch.Generator().manual_seed(config["seed"]))
+    relations = int(meta["num_relations"]) * (2 if config["inverse_relations"] else 1)
+    model = KGEModel(config, relations, features.dim, torch.Generator().manual_seed(config["seed"]))
     table = init_entity_rows(config, list(range(partition.n_shards)), partition.shard_size)
     row_entity = torch.from_numpy(np.concatenate(partition.shard_entities))
     with torch.no_grad():

@@ -23,18 +23,29 @@ SCORE_FNS = [("transe", 1), ("transh", 2), ("rotate", 1), ("distmult", 2), ("com
 def _configs(workers: int, exchanges=("tails", "scores")) -> list[dict]:
     out = []
     for n, ((score_fn, p), loss, exchange) in enumerate(itertools.product(SCORE_FNS, ("softmax", "logsigmoid"), exchanges)):
+        per_shard = 4 if n % 3 == 2 else None  # the recipe's a2a size: N = 4 x D
+        separate = n % 4 != 1
         settings = {
-            "score_fn": score_fn, "distance": p, "gamma": 4.0, "dim": 8, "batch_size": 16, "negatives": 8,
+            "score_fn": score_fn, "distance": p, "gamma": 4.0, "dim": 8, "batch_size": 16,
+            **({"negatives_per_shard": per_shard} if per_shard else {"negatives": 8}),
+            "inverse_relations": n % 4 == 3,
             "workers": workers, "exchange": exchange, "steps": 10, "learning_rate": 0.05, "seed": n,
             # Adam turns a gradient element that is zero up to rounding (1e-9) into a full +-lr step
             # of random sign; eps = 1e-4 keeps such elements still, so the updated parameters can be
             # compared to fp32 tolerance (gradients themselves are compared exactly as computed).
             "adam": {"eps": 1e-4},
-            "loss": {"type": loss, "adversarial_scale": 1.0 if loss == "logsigmoid" else 0.0,
-                     "in_batch_negatives": n % 2 == 0},
-            "features": {"use": n % 3 != 0, "share_projection": n % 4 == 1, "dropout": 0.0},
+            "loss": {"type": loss, "in_batch_negatives": n % 2 == 0,
+                     **({"adversarial_temperature": 2.0} if loss == "logsigmoid" and n % 4 == 3 else
+                        {"adversarial_scale": 1.0 if loss == "logsigmoid" else 0.0})},
+            # The recipe's feature-branch options, spread over the configurations.
+            "features": {"use": n % 3 != 0, "share_projection": not separate, "dropout": 0.0,
+                         "bias": n % 4 == 2, "gated": n % 5 == 3, "weight": n % 6 == 2,
+                         "mlp": {"hidden": 6 if n % 3 == 1 else 0, "squeeze": n % 2 == 0, "residual": n % 2 == 0 and n % 5 != 0,
+                                 "concat_embeddings": n % 5 in (1, 2), "glu": n % 7 == 1}},
+            "lr_modifiers": {"head_feature_projection": 0.5, "tail_feature_projection": 2.0} if separate else {"feature_projection": 0.3},
             "regularisation": {"entity": {"weight": 1e-3 if n % 2 else 0.0, "power": 3},
-                               "embedding": {"weight": 1e-3 if n % 5 == 0 else 0.0, "power": 3}},
+                               "embedding": {"weight": 1e-3 if n % 5 == 0 else 0.0, "power": 3},
+                               "feature": {"weight": 1e-3 if n % 3 == 1 else 0.0, "power": 3}},
         }
         out.append(resolve_model_config(settings))
     return out
