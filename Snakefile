@@ -7,7 +7,11 @@ min_version("8.0")
 report: "workflow/report/workflow.rst"
 
 
-configfile: "config.yaml"
+# A --configfile on the command line replaces config.yaml (list config.yaml first to overlay it):
+# the 85-model recipe brings its own complete model list, which must not merge with the default one.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

@@ -62,6 +62,13 @@ def _model_config(args) -> None:
     atomic.save_json(args.out, resolve_model_config(overrides, where=f"config.yaml models.{args.name}"))
 
 
+def _recipe(args) -> None:
+    from kge.recipe import write_recipe
+
+    config = write_recipe(args.json, args.out)
+    print(f"kge recipe: {len(config['models'])} models -> {args.out}", file=sys.stderr)
+
+
 def _load_model_config(path: str) -> dict:
     from kge.config import resolve_model_config
 
@@ -259,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_model_config)
 
+    p = sub.add_parser("recipe", help="write the 85-model recipe config from the submission's configs JSON")
+    p.add_argument("--json", required=True, help="wikiwiki-85-configs-and-results.json (column-oriented)")
+    p.add_argument("--out", required=True, help="Snakemake config to write, e.g. workflow/ensembles/wikikg90mv2-85.yaml")
+    p.set_defaults(func=_recipe)
     p = sub.add_parser("train", help="train one model (resumes from its checkpoint)")
     p.add_argument("--config", required=True, help="model config JSON (from `kge config model`)")
     p.add_argument("--root", required=True)

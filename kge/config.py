@@ -109,8 +109,6 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
     for key in ("batch_size", "negatives"):
         if config[key] % config["workers"]:
             raise KgeInputError(f"{where}: key '{key}' = {config[key]} must be a multiple of workers = {config['workers']}")
-    if "negatives" in overrides and overrides.get("negatives_per_shard") is not None:
-        raise KgeInputError(f"{where}: set one of 'negatives' and 'negatives_per_shard', not both")
     loss = overrides.get("loss", {})
     if loss.get("adversarial_temperature") is not None and loss.get("adversarial_scale"):
         raise KgeInputError(f"{where}: set one of 'loss.adversarial_scale' and 'loss.adversarial_temperature', not both")
@@ -121,7 +119,7 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
 
 
 def negatives_per_step(config: dict, n_shards: int) -> int:
-    """Shared negatives N per worker per step: negatives_per_shard x D when set, else 'negatives'."""
+    """Shared negatives N per worker per step: negatives_per_shard x D when set (it takes precedence), else 'negatives'."""
     per_shard = config.get("negatives_per_shard")
     return int(per_shard) * int(n_shards) if per_shard else int(config["negatives"])
 
@@ -130,6 +128,26 @@ def adversarial_scale(loss_config: dict) -> float:
     """The self-adversarial scale a of softmax(a * s): 1 / temperature when a temperature is set."""
     temperature = loss_config.get("adversarial_temperature")
     return 1.0 / float(temperature) if temperature else float(loss_config["adversarial_scale"])
+
+
+def scale_settings(settings: dict, scale: dict | None) -> dict:
+    """A model's (unresolved) settings under the pipeline's ``scale`` option (None: unchanged).
+
+    steps -> max(min_steps, round(steps * factor)); validate_every shrinks by the same factor (at
+    least 1, 0 stays 0); workers is capped at scale['workers']. Checkpoints keep their interval
+    (and checkpoint_seconds still applies).
+    """
+    if not scale:
+        return settings
+    factor = float(scale.get("steps", 1.0))
+    out = dict(settings)
+    steps = int(settings.get("steps", MODEL_DEFAULTS["steps"]))
+    out["steps"] = max(int(scale.get("min_steps", 1)), round(steps * factor))
+    every = int(settings.get("validate_every", MODEL_DEFAULTS["validate_every"]))
+    out["validate_every"] = every and min(out["steps"], max(1, round(every * factor)))
+    if scale.get("workers"):
+        out["workers"] = min(int(settings.get("workers", 1)), int(scale["workers"]))
+    return out
 
 
 def config_hash(config: dict) -> str:

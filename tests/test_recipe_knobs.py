@@ -194,5 +194,5 @@ def test_negatives_per_shard(mini_shards, tmp_path):
     trainer = Trainer(config, mini_shards, tmp_path)
     trainer.train_step()
     assert trainer.last_step["batch"].negatives.shape == (24,)
-    with pytest.raises(KgeInputError, match="negatives_per_shard"):
-        resolve_model_config({"negatives": 64, "negatives_per_shard": 12})
+    # A resolved config (with the default 'negatives') resolves to itself: the per-shard count wins.
+    assert negatives_per_step(resolve_model_config(config), 2) == 24

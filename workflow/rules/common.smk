@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from kge.config import deep_merge, resolve_model_config
+from kge.config import deep_merge, resolve_model_config, scale_settings
 
 DATASET = config["dataset"]
 ROOT = f"{config['data_dir']}/{DATASET}"
@@ -12,8 +12,12 @@ RESULTS = config["results_dir"]
 SHARDS = f"{RESULTS}/shards"
 DATASET_OK = f"{ROOT}/dataset.ok"
 THREADS = config["threads_per_job"]
+# `scale` (optional) shrinks every model's schedule, e.g. the 85-model recipe on the miniature.
 MODELS = {
-    name: resolve_model_config(deep_merge(config.get("model_defaults", {}), settings or {}), where=f"config key models.{name}")
+    name: resolve_model_config(
+        scale_settings(deep_merge(config.get("model_defaults", {}), settings or {}), config.get("scale")),
+        where=f"config key models.{name}",
+    )
     for name, settings in config["models"].items()
 }
 SUBMISSION_FILES = [f"{RESULTS}/submission/t_pred_wikikg90m-v2_{mode}.npz" for mode in ("test-dev", "test-challenge")]
