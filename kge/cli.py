@@ -221,10 +221,34 @@ def _bench(args) -> None:
 
 
 def _plot(args) -> None:
-    from kge.plots import ensemble_figure, training_curves
+    from kge.plots import ensemble_figure, family_figure, model_curves, training_curves
 
     training_curves(args.histories, args.curves)
     ensemble_figure(args.summary, args.ensemble)
+    if args.families:
+        family_figure(args.summary, args.families)
+    if args.model_curves:
+        model_curves(args.histories, args.model_curves)
+
+
+def _status(args) -> None:
+    import time
+
+    from kge.status import status_text
+
+    while True:
+        text = status_text(args.results)
+        if not args.watch:
+            print(text)
+            return
+        print("\033[2J\033[H" + text, flush=True)  # clear the screen, redraw
+        time.sleep(args.watch)
+
+
+def _timing(args) -> None:
+    from kge.plots import timing_figure
+
+    timing_figure(args.benchmarks, args.out, args.table)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,7 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", required=True)
     p.add_argument("--curves", required=True)
     p.add_argument("--ensemble", required=True)
+    p.add_argument("--families", help="figure of member MRR by scoring function and loss")
+    p.add_argument("--model-curves", help="directory for one training-curve figure per model")
     p.set_defaults(func=_plot)
+    p = sub.add_parser("status", help="where every model of a run stands: done, training (step, loss, MRR, ETA), pending")
+    p.add_argument("results", nargs="?", default="results", help="the run's results_dir")
+    p.add_argument("--watch", type=float, default=0, help="redraw every this many seconds")
+    p.set_defaults(func=_status)
+    p = sub.add_parser("timing", help="wall time per rule from Snakemake's benchmark files (figure + table)")
+    p.add_argument("--benchmarks", required=True, help="the results' benchmarks/ directory")
+    p.add_argument("--out", required=True, help="figure (PNG)")
+    p.add_argument("--table", required=True, help="Markdown table")
+    p.set_defaults(func=_timing)
     return parser
 
 

@@ -1,8 +1,11 @@
-"""Report figures: training curves per model, ensemble MRR per member and the power sweep."""
+"""Report figures: training curves (all models, and one figure per model), ensemble MRR per member,
+the power sweep and greedy curve, MRR by scoring function and loss, and wall time per rule."""
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -12,25 +15,118 @@ import matplotlib.pyplot as plt
 
 from kge.atomic import atomic_path
 
+CURVE_TITLES = ("loss", "train MRR (sampled triples)", "validation MRR (sampled queries)")
+LEGEND_MAX = 12  # beyond this many models a legend hides the curves
 
-def training_curves(history_paths: list[str], out: str) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for path in history_paths:
-        data = json.loads(Path(path).read_text())
-        history, name = data["history"], Path(path).parent.name
-        axes[0].plot([h["step"] for h in history], [h["loss"] for h in history], label=name)
-        for ax, key in ((axes[1], "train_mrr"), (axes[2], "valid_mrr")):
-            points = [(h["step"], h[key]) for h in history if key in h]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=name)
-    for ax, title in zip(axes, ("loss", "train MRR (sampled triples)", "validation MRR (sampled queries)")):
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    axes[0].legend(fontsize=7)
+
+def _save(fig, out: str) -> None:
     fig.tight_layout()
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def _plot_history(axes, history: list[dict], name: str) -> None:
+    axes[0].plot([h["step"] for h in history], [h["loss"] for h in history], label=name)
+    for ax, key in ((axes[1], "train_mrr"), (axes[2], "valid_mrr")):
+        points = [(h["step"], h[key]) for h in history if key in h]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, label=name)
+
+
+def training_curves(history_paths: list[str], out: str) -> None:
+    """All models' loss, train and validation MRR over steps in one figure."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for path in history_paths:
+        _plot_history(axes, json.loads(Path(path).read_text())["history"], Path(path).parent.name)
+    for ax, title in zip(axes, CURVE_TITLES):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    if len(history_paths) <= LEGEND_MAX:
+        axes[0].legend(fontsize=7)
+    else:
+        axes[0].set_title(f"loss ({len(history_paths)} models; one figure per model in 'Training curves per model')")
+    _save(fig, out)
+
+
+def model_curves(history_paths: list[str], out_dir: str) -> None:
+    """One figure per model, out_dir/<model>.png: loss, train and validation MRR over steps."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in history_paths:
+        data = json.loads(Path(path).read_text())
+        name, config = Path(path).parent.name, data["config"]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+        _plot_history(axes, data["history"], name)
+        for ax, title in zip(axes, CURVE_TITLES):
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+        fig.suptitle(f"{name}: {config['score_fn']} d={config['dim']} {config['loss']['type']} lr={config['learning_rate']:g}", fontsize=10)
+        _save(fig, str(out / f"{name}.png"))
+
+
+def family_figure(summary_path: str, out: str) -> None:
+    """Member validation MRR by scoring function and by loss: every member a dot, the mean a bar."""
+    members = json.loads(Path(summary_path).read_text())["members"]
+    groups: dict[tuple[str, str], list[float]] = {}
+    for m in members:
+        groups.setdefault((m["score_fn"], m["loss"]), []).append(m["valid_mrr"])
+    keys = sorted(groups)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(keys) + 2), 4))
+    colours = {"softmax": "tab:blue", "logsigmoid": "tab:orange"}
+    for x, key in enumerate(keys):
+        values = groups[key]
+        ax.bar(x, sum(values) / len(values), color=colours.get(key[1], "tab:gray"), alpha=0.35)
+        ax.scatter([x] * len(values), values, color=colours.get(key[1], "tab:gray"), s=12, zorder=3)
+    ax.set_xticks(range(len(keys)), [f"{s}\n{loss}\n(n={len(groups[(s, loss)])})" for s, loss in keys], fontsize=8)
+    ax.set_ylabel("member validation MRR")
+    ax.set_title("validation MRR by scoring function and loss (bar: mean)")
+    _save(fig, out)
+
+
+def read_benchmarks(bench_dir: str) -> list[dict]:
+    """Snakemake benchmark TSVs under bench_dir -> [{rule, job, seconds, max_rss_mb}] (the last repeat of each)."""
+    rows = []
+    for path in sorted(Path(bench_dir).rglob("*.tsv")):
+        with path.open() as fh:
+            records = list(csv.DictReader(fh, delimiter="\t"))
+        if not records:
+            continue
+        record = records[-1]
+        rel = path.relative_to(bench_dir)
+        rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        rss = record.get("max_rss", "NA")
+        rows.append({"rule": rule, "job": rel.stem, "seconds": float(record["s"]),
+                     "max_rss_mb": float(rss) if re.fullmatch(r"[0-9.]+", rss or "") else None})
+    return rows
+
+
+def timing_figure(bench_dir: str, out: str, table_out: str) -> None:
+    """Wall time per rule (sum, mean, max over its jobs) as a figure and a Markdown table."""
+    rows = read_benchmarks(bench_dir)
+    by_rule: dict[str, list[dict]] = {}
+    for row in rows:
+        by_rule.setdefault(row["rule"], []).append(row)
+    rules = sorted(by_rule, key=lambda r: -sum(x["seconds"] for x in by_rule[r]))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    totals = [sum(x["seconds"] for x in by_rule[r]) / 60 for r in rules]
+    axes[0].barh(rules, totals)
+    axes[0].set_xlabel("wall time, minutes (sum over the rule's jobs)")
+    axes[1].boxplot([[x["seconds"] for x in by_rule[r]] for r in rules], vert=False, tick_labels=rules)
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("seconds per job")
+    _save(fig, out)
+    lines = ["| rule | jobs | total min | mean s | max s | slowest job | max RSS MB |", "|---|---|---|---|---|---|---|"]
+    for r in rules:
+        jobs = by_rule[r]
+        slowest = max(jobs, key=lambda x: x["seconds"])
+        rss = [x["max_rss_mb"] for x in jobs if x["max_rss_mb"] is not None]
+        lines.append(f"| {r} | {len(jobs)} | {sum(x['seconds'] for x in jobs) / 60:.1f} | {sum(x['seconds'] for x in jobs) / len(jobs):.1f} |"
+                     f" {slowest['seconds']:.1f} | {slowest['job']} | {max(rss):.0f} |" if rss else
+                     f"| {r} | {len(jobs)} | {sum(x['seconds'] for x in jobs) / 60:.1f} | {sum(x['seconds'] for x in jobs) / len(jobs):.1f} |"
+                     f" {slowest['seconds']:.1f} | {slowest['job']} | |")
+    with atomic_path(table_out, suffix=".md") as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
 
 
 def ensemble_figure(summary_path: str, out: str) -> None:
@@ -39,8 +135,10 @@ def ensemble_figure(summary_path: str, out: str) -> None:
     names = [m["model"] for m in members] + ["ensemble"]
     values = [m["valid_mrr"] for m in members] + [summary["ensemble_valid_mrr"]]
     curve = summary.get("greedy_curve") or []
-    fig, axes = plt.subplots(1, 3 if curve else 2, figsize=(19 if curve else 13, 4))
+    height = max(4.0, 0.16 * len(names))  # one readable bar per member
+    fig, axes = plt.subplots(1, 3 if curve else 2, figsize=(19 if curve else 13, height))
     left, right = axes[0], axes[1]
+    left.tick_params(axis="y", labelsize=7 if len(names) > 20 else 9)
     left.barh(names, values, color=["tab:blue"] * len(members) + ["tab:red"])
     left.set_xlabel("validation MRR")
     for exponent in sorted({g["weight_exponent"] for g in summary["grid"]}):
@@ -54,11 +152,8 @@ def ensemble_figure(summary_path: str, out: str) -> None:
     right.legend()
     if curve:  # MRR of the greedy prefixes: what each added model buys
         axes[2].plot([c["n"] for c in curve], [c["valid_mrr"] for c in curve], marker="o")
-        for c in curve:
+        for c in curve if len(curve) <= 15 else curve[:5]:  # name the first additions only when many
             axes[2].annotate(c["added"], (c["n"], c["valid_mrr"]), fontsize=7, rotation=30)
         axes[2].set_xlabel("models in the ensemble (greedy order)")
         axes[2].set_ylabel("ensemble validation MRR")
-    fig.tight_layout()
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    _save(fig, out)

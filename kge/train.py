@@ -35,6 +35,8 @@ from kge.shard import read_shard_meta
 
 MODEL_NAME = checkpoint.MODEL_NAME
 HISTORY_NAME = "history.json"
+PROGRESS_NAME = "progress.json"  # live state of a running training, read by `kge status`
+PROGRESS_SECONDS = 10.0
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -334,6 +336,21 @@ def train(config: dict, shard_dir: str | Path, model_dir: str | Path, evaluator=
     bar = tqdm(total=total, initial=trainer.step, desc=f"train {config['score_fn']}", unit="step",
                disable=not progress or not trainer.is_main, mininterval=2.0)
     log_every = max(1, min(100, total // 20))
+    session_start, session_first_step, last_progress = time.monotonic(), trainer.step, 0.0
+
+    def write_progress(state: str) -> None:
+        """model_dir/progress.json (rank 0, atomically): step, rate, ETA, last loss and MRRs."""
+        elapsed = time.monotonic() - session_start
+        rate = (trainer.step - session_first_step) / elapsed if elapsed > 0 else 0.0
+        last = trainer.history[-1] if trainer.history else {}
+        mrrs = [h for h in trainer.history if "valid_mrr" in h]
+        atomic.save_json(trainer.model_dir / PROGRESS_NAME, {
+            "state": state, "step": trainer.step, "steps": total, "steps_per_second": rate,
+            "eta_seconds": (total - trainer.step) / rate if rate > 0 else None, "loss": last.get("loss"),
+            "valid_mrr": mrrs[-1]["valid_mrr"] if mrrs else None, "train_seconds": trainer.train_seconds,
+            "workers": trainer.world_size, "updated": time.time(),
+        })
+
     while trainer.step < total:
         start = time.perf_counter()
         running.append(trainer.train_step())
@@ -349,10 +366,16 @@ def train(config: dict, shard_dir: str | Path, model_dir: str | Path, evaluator=
                 entry.update(evaluator(trainer))
             trainer.history.append(entry)
             bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "step"})
+        if trainer.is_main and time.monotonic() - last_progress > PROGRESS_SECONDS:
+            write_progress("training")
+            last_progress = time.monotonic()
         due = trainer.step % config["checkpoint_every"] == 0 or time.monotonic() - last_save > config["checkpoint_seconds"]
         # Every worker must take the same decision (the save has barriers): rank 0's clock decides.
         if not done and trainer.comm.broadcast_flag(due):
             trainer.save_checkpoint()
             last_save = time.monotonic()
     bar.close()
-    return trainer.save_final()
+    final = trainer.save_final()
+    if trainer.is_main:
+        write_progress("done")
+    return final

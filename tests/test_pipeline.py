@@ -73,12 +73,24 @@ def test_pipeline_writes_valid_submission(tmp_path):
     for key in ("ogb_version", "parameters_per_model", "hardware", "train_seconds", "inference_seconds", "test-dev_mrr"):
         assert key in metadata
     assert (results / "plots" / "training_curves.png").stat().st_size > 0
+    assert sorted(p.stem for p in (results / "plots" / "models").glob("*.png")) == sorted(MODELS)  # one curve per model
+    assert (results / "plots" / "mrr_by_family.png").stat().st_size > 0
+    timing = (results / "plots" / "timing.md").read_text()
+    for rule, jobs in (("train", len(MODELS)), ("predict", len(MODELS)), ("ensemble", 1), ("shard", 1)):
+        assert f"| {rule} | {jobs} |" in timing, timing
     leaderboard = (results / "submission" / "leaderboard.txt").read_text()
     assert f"Validation MRR: {metadata['validation_mrr']:.4f}" in leaderboard and metadata["versions"]["snakemake"] in leaderboard
 
     # Nothing left to do: a second run plans no job.
     again = _snakemake(tmp_path, config_path, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    # The HTML report holds every registered figure and table.
+    report = _snakemake(tmp_path, config_path, "--report", str(tmp_path / "report.html"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    for name in ["training_curves.png", "ensemble.png", "mrr_by_family.png", "timing.png", "timing.md", "summary.md"] + [f"{m}.png" for m in MODELS]:
+        assert name in html, name
 
 
 def test_mistyped_config_key_fails_before_any_job(tmp_path):
@@ -130,4 +142,20 @@ def test_ensemble_of_the_finished_models_while_the_rest_train(tmp_path):
     lines = [line.split("Shell command:", 1)[-1].strip() for line in (again.stdout + again.stderr).splitlines()]
     planned = sorted(line.split()[1] + ("" if "--name" not in line else ":" + line.split("--name")[1].split()[0])
                      for line in lines if line.startswith("kge "))
-    assert planned == ["ensemble", "plot", "predict:m2", "predict:m3", "submit"], planned
+    assert planned == ["ensemble", "plot", "predict:m2", "predict:m3", "submit", "timing"], planned
+    done = _snakemake(tmp_path, config_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # Removing a finished model from a named list, or adding it back, replans the ensemble steps only.
+    for members in (["m1", "m3"], ["m1", "m2", "m3"]):
+        named = _config(tmp_path, models=models, ensemble={**ensemble, "members": members}, model_defaults=small)
+        plan = _snakemake(tmp_path, named, "-n", "-p")
+        lines = [line.split("Shell command:", 1)[-1].strip() for line in (plan.stdout + plan.stderr).splitlines()]
+        planned = sorted(line.split()[1] for line in lines if line.startswith("kge "))
+        assert planned == ["ensemble", "plot", "submit", "timing"], (members, planned)
+        (ensemble_cmd,) = [line for line in lines if line.startswith("kge ensemble")]
+        assert all((f"predictions/{m}.npz" in ensemble_cmd) == (m in members) for m in models)
+        ran = _snakemake(tmp_path, named)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        summary = json.loads((tmp_path / "results" / "ensemble" / "summary.json").read_text())
+        assert sorted(m["model"] for m in summary["members"]) == members

@@ -13,13 +13,11 @@ SHARDS = f"{RESULTS}/shards"
 DATASET_OK = f"{ROOT}/dataset.ok"
 THREADS = config["threads_per_job"]
 # `scale` (optional) shrinks every model's schedule, e.g. the 85-model recipe on the miniature.
-MODELS = {
-    name: resolve_model_config(
-        scale_settings(deep_merge(config.get("model_defaults", {}), settings or {}), config.get("scale")),
-        where=f"config key models.{name}",
-    )
+MODEL_SETTINGS = {
+    name: scale_settings(deep_merge(config.get("model_defaults", {}), settings or {}), config.get("scale"))
     for name, settings in config["models"].items()
 }
+MODELS = {name: resolve_model_config(settings, where=f"config key models.{name}") for name, settings in MODEL_SETTINGS.items()}
 SUBMISSION_FILES = [f"{RESULTS}/submission/t_pred_wikikg90m-v2_{mode}.npz" for mode in ("test-dev", "test-challenge")]
 _MEMBERS = config["ensemble"].get("members")
 if _MEMBERS == "finished":
@@ -38,7 +36,7 @@ TRAINING_TARGETS = [f"{RESULTS}/models/{name}/model.pt" for name in MODELS] if _
 # The ensemble, its plots and the submission (nothing to ensemble yet: none of them).
 FINAL_TARGETS = (
     SUBMISSION_FILES + [f"{RESULTS}/submission/{name}" for name in ("metadata.json", "leaderboard.txt")]
-    + [f"{RESULTS}/plots/{name}.png" for name in ("training_curves", "ensemble")]
+    + [f"{RESULTS}/plots/{name}.png" for name in ("training_curves", "ensemble", "mrr_by_family", "timing")]
     if ENSEMBLE_MEMBERS else []
 )
 for _name in ENSEMBLE_MEMBERS:
@@ -50,7 +48,9 @@ wildcard_constraints:
 
 
 def model_settings_json(wildcards):
-    return json.dumps(MODELS[wildcards.model], sort_keys=True)
+    # The settings as written in the config (kge fills its defaults when it writes config.json): a
+    # new kge option with a neutral default does not change this parameter, so trained models stay.
+    return json.dumps(MODEL_SETTINGS[wildcards.model], sort_keys=True)
 
 
 # ----- launching multi-worker models (config key `launcher`) ---------------------------------------

@@ -33,11 +33,34 @@ rule plots:
         models=expand(f"{RESULTS}/models/{{model}}/model.pt", model=ENSEMBLE_MEMBERS),
     output:
         curves=report(f"{RESULTS}/plots/training_curves.png", category="Training", caption="../report/curves.rst"),
+        model_curves=report(
+            directory(f"{RESULTS}/plots/models"),
+            patterns=["{name}.png"],
+            category="Training curves per model",
+            caption="../report/model_curves.rst",
+        ),
         ensemble=report(f"{RESULTS}/plots/ensemble.png", category="Ensemble", caption="../report/ensemble.rst"),
+        families=report(f"{RESULTS}/plots/mrr_by_family.png", category="Ensemble", caption="../report/families.rst"),
     params:
         histories=expand(f"{RESULTS}/models/{{model}}/history.json", model=ENSEMBLE_MEMBERS),
     log:
         f"{RESULTS}/logs/plots.log",
     shell:
-        "kge plot --histories {params.histories} --summary {input.summary}"
-        " --curves {output.curves} --ensemble {output.ensemble} 2> {log}"
+        "kge plot --histories {params.histories} --summary {input.summary} --curves {output.curves}"
+        " --ensemble {output.ensemble} --families {output.families} --model-curves {output.model_curves} 2> {log}"
+
+
+# Wall time and peak memory of every job, from the benchmark files the heavy rules write.
+rule timing:
+    input:
+        benchmarks=[f"{RESULTS}/benchmarks/shard.tsv", f"{RESULTS}/benchmarks/ensemble.tsv"]
+        + expand(f"{RESULTS}/benchmarks/{{step}}/{{model}}.tsv", step=("train", "predict"), model=ENSEMBLE_MEMBERS),
+    output:
+        figure=report(f"{RESULTS}/plots/timing.png", category="Timing", caption="../report/timing.rst"),
+        table=report(f"{RESULTS}/plots/timing.md", category="Timing", caption="../report/timing.rst"),
+    params:
+        benchmarks=f"{RESULTS}/benchmarks",
+    log:
+        f"{RESULTS}/logs/timing.log",
+    shell:
+        "kge timing --benchmarks {params.benchmarks} --out {output.figure} --table {output.table} 2> {log}"
