@@ -112,7 +112,7 @@ def timing_figure(bench_dir: str, out: str, table_out: str) -> None:
     totals = [sum(x["seconds"] for x in by_rule[r]) / 60 for r in rules]
     axes[0].barh(rules, totals)
     axes[0].set_xlabel("wall time, minutes (sum over the rule's jobs)")
-    axes[1].boxplot([[x["seconds"] for x in by_rule[r]] for r in rules], vert=False, tick_labels=rules)
+    axes[1].boxplot([[x["seconds"] for x in by_rule[r]] for r in rules], orientation="horizontal", tick_labels=rules)
     axes[1].set_xscale("log")
     axes[1].set_xlabel("seconds per job")
     _save(fig, out)

@@ -2,7 +2,7 @@
 
 A model is done when model.pt exists, training while its progress.json is fresh, stalled when
 progress.json has not been updated for a while (a killed job: the next run resumes it from its
-last checkpoint), and pending otherwise.
+last checkpoint), started when only a checkpoint's history is there, and pending otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def model_states(results_dir: str | Path, now: float | None = None) -> list[dict
     for model_dir in sorted(p for p in (Path(results_dir) / "models").glob("*") if p.is_dir()):
         progress_path = model_dir / PROGRESS_NAME
         progress = json.loads(progress_path.read_text()) if progress_path.exists() else {}
+        live = bool(progress)  # progress.json is rewritten every few seconds while training runs
         history_path = model_dir / "history.json"
         if not progress and history_path.exists():  # written at each checkpoint and at the end
             data = json.loads(history_path.read_text())
@@ -40,8 +41,10 @@ def model_states(results_dir: str | Path, now: float | None = None) -> list[dict
                             "valid_mrr": mrrs[-1] if mrrs else None, "updated": history_path.stat().st_mtime}
         if (model_dir / MODEL_NAME).exists():
             state = "done"
-        elif progress:
+        elif live:
             state = "training" if now - progress["updated"] < STALE_SECONDS else "stalled"
+        elif progress:
+            state = "started"  # a checkpoint's history but no progress file: liveness unknown
         else:
             state = "pending"
         rows.append({"model": model_dir.name, "state": state, **{k: progress.get(k) for k in
@@ -62,6 +65,6 @@ def status_text(results_dir: str | Path, now: float | None = None) -> str:
         rate = f"{r['steps_per_second']:.1f}" if r["steps_per_second"] else "-"
         eta = _duration(r["eta_seconds"]) if r["state"] == "training" else "-"
         lines.append(f"{r['model']:<40} {r['state']:<9} {step + pct:>17} {loss:>8} {mrr:>9} {rate:>8} {eta:>8}")
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "training", "stalled", "pending")}
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "training", "stalled", "started", "pending")}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n))
     return "\n".join(lines)
