@@ -134,6 +134,7 @@ def _predict(args) -> None:
     from kge.features import FeatureStore
     from kge.partition import Partition
     from kge.predict import Predictor, load_model, predict_splits
+    from kge.quantize_model import quantization_summary, quantized_features
 
     from kge.checkpoint import read_model
     from kge.partition import owned_shards
@@ -148,7 +149,8 @@ def _predict(args) -> None:
     owned = owned_shards(partition.n_shards, comm.rank, comm.world_size)
     model, saved, device = load_model(model_path, getattr(comm, "device", None), shards=owned)
     ds = open_dataset(args.root, check=False)
-    features = FeatureStore(args.shard_dir, partition.n_shards, shards=owned)
+    # A model written by `kge quantise` with a feature format scores its features as that format stores them.
+    features = quantized_features(FeatureStore(args.shard_dir, partition.n_shards, shards=owned), saved)
     predictor = Predictor(model, features, partition, device, saved["config"]["predict_block"], owned=owned, comm=comm)
     queries = {"valid": np.asarray(ds.val_hr), "test-dev": np.asarray(ds.test_dev_hr), "test-challenge": np.asarray(ds.test_challenge_hr)}
     arrays, seconds = predict_splits(predictor, queries, args.top_k, saved["config"]["predict_batch"])
@@ -173,8 +175,20 @@ def _predict(args) -> None:
         "top_k": args.top_k,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if "quantization" in saved:
+        metrics["quantization"] = quantization_summary(saved["quantization"])
     atomic.save_json(args.metrics, metrics)
     print(f"{metrics['model']}: validation MRR {valid_mrr:.4f}")
+
+
+def _quantise(args) -> None:
+    import torch
+
+    from kge.quantize_model import quantize_model
+
+    generator = torch.Generator().manual_seed(args.seed) if args.stochastic else None
+    quantize_model(args.model, args.out, args.format, args.scaling, args.feature_format, args.feature_scaling,
+                   shard_dir=args.shard_dir, generator=generator)
 
 
 def _ensemble(args) -> None:
@@ -322,6 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="workers sharing the entity table (default: the model's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("quantise", aliases=["quantize"],
+                       help="a model whose entity rows (and features) are stored in FP8/int8/16-bit (simulated: fp32 rows written)")
+    p.add_argument("--model", required=True, help="model.pt")
+    p.add_argument("--out", required=True, help="new model directory (model.pt, entities/, quantization.json)")
+    p.add_argument("--format", required=True, help="entity table format: float32, bfloat16, float16, float8_e4m3fn, "
+                   "float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz or int8")
+    p.add_argument("--scaling", required=True, help="none, tensor (one fp32 scale) or row (one fp32 scale per entity); int8 needs one")
+    p.add_argument("--feature-format", default=None, help="feature format (default: as stored, float16); needs --shard-dir")
+    p.add_argument("--feature-scaling", default=None, help="none, tensor or row (with --feature-format)")
+    p.add_argument("--shard-dir", default=None, help="the model's shard directory (its features)")
+    p.add_argument("--stochastic", action="store_true", help="stochastic rounding of the table (features: always nearest)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --stochastic")
+    p.set_defaults(func=_quantise)
 
     p = sub.add_parser("ensemble", help="rank-power mean ensemble of model predictions")
     p.add_argument("--root", required=True)
