@@ -24,6 +24,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/submit.smk"
+include: "workflow/rules/techniques.smk"
 
 
 rule all:

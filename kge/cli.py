@@ -245,6 +245,16 @@ def _plot(args) -> None:
         model_curves(args.histories, args.model_curves)
 
 
+def _quantise_report(args) -> None:
+    from kge import atomic
+    from kge.quantize_model import quantise_report
+
+    table, rows = quantise_report(args.baselines, args.variants)
+    atomic.save_json(args.json, rows)
+    atomic.save_text(args.out, table)
+    print(table)
+
+
 def _status(args) -> None:
     import time
 
@@ -398,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", help="figure of member MRR by scoring function and loss")
     p.add_argument("--model-curves", help="directory for one training-curve figure per model")
     p.set_defaults(func=_plot)
+    p = sub.add_parser("quantise-report", help="MRR and bytes per entity of quantised models beside their originals")
+    p.add_argument("--baselines", nargs="+", required=True, help="kge predict metrics of the original models")
+    p.add_argument("--variants", nargs="+", required=True, help="kge predict metrics of the quantised copies (<model>.<variant>)")
+    p.add_argument("--out", required=True, help="Markdown table")
+    p.add_argument("--json", required=True, help="the same rows as JSON")
+    p.set_defaults(func=_quantise_report)
     p = sub.add_parser("status", help="where every model of a run stands: done, training (step, loss, MRR, ETA), pending")
     p.add_argument("results", nargs="?", default="results", help="the run's results_dir")
     p.add_argument("--watch", type=float, default=0, help="redraw every this many seconds")

@@ -24,6 +24,7 @@ Padding rows of the last shards (fewer than the number of shards) are included.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -250,3 +251,41 @@ def quantization_summary(report: dict) -> dict:
         "bytes_per_entity": report["bytes_per_entity"],
         "source_bytes_per_entity": report["source_bytes_per_entity"],
     }
+
+
+def quantise_report(baseline_paths: list[str], variant_paths: list[str]) -> tuple[str, list[dict]]:
+    """Side-by-side table of quantised variants and their original models.
+
+    baseline_paths: `kge predict` metrics of the original models (predictions/<model>.json);
+    variant_paths: metrics of `<model>.<variant>` predictions of quantised copies. Returns the
+    Markdown table and its rows: model, variant, formats, bytes per entity, validation MRR, and
+    the change against the original (absolute and relative).
+    """
+    baselines = {}
+    for path in baseline_paths:
+        metrics = json.loads(Path(path).read_text())
+        baselines[metrics["model"]] = metrics
+    rows = []
+    for path in variant_paths:
+        metrics = json.loads(Path(path).read_text())
+        model, _, variant = metrics["model"].rpartition(".")
+        if model not in baselines:
+            raise KgeInputError(f"{path}: no original-model metrics for '{model}' among the baselines")
+        base, quant = baselines[model], metrics["quantization"]
+        rows.append({
+            "model": model, "variant": variant,
+            "table": f"{quant['table']['format']} / {quant['table']['scaling']}",
+            "features": f"{quant['features']['format']} / {quant['features']['scaling']}" if quant["features"]["format"] else "as stored",
+            "bytes_per_entity": quant["bytes_per_entity"], "source_bytes_per_entity": quant["source_bytes_per_entity"],
+            "valid_mrr": metrics["valid_mrr"], "original_valid_mrr": base["valid_mrr"],
+            "change": metrics["valid_mrr"] - base["valid_mrr"],
+            "relative_change": (metrics["valid_mrr"] - base["valid_mrr"]) / base["valid_mrr"] if base["valid_mrr"] else None,
+        })
+    rows.sort(key=lambda r: (r["model"], -r["bytes_per_entity"]))
+    lines = ["| model | variant | table format / scaling | features | bytes per entity | valid MRR | original | change |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rel = f" ({100 * r['relative_change']:+.2f}%)" if r["relative_change"] is not None else ""
+        lines.append(f"| {r['model']} | {r['variant']} | {r['table']} | {r['features']} | {r['bytes_per_entity']}"
+                     f" (from {r['source_bytes_per_entity']}) | {r['valid_mrr']:.4f} | {r['original_valid_mrr']:.4f} | {r['change']:+.4f}{rel} |")
+    return "\n".join(lines) + "\n", rows
