@@ -41,7 +41,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
     },
     "features": {
         "use": True, "share_projection": False, "dropout": 0.0, "bias": False, "weight": False, "gated": False,
-        "mlp": {"hidden": 0, "squeeze": False, "residual": False, "concat_embeddings": False, "glu": False},
+        "projection": "dense", "groups": 4,
+        "mlp": {"hidden": 0, "squeeze": False, "residual": False, "concat_embeddings": False, "glu": False, "norm": "none"},
     },
     "learning_rate": 1e-3,
     "lr_decay": "linear",
@@ -50,6 +51,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
         "head_feature_projection": None, "tail_feature_projection": None,
     },
     "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+    "subspace": {"dim": 0},
     "steps": 1000,
     "workers": 1,
     "exchange": "tails",
@@ -64,6 +66,16 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "validate_queries": 2000,
     "predict_batch": 1000,
     "predict_block": 65536,
+}
+
+# Keys added after models were first trained, with the default that reproduces the older behaviour.
+# config_hash leaves them out while they hold that default (older checkpoints still resume) and
+# with_defaults fills them into a config read from an older model.pt.
+LATER_KEYS: dict[tuple[str, ...], Any] = {
+    ("features", "projection"): "dense",
+    ("features", "groups"): 4,
+    ("features", "mlp", "norm"): "none",
+    ("subspace",): {"dim": 0},
 }
 
 
@@ -112,10 +124,24 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
     loss = overrides.get("loss", {})
     if loss.get("adversarial_temperature") is not None and loss.get("adversarial_scale"):
         raise KgeInputError(f"{where}: set one of 'loss.adversarial_scale' and 'loss.adversarial_temperature', not both")
-    mlp = config["features"]["mlp"]
+    features = config["features"]
+    mlp = features["mlp"]
     if mlp["hidden"] and mlp["residual"] and not mlp["squeeze"]:
         raise KgeInputError(f"{where}: key 'features.mlp.residual' needs 'features.mlp.squeeze' (the residual is M e_F)")
+    if features["projection"] != "dense" and mlp["hidden"] and not mlp["squeeze"]:
+        raise KgeInputError(f"{where}: key 'features.projection' = {features['projection']} needs a projection M, but an MLP "
+                            "without 'features.mlp.squeeze' reads the raw feature e_F; set squeeze or projection: dense")
+    if features["projection"] == "grouped" and config["dim"] % features["groups"]:
+        raise KgeInputError(f"{where}: key 'features.groups' = {features['groups']} must divide dim = {config['dim']} "
+                            "(each group maps F / groups inputs to dim / groups outputs)")
+    if mlp["norm"] != "none" and not mlp["hidden"]:
+        raise KgeInputError(f"{where}: key 'features.mlp.norm' = {mlp['norm']} normalises the MLP's hidden layer; set 'features.mlp.hidden' > 0")
     return config
+
+
+def with_defaults(config: dict) -> dict:
+    """A complete config saved by an older version (without LATER_KEYS) -> the same config with their defaults."""
+    return deep_merge(MODEL_DEFAULTS, config)
 
 
 def negatives_per_step(config: dict, n_shards: int) -> int:
@@ -156,4 +182,11 @@ def config_hash(config: dict) -> str:
     # checkpoint resumes under another worker count (shards are owned by shard index).
     ignored = ("checkpoint_every", "checkpoint_seconds", "device", "predict_batch", "predict_block", "workers", "exchange")
     relevant = {k: v for k, v in config.items() if k not in ignored}
+    relevant = copy.deepcopy(relevant)
+    for (*parents, key), default in LATER_KEYS.items():  # at their default: the hash they had before these keys existed
+        node = relevant
+        for parent in parents:
+            node = node.get(parent, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and node.get(key, default) == default:
+            node.pop(key, None)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kge import atomic, checkpoint, losses, scoring
+from kge import atomic, checkpoint, losses, scoring, subspace
 from kge.comm import LocalComm
 from kge.config import adversarial_scale, config_hash, negatives_per_step
 from kge.device import resolve_device
@@ -222,8 +222,16 @@ class Trainer:
             if p.grad is None:  # every worker must contribute the same tensors to the all-reduce
                 p.grad = torch.zeros_like(p)
         loss_sum = loss.detach().reshape(1) / W
-        comm.all_reduce_([p.grad for p in self.dense_params] + [loss_sum])
+        # BatchNorm running statistics (none by default) were updated by each worker's own batches:
+        # averaged in the same all-reduce, so every replica keeps the same buffers.
+        running_stats = model.running_statistics()
+        comm.all_reduce_([p.grad for p in self.dense_params] + [loss_sum] + running_stats)
+        if W > 1:
+            for buffer in running_stats:
+                buffer.div_(W)
         self._phase("exchange")
+        # Random-subspace optimisation: P P^T g with P drawn from (seed, step, tensor), alike on every worker.
+        subspace.project_gradients_(self.dense_params, config["subspace"]["dim"], config["seed"], self.step)
         lr = learning_rate(config, self.step)
         for group in self.dense_optimizer.param_groups:
             group["lr"] = lr * group["lr_modifier"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from kge import losses
+from kge import losses, subspace
 from kge.config import adversarial_scale, negatives_per_step
 from kge.features import FeatureStore
 from kge.model import KGEModel, init_entity_rows
@@ -104,6 +104,8 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
         total = total / W
         dense_opt.zero_grad(set_to_none=True)
         total.backward()
+        # The same projection as kge.train (one kge function): what is under test here is the exchange.
+        subspace.project_gradients_([p for g in dense_opt.param_groups for p in g["params"]], config["subspace"]["dim"], config["seed"], step)
         out["losses"].append(float(total.detach()))
         out["dense_grads"].append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         lr = learning_rate(config, step)

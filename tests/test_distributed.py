@@ -1,7 +1,8 @@
 """Parity: a W-worker BESS step over torch.distributed (gloo) equals the single-process reference.
 
 For every scoring function, both losses and both exchange variants (tails moving, scores moving),
-on the same sampled indices: the loss, the all-reduced dense gradients, and after two steps every
+with the feature-branch options (encoder variants and random-subspace optimisation included)
+spread over the configurations, on the same sampled indices: the loss, the all-reduced dense gradients, and after two steps every
 worker's entity rows and the replicated dense parameters agree with the reference to fp32 tolerance.
 """
 
@@ -25,6 +26,7 @@ def _configs(workers: int, exchanges=("tails", "scores")) -> list[dict]:
     for n, ((score_fn, p), loss, exchange) in enumerate(itertools.product(SCORE_FNS, ("softmax", "logsigmoid"), exchanges)):
         per_shard = 4 if n % 3 == 2 else None  # the recipe's a2a size: N = 4 x D
         separate = n % 4 != 1
+        subspace = 5 if n % 9 == 4 else 0
         settings = {
             "score_fn": score_fn, "distance": p, "gamma": 4.0, "dim": 8, "batch_size": 16,
             **({"negatives_per_shard": per_shard} if per_shard else {"negatives": 8}),
@@ -33,15 +35,27 @@ def _configs(workers: int, exchanges=("tails", "scores")) -> list[dict]:
             # Adam turns a gradient element that is zero up to rounding (1e-9) into a full +-lr step
             # of random sign; eps = 1e-4 keeps such elements still, so the updated parameters can be
             # compared to fp32 tolerance (gradients themselves are compared exactly as computed).
-            "adam": {"eps": 1e-4},
+            # Projected gradients (subspace) are spread continuously around zero rather than exactly
+            # zero: eps = 1e-2 keeps Adam's steps (slope lr / eps at g = 0) from amplifying rounding.
+            "adam": {"eps": 1e-2 if subspace else 1e-4},
             "loss": {"type": loss, "in_batch_negatives": n % 2 == 0,
                      **({"adversarial_temperature": 2.0} if loss == "logsigmoid" and n % 4 == 3 else
                         {"adversarial_scale": 1.0 if loss == "logsigmoid" else 0.0})},
             # The recipe's feature-branch options, spread over the configurations.
             "features": {"use": n % 3 != 0, "share_projection": not separate, "dropout": 0.0,
                          "bias": n % 4 == 2, "gated": n % 5 == 3, "weight": n % 6 == 2,
+                         # Encoder variants: grouped / random projection M; LayerNorm + Proxy Normalization in
+                         # the MLP (batch independent; BatchNorm's statistics depend on how rows are grouped
+                         # into encoder calls, which the reference does differently: tests/test_encoders.py
+                         # checks it with one worker). Not with L1 scores: a coordinate at |q - t| ~ 1e-7 may
+                         # take the other subgradient sign, and LayerNorm's gain on the small pre-activations
+                         # lifts that step-1 difference above the gradient tolerance.
+                         "projection": {2: "grouped", 4: "random"}.get(n % 6, "dense"), "groups": 2,
                          "mlp": {"hidden": 6 if n % 3 == 1 else 0, "squeeze": n % 2 == 0, "residual": n % 2 == 0 and n % 5 != 0,
-                                 "concat_embeddings": n % 5 in (1, 2), "glu": n % 7 == 1}},
+                                 "concat_embeddings": n % 5 in (1, 2), "glu": n % 7 == 1,
+                                 "norm": "layer_proxy" if n % 6 == 1 and p == 2 else "none"}},
+            # Random-subspace optimisation of the dense gradients (P drawn alike on every worker).
+            "subspace": {"dim": subspace},
             "lr_modifiers": {"head_feature_projection": 0.5, "tail_feature_projection": 2.0} if separate else {"feature_projection": 0.3},
             "regularisation": {"entity": {"weight": 1e-3 if n % 2 else 0.0, "power": 3},
                                "embedding": {"weight": 1e-3 if n % 5 == 0 else 0.0, "power": 3},
@@ -87,7 +101,10 @@ def _check_one(n, configs, per_rank, shard_dir):
             for rec in records:  # every worker reports the same (all-reduced) loss
                 assert rec["losses"][step] == pytest.approx(ref["losses"][step], rel=2e-5), f"{name} loss step {step}"
                 for key, grad in ref["dense_grads"][step].items():
-                    _close(rec["dense_grads"][step][key], grad, f"{name} grad {key} step {step}")
+                    # Random-subspace P P^T g mixes every element of a tensor: an element's rounding
+                    # error scales with the tensor's largest gradient, not with the element itself.
+                    atol = max(2e-6, 1e-5 * float(grad.abs().max())) if config["subspace"]["dim"] else 2e-6
+                    _close(rec["dense_grads"][step][key], grad, f"{name} grad {key} step {step}", atol=atol)
         for rec in records:
             for k, shard in enumerate(rec["owned"]):
                 # atol 1e-5 = 2e-4 of one Adam step (lr 0.05): an L1 coordinate at |q - t| ~ 1e-7 may
