@@ -3,8 +3,9 @@
 Greedy curve (the winning report's "MRR versus number of models" figure): start from no model, add
 at each step the member whose addition gives the highest validation MRR, and record the MRR of
 every prefix. The selection works on a dense (Q, C) table of ensemble scores over each query's
-union of candidate ids, so evaluating one candidate is one pass over that table (not a new
-ensemble); the MRR of each chosen prefix is then recomputed exactly with ``rank_power_ensemble``.
+union of candidate ids and each query's current top scores, so evaluating one candidate touches
+only its own K columns (not a new ensemble, not the whole table); the MRR of each chosen prefix is
+then recomputed exactly with ``rank_power_ensemble``.
 """
 
 from __future__ import annotations
@@ -46,15 +47,52 @@ def _member_terms(predictions: Sequence[np.ndarray], t_true: np.ndarray, power: 
     return columns, terms, ids >= 0, width, true_col
 
 
-def _table_mrr(table: np.ndarray, true_col: np.ndarray) -> float:
-    """MRR@10 of (Q, C) ensemble scores (-inf = not listed yet) given each query's true column (-1 =
-    no member lists it). Rank = 1 + candidates scoring strictly higher (ties count in the answer's
-    favour; only the selection uses this, reported values come from the exact ensemble)."""
-    rows = np.arange(table.shape[0])
-    true_score = np.where(true_col >= 0, table[rows, np.maximum(true_col, 0)], -np.inf)
-    rank = (table > true_score[:, None]).sum(axis=1) + 1
-    hit = np.isfinite(true_score) & (rank <= 10)
-    return float(np.where(hit, 1.0 / rank, 0.0).mean())
+def _greedy_order(columns: np.ndarray, terms: np.ndarray, valid: np.ndarray, width: int, true_col: np.ndarray) -> list[int]:
+    """Greedy member order by MRR@10 on the (Q, C) candidate table, evaluating a candidate member in
+    O(Q * (K + T)) instead of a pass over the whole table.
+
+    Every term is >= 0 (rank powers are shifted to be non-negative), so adding a member only raises
+    the scores of its own K columns. The answer's new rank is 1 + (its columns now above the answer's
+    new score) + (other columns above it). The latter come from the current T = 10 + K largest
+    scores of each query: if fewer than T of them are above the new score, every column above it is
+    among them, and subtracting the member's own columns that were above leaves the exact count; if
+    all T are above, at least T - K = 10 other columns are, and the rank is beyond 10 (MRR@10 = 0).
+    """
+    m_count, q_count, k = columns.shape
+    top_n = 10 + k
+    rows = np.arange(q_count)[:, None]
+    current = np.full((q_count, width), -np.inf)  # -inf: no chosen member lists this candidate
+    answer = np.full(q_count, -np.inf)  # the answer's current ensemble score
+    top = np.full((q_count, top_n), -np.inf)  # the current top_n scores of each query (any order)
+    listed_anywhere = true_col >= 0
+    chosen: list[int] = []
+    remaining = list(range(m_count))
+    while remaining:
+        best, best_mrr, best_update = None, -1.0, None
+        for m in remaining:
+            cols, ok = columns[m], valid[m]
+            old = current[rows, cols]  # (Q, K)
+            # A candidate listed for the first time starts from 0 (the RECIPE's "absent" value).
+            new = np.where(ok, np.where(np.isfinite(old), old, 0.0) + terms[m], old)
+            hit = ok & (cols == true_col[:, None]) & listed_anywhere[:, None]
+            new_answer = np.where(hit.any(axis=1), np.where(hit, new, -np.inf).max(axis=1), answer)
+            threshold = new_answer[:, None]
+            above_top = (top > threshold).sum(axis=1)
+            others = above_top - (ok & (old > threshold)).sum(axis=1)
+            rank = 1 + (ok & (new > threshold)).sum(axis=1) + others
+            good = np.isfinite(new_answer) & (above_top < top_n) & (rank <= 10)
+            value = float(np.where(good, 1.0 / rank, 0.0).mean())
+            if value > best_mrr:
+                best, best_mrr, best_update = m, value, (new, new_answer)
+        chosen.append(best)
+        remaining.remove(best)
+        current[rows, columns[best]] = best_update[0]
+        answer = best_update[1]
+        if width > top_n:
+            top = -np.partition(-current, top_n - 1, axis=1)[:, :top_n]
+        else:
+            top = np.concatenate([current, np.full((q_count, top_n - width), -np.inf)], axis=1)
+    return chosen
 
 
 def greedy_curve(predictions: Sequence[np.ndarray], t_true, power: float = -0.5, weights=None,
@@ -79,25 +117,7 @@ def greedy_curve(predictions: Sequence[np.ndarray], t_true, power: float = -0.5,
         pick = np.arange(q_all)
     sub = [np.asarray(p)[pick] for p in predictions]
     columns, terms, valid, width, true_col = _member_terms(sub, t_true[pick], power, w)
-    q_count = len(pick)
-    rows = np.arange(q_count)[:, None]
-    current = np.full((q_count, width), -np.inf)  # -inf: no chosen member lists this candidate
-    chosen: list[int] = []
-    remaining = list(range(m_count))
-    while remaining:
-        best, best_mrr, best_table = None, -1.0, None
-        for m in remaining:
-            table = current.copy()
-            cols = columns[m]
-            old = table[rows, cols]
-            # A candidate listed for the first time starts from 0 (the RECIPE's "absent" value).
-            table[rows, cols] = np.where(valid[m], np.where(np.isfinite(old), old, 0.0) + terms[m], old)
-            value = _table_mrr(table, true_col)
-            if value > best_mrr:
-                best, best_mrr, best_table = m, value, table
-        chosen.append(best)
-        remaining.remove(best)
-        current = best_table
+    chosen = _greedy_order(columns, terms, valid, width, true_col)
     curve = []
     for n in range(1, m_count + 1):
         members = chosen[:n]
