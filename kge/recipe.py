@@ -155,8 +155,9 @@ def recipe_models(columns: dict) -> dict[str, dict]:
 
 HEADER = """\
 # The OGB-LSC 2022 WikiKG90Mv2 winning ensemble ("wikiwiki"): the 85 model configurations, derived
-# field by field from ../shared/reference/wikiwiki-85-configs-and-results.json by
-#   kge recipe --json wikiwiki-85-configs-and-results.json --out workflow/ensembles/wikikg90mv2-85.yaml
+# field by field from the submission's configurations (workflow/ensembles/wikiwiki-85-configs-and-results.json,
+# a copy of ../shared/reference/'s) by
+#   kge recipe --json workflow/ensembles/wikiwiki-85-configs-and-results.json --out workflow/ensembles/wikikg90mv2-85.yaml
 # (kge/recipe.py; tests/test_recipe.py checks every entry against the JSON). A --configfile replaces
 # config.yaml, so this file is complete. Full run (16 workers per model, real WikiKG90Mv2):
 #   snakemake --configfile workflow/ensembles/wikikg90mv2-85.yaml
