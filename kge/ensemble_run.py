@@ -85,7 +85,7 @@ def run_ensemble(root, prediction_paths, out_dir, power: float = -0.5, top_k: in
     lines.append(f"| ensemble, equal weights (RECIPE formula, p = {chosen:g}, K = {top_k}) | {len(members)} models | | | | 1 | {summary['recipe_valid_mrr']:.4f} |")
     lines.append(f"| **ensemble** (p = {chosen:g}, weights (MRR/best)^{exponent:g}, K = {top_k}) | {len(members)} models | | | | | **{ensemble_mrr:.4f}** |")
     lines += ["", "Greedy order (each row adds one model to those above):", "", "| n | added | ensemble valid MRR |", "|---|---|---|"]
-    lines += [f"| {c['n']} | {c['added']} | {c['valid_mrr']:.4f} |" for c in curve]
+    lines += [f"| {c['n']} | {c['added']} | {'-' if c['valid_mrr'] is None else format(c['valid_mrr'], '.4f')} |" for c in curve]
     lines += ["", "Without one scoring-function family:", "", "| family removed | models removed | valid MRR | change |", "|---|---|---|---|"]
     lines += [f"| {f['family']} | {f['removed']} | {f['valid_mrr']:.4f} | {f['change']:+.4f} |" for f in families]
     atomic.save_text(out_dir / "summary.md", "\n".join(lines) + "\n")

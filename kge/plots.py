@@ -151,6 +151,7 @@ def ensemble_figure(summary_path: str, out: str) -> None:
     right.set_ylabel("ensemble validation MRR")
     right.legend()
     if curve:  # MRR of the greedy prefixes: what each added model buys
+        curve = [c for c in curve if c["valid_mrr"] is not None]  # large ensembles: exact at some sizes only
         axes[2].plot([c["n"] for c in curve], [c["valid_mrr"] for c in curve], marker="o")
         for c in curve if len(curve) <= 15 else curve[:5]:  # name the first additions only when many
             axes[2].annotate(c["added"], (c["n"], c["valid_mrr"]), fontsize=7, rotation=30)

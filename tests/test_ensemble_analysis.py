@@ -87,3 +87,12 @@ def test_answers_beyond_every_listed_id_are_misses():
         assert c["valid_mrr"] == pytest.approx(mrr(rank_power_ensemble([preds[i] for i in members], power=-0.5, top=10,
                                                                         weights=np.array([1.0, 0.9])[members]), t))
     assert curve[0]["added"] == "1"  # member 1 ranks answers 2 and 3 first (MRR 2/3), member 0 second (1/3)
+
+
+def test_exact_prefix_sizes_of_a_large_ensemble():
+    from kge.ensemble_analysis import exact_prefix_sizes
+
+    assert exact_prefix_sizes(8, 24) == set(range(1, 9))
+    sizes = exact_prefix_sizes(85, 24)
+    assert set(range(1, 11)) <= sizes and 85 in sizes and len(sizes) <= 24
+    assert max(b - a for a, b in zip(sorted(sizes), sorted(sizes)[1:])) <= 6  # evenly spread after 10
