@@ -155,4 +155,8 @@ def test_ensemble_of_the_finished_models_while_the_rest_train(tmp_path):
         assert planned == ["ensemble", "plot", "submit", "timing"], (members, planned)
         (ensemble_cmd,) = [line for line in lines if line.startswith("kge ensemble")]
         assert all((f"predictions/{m}.npz" in ensemble_cmd) == (m in members) for m in models)
+        ran = _snakemake(tmp_path, named)  # the next membership is then a change against this one
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        summary = json.loads((tmp_path / "results" / "ensemble" / "summary.json").read_text())
+        assert sorted(m["model"] for m in summary["members"]) == members
 
