@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 
-from kge.atomic import atomic_path
+from kge.atomic import atomic_path, save_text
 
 CURVE_TITLES = ("loss", "train MRR (sampled triples)", "validation MRR (sampled queries)")
 LEGEND_MAX = 12  # beyond this many models a legend hides the curves
@@ -107,10 +107,10 @@ def timing_figure(bench_dir: str, out: str, table_out: str) -> None:
     by_rule: dict[str, list[dict]] = {}
     for row in rows:
         by_rule.setdefault(row["rule"], []).append(row)
-    rules = sorted(by_rule, key=lambda r: -sum(x["seconds"] for x in by_rule[r]))
+    total = {r: sum(x["seconds"] for x in jobs) for r, jobs in by_rule.items()}
+    rules = sorted(by_rule, key=lambda r: -total[r])
     fig, axes = plt.subplots(1, 2, figsize=(13, 4))
-    totals = [sum(x["seconds"] for x in by_rule[r]) / 60 for r in rules]
-    axes[0].barh(rules, totals)
+    axes[0].barh(rules, [total[r] / 60 for r in rules])
     axes[0].set_xlabel("wall time, minutes (sum over the rule's jobs)")
     axes[1].boxplot([[x["seconds"] for x in by_rule[r]] for r in rules], orientation="horizontal", tick_labels=rules)
     axes[1].set_xscale("log")
@@ -121,12 +121,9 @@ def timing_figure(bench_dir: str, out: str, table_out: str) -> None:
         jobs = by_rule[r]
         slowest = max(jobs, key=lambda x: x["seconds"])
         rss = [x["max_rss_mb"] for x in jobs if x["max_rss_mb"] is not None]
-        lines.append(f"| {r} | {len(jobs)} | {sum(x['seconds'] for x in jobs) / 60:.1f} | {sum(x['seconds'] for x in jobs) / len(jobs):.1f} |"
-                     f" {slowest['seconds']:.1f} | {slowest['job']} | {max(rss):.0f} |" if rss else
-                     f"| {r} | {len(jobs)} | {sum(x['seconds'] for x in jobs) / 60:.1f} | {sum(x['seconds'] for x in jobs) / len(jobs):.1f} |"
-                     f" {slowest['seconds']:.1f} | {slowest['job']} | |")
-    with atomic_path(table_out, suffix=".md") as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n")
+        peak = f" {max(rss):.0f} " if rss else " "
+        lines.append(f"| {r} | {len(jobs)} | {total[r] / 60:.1f} | {total[r] / len(jobs):.1f} | {slowest['seconds']:.1f} | {slowest['job']} |{peak}|")
+    save_text(table_out, "\n".join(lines) + "\n")
 
 
 def ensemble_figure(summary_path: str, out: str) -> None:

@@ -39,9 +39,16 @@ FINAL_TARGETS = (
     + [f"{RESULTS}/plots/{name}.png" for name in ("training_curves", "ensemble", "mrr_by_family", "timing")]
     if ENSEMBLE_MEMBERS else []
 )
-for _name in ENSEMBLE_MEMBERS:
-    if _name not in MODELS:
-        raise ValueError(f"config key ensemble.members: '{_name}' is not a model in 'models' ({', '.join(MODELS)})")
+
+
+def check_model_names(key, names):
+    """Every name listed under config key `key` must be a model of 'models'."""
+    for name in names:
+        if name not in MODELS:
+            raise ValueError(f"config key {key}: '{name}' is not a model in 'models' ({', '.join(MODELS)})")
+
+
+check_model_names("ensemble.members", ENSEMBLE_MEMBERS)
 
 wildcard_constraints:
     model="|".join(MODELS),

@@ -4,9 +4,7 @@
 _QUANTISE = (config.get("techniques") or {}).get("quantise") or {}
 QUANTISE_MODELS = _QUANTISE.get("models") or []
 QUANTISE_VARIANTS = _QUANTISE.get("variants") or {}
-for _name in QUANTISE_MODELS:
-    if _name not in MODELS:
-        raise ValueError(f"config key techniques.quantise.models: '{_name}' is not a model in 'models' ({', '.join(MODELS)})")
+check_model_names("techniques.quantise.models", QUANTISE_MODELS)
 QUANTISED = f"{RESULTS}/techniques/quantise"
 
 
