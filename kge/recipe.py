@@ -71,8 +71,8 @@ def model_name(index: int, entry: dict) -> str:
 
 
 def entry_settings(entry: dict) -> dict:
-    """One model's JSON fields ({key: value}) -> kge model settings (only what differs from kge's defaults
-    is left implicit when the JSON agrees with it; everything the recipe sets is written)."""
+    """One model's JSON fields ({key: value}) -> kge model settings, every setting the recipe fixes
+    written out explicitly (JSON nulls filled from NULL_FILLS)."""
     score_fn = entry["config.model.score_fn"].lower()
     distance = entry["config.model.distance_fn"]
     if (distance == "MatMul") != (score_fn in ("distmult", "complex")):
