@@ -23,6 +23,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "batch_size": 512,
     "negatives": 512,
     "negatives_per_shard": None,
+    "two_phase": {"fraction": 0.0, "negatives": None},
     "inverse_relations": False,
     "relation_power": 1.0 / 3.0,
     "loss": {
@@ -76,6 +77,7 @@ LATER_KEYS: dict[tuple[str, ...], Any] = {
     ("features", "groups"): 4,
     ("features", "mlp", "norm"): "none",
     ("subspace",): {"dim": 0},
+    ("two_phase",): {"fraction": 0.0, "negatives": None},
 }
 
 
@@ -134,6 +136,11 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
     if features["projection"] == "grouped" and config["dim"] % features["groups"]:
         raise KgeInputError(f"{where}: key 'features.groups' = {features['groups']} must divide dim = {config['dim']} "
                             "(each group maps F / groups inputs to dim / groups outputs)")
+    two_phase = config["two_phase"]
+    if two_phase["fraction"] > 0 and not two_phase["negatives"]:
+        raise KgeInputError(f"{where}: key 'two_phase.fraction' = {two_phase['fraction']} needs 'two_phase.negatives' (phase one's pool)")
+    if two_phase["fraction"] > 0 and two_phase["negatives"] % config["workers"]:
+        raise KgeInputError(f"{where}: key 'two_phase.negatives' = {two_phase['negatives']} must be a multiple of workers = {config['workers']}")
     if mlp["norm"] != "none" and not mlp["hidden"]:
         raise KgeInputError(f"{where}: key 'features.mlp.norm' = {mlp['norm']} normalises the MLP's hidden layer; set 'features.mlp.hidden' > 0")
     return config
@@ -148,6 +155,21 @@ def negatives_per_step(config: dict, n_shards: int) -> int:
     """Shared negatives N per worker per step: negatives_per_shard x D when set (it takes precedence), else 'negatives'."""
     per_shard = config.get("negatives_per_shard")
     return int(per_shard) * int(n_shards) if per_shard else int(config["negatives"])
+
+
+def negatives_at(config: dict, n_shards: int, step: int) -> int:
+    """Shared negatives N at ``step`` (0-based): phase one's small pool for the first
+    two_phase.fraction of the steps, the full pool (negatives_per_step) after."""
+    two_phase = config.get("two_phase") or {}
+    if two_phase.get("fraction", 0.0) > 0 and step < phase_one_steps(config):
+        return int(two_phase["negatives"])
+    return negatives_per_step(config, n_shards)
+
+
+def phase_one_steps(config: dict) -> int:
+    """Steps in phase one of the two-phase schedule (0 when it is off)."""
+    two_phase = config.get("two_phase") or {}
+    return int(round(two_phase.get("fraction", 0.0) * config["steps"]))
 
 
 def adversarial_scale(loss_config: dict) -> float:

@@ -197,15 +197,21 @@ class BessSampler:
         """The (head_shard, tail_shard) of each row block of a Batch, in order."""
         return [(i, j) for i in self.owned for j in range(self.n_shards)]
 
-    def sample(self, generator: torch.Generator) -> Batch:
+    def sample(self, generator: torch.Generator, n_negatives: int | None = None) -> Batch:
         """Draw one step; fully determined by ``generator``'s state (CPU generator).
+
+        n_negatives: this step's shared negatives N (a multiple of D; None: the sampler's own),
+        for schedules that change the pool during training.
 
         The uniforms come from ``generator``; the index arithmetic runs in numpy, single-threaded:
         on few cores torch's intra-op threading made searchsorted on 1024 values ~4x slower than
         the whole numpy step.
         """
         b, d = self.batch_size, self.n_shards
-        u = torch.rand(2 * b + self.n_negatives, generator=generator, dtype=torch.float64).numpy()
+        n = self.n_negatives if n_negatives is None else int(n_negatives)
+        if n < 1 or n % d:
+            raise KgeInputError(f"negatives: {n} must be a positive multiple of n_shards = {d}")
+        u = torch.rand(2 * b + n, generator=generator, dtype=torch.float64).numpy()
         # Relation group of each row: bucket k's cdf lives in (k, k+1], so search k + u at once.
         g = np.searchsorted(self._g_cdf, self._bucket_base + u[:b], side="right")
         np.minimum(g, self._row_last_group, out=g)  # k + u can round up to k + 1 when u ~ 1 - 2^-53
@@ -214,7 +220,7 @@ class BessSampler:
         within = np.minimum((u[b : 2 * b] * size).astype(np.int64), size.astype(np.int64) - 1)
         idx = self._g_start[g] + within
         # Negatives: N/D uniform local rows below each shard's real count (padding is at the end).
-        u_neg = u[2 * b :].reshape(d, self.per_shard_negatives)
+        u_neg = u[2 * b :].reshape(d, n // d)
         local = np.minimum((u_neg * self._shard_real[:, None]).astype(np.int64), self._shard_real_int[:, None] - 1)
         negatives = self._shard_table[(self._shard_base[:, None] + local).reshape(-1)]
         return Batch(

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from kge import atomic, checkpoint, losses, scoring, subspace
 from kge.comm import LocalComm
-from kge.config import adversarial_scale, config_hash, negatives_per_step
+from kge.config import adversarial_scale, config_hash, negatives_at, negatives_per_step
 from kge.device import resolve_device
 from kge.errors import KgeInputError
 from kge.features import FeatureStore
@@ -71,6 +71,10 @@ class Trainer:
         self.owned = owned_shards(self.n_shards, self.rank, self.world_size)
         self.features = FeatureStore(shard_dir, self.n_shards, shards=self.owned)
         self.negatives = negatives_per_step(config, self.n_shards)
+        # Two-phase schedule: phase one's smaller pool must split over shards like the full one.
+        small = config["two_phase"]["negatives"] if config["two_phase"]["fraction"] > 0 else None
+        if small is not None and small % self.n_shards:
+            raise KgeInputError(f"two_phase.negatives: {small} must be a multiple of the shard count {self.n_shards}")
         self.sampler = BessSampler(
             shard_dir, config["batch_size"], self.negatives, rank=self.rank, world_size=self.world_size,
             relation_power=config["relation_power"], inverse_relations=config["inverse_relations"],
@@ -105,7 +109,11 @@ class Trainer:
         # tails are drawn from the data's tail distribution, not uniformly: correcting them too
         # pushed popular entities down (miniature, DistMult, 1000 steps: validation MRR 0.054 with
         # the correction on every column, 0.089 on shared negatives only).
-        self.correction = losses.sampling_correction(self.num_entities, self.negatives, config["loss"]["correction_weight"])
+        self.corrections = {
+            n: losses.sampling_correction(self.num_entities, n, config["loss"]["correction_weight"])
+            for n in {self.negatives, small or self.negatives}
+        }
+        self.correction = self.corrections[self.negatives]
         self.last_step: dict = {}  # the last step's indices, for parity checks and debugging
 
     @property
@@ -132,7 +140,9 @@ class Trainer:
         W, S = self.world_size, self.shard_size
         self._phase(None)
         seed = step_seed(config["seed"], self.step, self.rank)
-        batch = self.sampler.sample(torch.Generator().manual_seed(seed))
+        n_negatives = negatives_at(config, self.n_shards, self.step)
+        correction = self.corrections[n_negatives]
+        batch = self.sampler.sample(torch.Generator().manual_seed(seed), n_negatives)
         self._phase("sample")
         torch.manual_seed(seed)  # dropout masks
         B = batch.head.shape[0]
@@ -173,7 +183,7 @@ class Trainer:
                 received = received.index_select(0, unorder)
             if fused and loss_cfg["type"] == "softmax":  # dot-product scores: matmuls and loss in one function
                 loss = losses.dot_softmax_loss(
-                    model.query(head_e, relations), received, self.correction, loss_cfg["in_batch_negatives"]
+                    model.query(head_e, relations), received, correction, loss_cfg["in_batch_negatives"]
                 )
             elif fused:
                 loss = losses.dot_logsigmoid_loss(
@@ -192,7 +202,7 @@ class Trainer:
                 scores = scores[:, unorder]
         if loss is None and loss_cfg["type"] == "softmax":
             # One softmax pass over (B, M); the correction only on the shared negatives.
-            loss = losses.batch_softmax_loss(scores, self.correction, loss_cfg["in_batch_negatives"])
+            loss = losses.batch_softmax_loss(scores, correction, loss_cfg["in_batch_negatives"])
         elif loss is None:
             diagonal = torch.arange(B, device=device)
             positive = scores[diagonal, diagonal]
@@ -369,6 +379,8 @@ def train(config: dict, shard_dir: str | Path, model_dir: str | Path, evaluator=
         evaluate = evaluator is not None and (done or (every and trainer.step % every == 0))
         if trainer.step % log_every == 0 or done or evaluate:
             entry = {"step": trainer.step, "loss": float(np.mean(running)), "lr": learning_rate(config, trainer.step - 1)}
+            if config["two_phase"]["fraction"] > 0:  # which pool the last step drew from
+                entry["negatives"] = negatives_at(config, trainer.n_shards, trainer.step - 1)
             running.clear()
             if evaluate:
                 entry.update(evaluator(trainer))

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from kge import losses, subspace
-from kge.config import adversarial_scale, negatives_per_step
+from kge.config import adversarial_scale, negatives_at
 from kge.features import FeatureStore
 from kge.model import KGEModel, init_entity_rows
 from kge.optim import SparseRowAdam
@@ -42,9 +42,10 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
     adam = config["adam"]
     sparse = SparseRowAdam(table, adam["beta1"], adam["beta2"], adam["eps"])
     dense_opt = torch.optim.Adam(model.dense_param_groups(), lr=config["learning_rate"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"])
-    correction = losses.sampling_correction(int(meta["num_entities"]), negatives_per_step(config, D), config["loss"]["correction_weight"])
     out = {"losses": [], "dense_grads": []}
     for step, worker_batches in enumerate(batches):
+        # The pool of this step (two-phase schedules draw a smaller one first).
+        correction = losses.sampling_correction(int(meta["num_entities"]), negatives_at(config, D, step), config["loss"]["correction_weight"])
         leaf = table.clone().requires_grad_(True)
         touched = []
         # Targets of every worker and their owners.

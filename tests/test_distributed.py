@@ -31,6 +31,8 @@ def _configs(workers: int, exchanges=("tails", "scores")) -> list[dict]:
             "score_fn": score_fn, "distance": p, "gamma": 4.0, "dim": 8, "batch_size": 16,
             **({"negatives_per_shard": per_shard} if per_shard else {"negatives": 8}),
             "inverse_relations": n % 4 == 3,
+            # Two-phase schedule: step 0 of the parity run draws phase one's smaller pool, step 1 the full one.
+            **({"two_phase": {"fraction": 0.1, "negatives": 4}} if n % 5 == 1 else {}),
             "workers": workers, "exchange": exchange, "steps": 10, "learning_rate": 0.05, "seed": n,
             # Adam turns a gradient element that is zero up to rounding (1e-9) into a full +-lr step
             # of random sign; eps = 1e-4 keeps such elements still, so the updated parameters can be
