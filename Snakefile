@@ -37,4 +37,4 @@ rule all:
 
 rule train_all:
     input:
-        expand(f"{RESULTS}/models/{{model}}/model.pt", model=MODELS),
+        expand(f"{RESULTS}/models/{{model}}/model.pt", model=PIPELINE_MODELS),

@@ -255,6 +255,30 @@ def _quantise_report(args) -> None:
     print(table)
 
 
+def _study_report(args) -> None:
+    from kge import atomic
+    from kge.studies import study_report
+
+    table, data = study_report(args.name, args.baseline, args.variants, args.results, claim=args.claim)
+    atomic.save_json(args.json, data)
+    atomic.save_text(args.out, table)
+    print(table)
+
+
+def _sweep_report(args) -> None:
+    import json
+
+    from kge import atomic
+    from kge.studies import sweep_grid, sweep_report
+
+    spec = json.loads(args.spec)
+    grid = sweep_grid(args.name, spec, {spec["base"]: json.loads(args.base_settings)})
+    table, data = sweep_report(args.name, spec, grid, args.results, plot=args.plot)
+    atomic.save_json(args.json, data)
+    atomic.save_text(args.out, table)
+    print(table)
+
+
 def _status(args) -> None:
     import time
 
@@ -414,6 +438,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="Markdown table")
     p.add_argument("--json", required=True, help="the same rows as JSON")
     p.set_defaults(func=_quantise_report)
+    p = sub.add_parser("study-report", help="a technique study's variants beside its baseline: MRR, parameters, time, loss")
+    p.add_argument("--name", required=True, help="the study (config key techniques.studies.<name>)")
+    p.add_argument("--baseline", required=True, help="the baseline model")
+    p.add_argument("--variants", nargs="+", required=True, help="the variant models")
+    p.add_argument("--claim", help="what the technique's paper claims (a line of the report)")
+    p.add_argument("--results", required=True, help="the run's results_dir (predictions/ and models/ are read)")
+    p.add_argument("--out", required=True, help="Markdown table")
+    p.add_argument("--json", required=True, help="the same rows as JSON")
+    p.set_defaults(func=_study_report)
+    p = sub.add_parser("sweep-report", help="batch size x learning rate sweep: heat map of validation MRR, stable LR band")
+    p.add_argument("--name", required=True, help="the sweep (config key techniques.sweeps.<name>)")
+    p.add_argument("--spec", required=True, help="the sweep's config as JSON")
+    p.add_argument("--base-settings", required=True, help="the base model's settings as JSON (for its steps and batch size)")
+    p.add_argument("--results", required=True, help="the run's results_dir (predictions/ is read)")
+    p.add_argument("--out", required=True, help="Markdown table")
+    p.add_argument("--json", required=True, help="the same as JSON")
+    p.add_argument("--plot", required=True, help="heat map (PNG)")
+    p.set_defaults(func=_sweep_report)
     p = sub.add_parser("status", help="where every model of a run stands: done, training (step, loss, MRR, ETA), pending")
     p.add_argument("results", nargs="?", default="results", help="the run's results_dir")
     p.add_argument("--watch", type=float, default=0, help="redraw every this many seconds")

@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
+import numpy as np
 
 from kge.atomic import atomic_path, save_text
 
@@ -154,4 +155,28 @@ def ensemble_figure(summary_path: str, out: str) -> None:
             axes[2].annotate(c["added"], (c["n"], c["valid_mrr"]), fontsize=7, rotation=30)
         axes[2].set_xlabel("models in the ensemble (greedy order)")
         axes[2].set_ylabel("ensemble validation MRR")
+    _save(fig, out)
+
+
+def plot_sweep_heat_map(name: str, rule: str, batches: list[int], lr_labels: list[str], mrr: dict, bands: dict, out: str) -> None:
+    """Validation MRR over batch size (rows) x base learning rate (columns); the stable band in bold.
+
+    mrr: {(batch, base_lr): MRR}; bands: kge.studies.stable_band per batch; lr_labels: the columns' labels,
+    in the order of the ascending base learning rates.
+    """
+    base_lrs = sorted({lr for _, lr in mrr})
+    values = np.array([[mrr[(b, lr)] for lr in base_lrs] for b in batches])
+    fig, ax = plt.subplots(figsize=(2.5 + 1.0 * len(base_lrs), 1.5 + 0.6 * len(batches)))
+    image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
+    for i, b in enumerate(batches):
+        for j, lr in enumerate(base_lrs):
+            inside = bands[b]["low"] <= lr <= bands[b]["high"]
+            ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                    color="white" if values[i, j] < 0.6 * values.max() else "black", fontweight="bold" if inside else "normal")
+    ax.set_xticks(range(len(base_lrs)), lr_labels)
+    ax.set_yticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_xlabel(f"base learning rate ({rule} scaling)")
+    ax.set_ylabel("batch size")
+    ax.set_title(f"{name}: validation MRR (bold: stable band)")
+    fig.colorbar(image, ax=ax, label="validation MRR")
     _save(fig, out)

@@ -2,9 +2,11 @@
 # (kge's own schema) so a mistyped key fails before any job runs.
 import json
 import os
+import re
 import sys
 
 from kge.config import deep_merge, resolve_model_config, scale_settings
+from kge.studies import study_models, sweep_models
 
 DATASET = config["dataset"]
 ROOT = f"{config['data_dir']}/{DATASET}"
@@ -17,13 +19,29 @@ MODEL_SETTINGS = {
     name: scale_settings(deep_merge(config.get("model_defaults", {}), settings or {}), config.get("scale"))
     for name, settings in config["models"].items()
 }
-MODELS = {name: resolve_model_config(settings, where=f"config key models.{name}") for name, settings in MODEL_SETTINGS.items()}
+PIPELINE_MODELS = list(MODEL_SETTINGS)  # the ensemble's candidates; technique models are added below
+# Technique studies and sweeps (techniques.smk) train and score their models through the same rules.
+_TECHNIQUES = config.get("techniques") or {}
+TECHNIQUE_MODEL_SETTINGS = {
+    **study_models(_TECHNIQUES.get("studies"), MODEL_SETTINGS),
+    **sweep_models(_TECHNIQUES.get("sweeps"), MODEL_SETTINGS),
+}
+for _name in TECHNIQUE_MODEL_SETTINGS:
+    if _name in MODEL_SETTINGS:
+        raise ValueError(f"config key models.{_name}: the name is taken by a technique study or sweep model; rename the model")
+MODEL_SETTINGS.update(TECHNIQUE_MODEL_SETTINGS)
+MODELS = {
+    name: resolve_model_config(
+        settings, where=f"config key models.{name}" if name in PIPELINE_MODELS else f"technique model {name} (config key techniques)"
+    )
+    for name, settings in MODEL_SETTINGS.items()
+}
 SUBMISSION_FILES = [f"{RESULTS}/submission/t_pred_wikikg90m-v2_{mode}.npz" for mode in ("test-dev", "test-challenge")]
 _MEMBERS = config["ensemble"].get("members")
 if _MEMBERS == "finished":
     # The models whose training has finished when the workflow is planned; the others keep training
     # (rule all asks for every model), and a later run re-ensembles with whatever has finished then.
-    ENSEMBLE_MEMBERS = [name for name in MODELS if os.path.exists(f"{RESULTS}/models/{name}/model.pt")]
+    ENSEMBLE_MEMBERS = [name for name in PIPELINE_MODELS if os.path.exists(f"{RESULTS}/models/{name}/model.pt")]
     if not ENSEMBLE_MEMBERS:
         print(
             f"ensemble.members = finished: no model has finished training yet (no {RESULTS}/models/*/model.pt); "
@@ -31,8 +49,8 @@ if _MEMBERS == "finished":
             file=sys.stderr,
         )
 else:
-    ENSEMBLE_MEMBERS = _MEMBERS or list(MODELS)
-TRAINING_TARGETS = [f"{RESULTS}/models/{name}/model.pt" for name in MODELS] if _MEMBERS == "finished" else []
+    ENSEMBLE_MEMBERS = _MEMBERS or list(PIPELINE_MODELS)
+TRAINING_TARGETS = [f"{RESULTS}/models/{name}/model.pt" for name in PIPELINE_MODELS] if _MEMBERS == "finished" else []
 # The ensemble, its plots and the submission (nothing to ensemble yet: none of them).
 FINAL_TARGETS = (
     SUBMISSION_FILES + [f"{RESULTS}/submission/{name}" for name in ("metadata.json", "leaderboard.txt")]
@@ -51,7 +69,7 @@ def check_model_names(key, names):
 check_model_names("ensemble.members", ENSEMBLE_MEMBERS)
 
 wildcard_constraints:
-    model="|".join(MODELS),
+    model="|".join(re.escape(name) for name in MODELS),
 
 
 def model_settings_json(wildcards):
@@ -66,7 +84,6 @@ def model_settings_json(wildcards):
 # resources derived from the model's `workers` W, and for W > 1 with a `command`, that command (with
 # its {placeholders} filled in) prefixes `kge train`/`kge predict` to start the W workers across nodes.
 import math
-import re
 
 LAUNCHER = config.get("launcher")
 _PLACEHOLDER = re.compile(r"(?<!\$)\{(\w+)\}")  # {nodes} is ours; ${VAR} is left to the shell

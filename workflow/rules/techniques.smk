@@ -79,7 +79,83 @@ if QUANTISE_VARIANTS:
             " --out {output.table} --json {output.json} 2> {log}"
 
 
-TECHNIQUE_TARGETS = [f"{RESULTS}/techniques/quantise.md"] if QUANTISE_VARIANTS and QUANTISE_MODELS else []
+# ----- studies: variants of one model, trained and scored by the pipeline's own rules ----------
+from kge.studies import study_members, sweep_grid
+
+STUDIES = (config.get("techniques") or {}).get("studies") or {}
+SWEEPS = (config.get("techniques") or {}).get("sweeps") or {}
+STUDY_MEMBERS = {name: study_members(name, spec) for name, spec in STUDIES.items()}
+SWEEP_GRIDS = {name: sweep_grid(name, spec, MODEL_SETTINGS) for name, spec in SWEEPS.items()}
+
+
+def study_inputs(wildcards):
+    baseline, variants = STUDY_MEMBERS[wildcards.study]
+    return [f"{RESULTS}/predictions/{model}.json" for model in [baseline] + variants] + [
+        f"{RESULTS}/models/{model}/model.pt" for model in [baseline] + variants  # history.json is written with it
+    ]
+
+
+def study_args(wildcards):
+    baseline, variants = STUDY_MEMBERS[wildcards.study]
+    claim = STUDIES[wildcards.study].get("claim")
+    return f"--baseline {baseline} --variants {' '.join(variants)}" + (f" --claim {json.dumps(claim)}" if claim else "")
+
+
+if STUDIES:
+
+    wildcard_constraints:
+        study="|".join(STUDIES),
+
+    # One table per study: every variant's validation MRR, parameters, row bytes, time and loss beside the base.
+    rule study_report:
+        input:
+            study_inputs,
+        output:
+            table=report(f"{RESULTS}/techniques/{{study}}.md", category="Techniques", subcategory="studies", caption="../report/study.rst"),
+            json=f"{RESULTS}/techniques/{{study}}.json",
+        params:
+            args=study_args,
+            results=RESULTS,
+        log:
+            f"{RESULTS}/logs/techniques/{{study}}.log",
+        shell:
+            "kge study-report --name {wildcards.study} {params.args} --results {params.results}"
+            " --out {output.table} --json {output.json} 2> {log}"
+
+
+def sweep_inputs(wildcards):
+    return [f"{RESULTS}/predictions/{point['model']}.json" for point in SWEEP_GRIDS[wildcards.sweep]]
+
+
+if SWEEPS:
+
+    wildcard_constraints:
+        sweep="|".join(SWEEPS),
+
+    # Batch size x base learning rate: heat map of validation MRR and the stable learning-rate band.
+    rule sweep_report:
+        input:
+            sweep_inputs,
+        output:
+            table=f"{RESULTS}/techniques/{{sweep}}.md",
+            json=f"{RESULTS}/techniques/{{sweep}}.json",
+            plot=report(f"{RESULTS}/techniques/{{sweep}}.png", category="Techniques", subcategory="sweeps", caption="../report/sweep.rst"),
+        params:
+            spec=lambda wildcards: json.dumps(SWEEPS[wildcards.sweep]),
+            base=lambda wildcards: json.dumps(MODEL_SETTINGS[SWEEPS[wildcards.sweep]["base"]]),
+            results=RESULTS,
+        log:
+            f"{RESULTS}/logs/techniques/{{sweep}}.log",
+        shell:
+            "kge sweep-report --name {wildcards.sweep} --spec {params.spec:q} --base-settings {params.base:q}"
+            " --results {params.results} --out {output.table} --json {output.json} --plot {output.plot} 2> {log}"
+
+
+TECHNIQUE_TARGETS = (
+    ([f"{RESULTS}/techniques/quantise.md"] if QUANTISE_VARIANTS and QUANTISE_MODELS else [])
+    + [f"{RESULTS}/techniques/{name}.md" for name in STUDIES]
+    + [f"{RESULTS}/techniques/{name}.png" for name in SWEEPS]
+)
 
 
 rule techniques:
