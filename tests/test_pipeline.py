@@ -22,13 +22,24 @@ MODELS = {
 }
 
 
+# One study (its base retrained for 20 steps on one worker), a 2 x 2 sweep (one point is the
+# distmult model itself) and one quantised format, run by `snakemake techniques`.
+TECHNIQUES = {
+    "studies": {"mix": {"base": "distmult", "settings": {"workers": 1, "steps": 20},
+                        "variants": {"two_phase": {"two_phase": {"fraction": 0.5, "negatives": 32}},
+                                     "grouped": {"features": {"projection": "grouped", "groups": 4}}}}},
+    "sweeps": {"sweep": {"base": "distmult", "batch_sizes": [64, 128], "learning_rates": [0.01, 0.02], "scaling": "linear"}},
+    "quantise": {"models": ["transe"], "variants": {"e4m3_row": {"table": "float8_e4m3fn", "scaling": "row"}}},
+}
+
+
 def _config(tmp_path, **extra):
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg.update(
         data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"), mini={"seed": 0, "scale": 0.1},
         models=MODELS,
         model_defaults={"dim": 32, "batch_size": 128, "negatives": 128, "steps": 60, "learning_rate": 0.01,
-                        "validate_every": 30, "validate_queries": 200, "gamma": 8.0},
+                        "validate_every": 30, "validate_queries": 200, "gamma": 8.0, "loss": {"in_batch_negatives": False}},
     )
     cfg.update(extra)
     path = tmp_path / "config.yaml"
@@ -48,7 +59,7 @@ def _snakemake(tmp_path, config_path, *args):
 def test_pipeline_writes_valid_submission(tmp_path):
     from ogb.lsc import WikiKG90Mv2Evaluator
 
-    config_path = _config(tmp_path)
+    config_path = _config(tmp_path, techniques=TECHNIQUES)
     run = _snakemake(tmp_path, config_path)
     assert run.returncode == 0, run.stderr[-4000:]
     results = tmp_path / "results"
@@ -91,6 +102,22 @@ def test_pipeline_writes_valid_submission(tmp_path):
     html = (tmp_path / "report.html").read_text()
     for name in ["training_curves.png", "ensemble.png", "mrr_by_family.png", "timing.png", "timing.md", "summary.md"] + [f"{m}.png" for m in MODELS]:
         assert name in html, name
+
+    # Techniques: a study, a sweep and quantisation train and score through the pipeline's own rules,
+    # beside the ensemble, not in it.
+    techniques = _snakemake(tmp_path, config_path, "techniques")
+    assert techniques.returncode == 0, techniques.stderr[-4000:]
+    study = json.loads((results / "techniques" / "mix.json").read_text())
+    assert [row["variant"] for row in study["rows"]] == ["base", *TECHNIQUES["studies"]["mix"]["variants"]]
+    assert all(row["valid_mrr"] > 0 and row["steps"] == 20 for row in study["rows"])
+    assert study["rows"][1]["changes"] == 'two_phase.fraction=0.5, two_phase.negatives=32'
+    sweep = json.loads((results / "techniques" / "sweep.json").read_text())
+    assert len(sweep["valid_mrr"]) == 4 and set(sweep["bands"]) == {"64", "128"}
+    assert (results / "techniques" / "sweep.png").stat().st_size > 0
+    assert {row["variant"] for row in json.loads((results / "techniques" / "quantise.json").read_text())} == {"e4m3_row"}
+    assert json.loads((results / "ensemble" / "summary.json").read_text()) == summary
+    again = _snakemake(tmp_path, config_path, "-n")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_mistyped_config_key_fails_before_any_job(tmp_path):
