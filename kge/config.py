@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema
 
+from kge import sparsity
 from kge.errors import KgeInputError
 
 # Defaults follow the submission where it had one setting (Adam betas, cube-root sampling,
@@ -52,6 +53,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     },
     "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
     "subspace": {"dim": 0},
+    "sparsity": {"density": 1.0, "block": 16, "every": 0, "prune_fraction": 0.3},
     "steps": 1000,
     "workers": 1,
     "exchange": "tails",
@@ -76,6 +78,7 @@ LATER_KEYS: dict[tuple[str, ...], Any] = {
     ("features", "groups"): 4,
     ("features", "mlp", "norm"): "none",
     ("subspace",): {"dim": 0},
+    ("sparsity",): {"density": 1.0, "block": 16, "every": 0, "prune_fraction": 0.3},
 }
 
 
@@ -134,6 +137,7 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
     if features["projection"] == "grouped" and config["dim"] % features["groups"]:
         raise KgeInputError(f"{where}: key 'features.groups' = {features['groups']} must divide dim = {config['dim']} "
                             "(each group maps F / groups inputs to dim / groups outputs)")
+    sparsity.check_config(config, where)
     if mlp["norm"] != "none" and not mlp["hidden"]:
         raise KgeInputError(f"{where}: key 'features.mlp.norm' = {mlp['norm']} normalises the MLP's hidden layer; set 'features.mlp.hidden' > 0")
     return config
