@@ -3,7 +3,7 @@
 Layout of a model directory::
 
     checkpoint/latest.json             {"step", "dir", "n_shards", ...}: the last COMPLETE checkpoint
-    checkpoint/step_000000250/shard_0000.pt   one entity shard: rows, Adam state (its owner writes it)
+    checkpoint/step_000000250/shard_0000.pt   one entity shard: rows, Adam state, block mask if sparse (its owner writes it)
     checkpoint/step_000000250/dense.pt        step, dense parameters and optimiser, history (rank 0)
     entities/shard_0000.pt             final entity rows of shard 0 ((S, d) in the storage dtype)
     model.pt                           final model: config, dense parameters, the entity file list

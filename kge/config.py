@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema
 
+from kge import sparsity
 from kge.errors import KgeInputError
 
 # Defaults follow the submission where it had one setting (Adam betas, cube-root sampling,
@@ -53,6 +54,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     },
     "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
     "subspace": {"dim": 0},
+    "sparsity": {"density": 1.0, "block": 16, "every": 0, "prune_fraction": 0.3},
     "steps": 1000,
     "workers": 1,
     "exchange": "tails",
@@ -78,6 +80,7 @@ LATER_KEYS: dict[tuple[str, ...], Any] = {
     ("features", "mlp", "norm"): "none",
     ("subspace",): {"dim": 0},
     ("two_phase",): {"fraction": 0.0, "negatives": None},
+    ("sparsity",): {"density": 1.0, "block": 16, "every": 0, "prune_fraction": 0.3},
 }
 
 
@@ -141,6 +144,7 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
         raise KgeInputError(f"{where}: key 'two_phase.fraction' = {two_phase['fraction']} needs 'two_phase.negatives' (phase one's pool)")
     if two_phase["fraction"] > 0 and two_phase["negatives"] % config["workers"]:
         raise KgeInputError(f"{where}: key 'two_phase.negatives' = {two_phase['negatives']} must be a multiple of workers = {config['workers']}")
+    sparsity.check_config(config, where)
     if mlp["norm"] != "none" and not mlp["hidden"]:
         raise KgeInputError(f"{where}: key 'features.mlp.norm' = {mlp['norm']} normalises the MLP's hidden layer; set 'features.mlp.hidden' > 0")
     return config

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from kge import scoring
+from kge import scoring, sparsity
 from kge.config import with_defaults
 from kge.errors import KgeInputError
 
@@ -291,6 +291,10 @@ class KGEModel(nn.Module):
         return scoring.score_queries(self.score_fn, query, tails, p=self.p, gamma=self.gamma, normal=normal)
 
     def parameter_count(self, num_entities: int) -> int:
-        """Trainable parameters of one model: entity rows of real entities plus dense parameters."""
+        """Stored trainable parameters of one model: entity rows of real entities plus dense parameters.
+
+        A block-sparse table (``sparsity.density`` < 1) stores k * block values per row, not dim:
+        the count a dense model of dim = k * block matches (block indices are not parameters).
+        """
         dense = sum(p.numel() for group in self.dense_param_groups() for p in group["params"])
-        return num_entities * self.config["dim"] + dense
+        return num_entities * sparsity.stored_values_per_entity(self.config) + dense

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kge import atomic, checkpoint
+from kge import atomic, checkpoint, sparsity
 from kge.errors import KgeInputError
 from kge.partition import Partition
 
@@ -68,6 +68,8 @@ def reshard(model_dir: str | Path, from_shards: str | Path, to_shards: str | Pat
             return tables(checkpoint.load_shard_state(directory, i))  # memory-mapped: picked rows are read
 
         first = checkpoint.load_shard_state(directory, 0)
+        if sparsity.MASK_KEY in first:  # masks are per row of a shard; padding rows would lose theirs
+            raise KgeInputError(f"{directory}: a block-sparse checkpoint cannot be resharded; finish training and reshard the model")
         scalars = {k: v for k, v in first["optimizer"].items() if not is_table(v)}  # step count, storage: global
         template = tables(first)
         for k in tqdm(range(target.n_shards), desc="reshard checkpoint", unit="shard", disable=not progress):

@@ -8,6 +8,10 @@ parameters are replicated; their gradients are summed across workers with one al
 
 Every step seeds its own generators from (seed, step, rank), so a run resumed from a checkpoint
 draws the same batches and dropout masks as an uninterrupted run and ends with identical parameters.
+
+With ``sparsity.density`` < 1 the entity rows are block sparse (:mod:`kge.sparsity`): the
+gradient's inactive blocks are zeroed before the sparse Adam step, and every ``sparsity.every``
+steps each owned row prunes and regrows blocks; each shard's mask is part of its checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kge import atomic, checkpoint, losses, scoring, subspace
+from kge import atomic, checkpoint, losses, scoring, sparsity, subspace
 from kge.comm import LocalComm
 from kge.config import adversarial_scale, config_hash, negatives_at, negatives_per_step
 from kge.device import resolve_device
@@ -90,6 +94,11 @@ class Trainer:
             storage=config["dtype"], stochastic_rounding=config["stochastic_rounding"],
         )
         self.model.entity_table = self.entity_optimizer.table  # in the storage dtype
+        # Block sparsity (density < 1): the mask of the owned rows; inactive blocks start at 0.
+        self.sparsity = None
+        if sparsity.is_sparse(config):
+            self.sparsity = sparsity.BlockSparsity(config, self.owned, self.shard_size, self.device)
+            self.sparsity.zero_inactive_([self.entity_optimizer.table])
         # Loss scaling as the submission did: Adam is scale invariant, so gradients are never
         # unscaled; the scale only lifts small gradients above fp16's underflow in stored m.
         scale = config["loss_scale"]
@@ -247,7 +256,13 @@ class Trainer:
             group["lr"] = lr * group["lr_modifier"]
         self.dense_optimizer.step()
         rounding = torch.Generator(device=device).manual_seed(seed) if config["stochastic_rounding"] else None
-        self.entity_optimizer.step(unique_rows, embedding_rows.grad, lr * config["lr_modifiers"]["entity_embedding"], generator=rounding)
+        entity_grad = embedding_rows.grad
+        if self.sparsity is not None:  # zero gradient, zero m and v: inactive blocks get a zero update
+            entity_grad = self.sparsity.mask_gradient(unique_rows, entity_grad)
+        self.entity_optimizer.step(unique_rows, entity_grad, lr * config["lr_modifiers"]["entity_embedding"], generator=rounding)
+        if self.sparsity is not None and self.sparsity.event_due(self.step + 1):
+            self.sparsity.prune_and_regrow_(self.step + 1, self.entity_optimizer.table,
+                                            sparsity.optimizer_state_tensors(self.entity_optimizer))
         self._phase("optimizer")
         self.step += 1
         value = float(loss_sum)
@@ -260,13 +275,15 @@ class Trainer:
         return slice(k * self.shard_size, (k + 1) * self.shard_size)
 
     def shard_states(self) -> dict[int, dict]:
-        """This worker's shards: rows and Adam state, each (S, d)."""
+        """This worker's shards: rows and Adam state, each (S, d); with sparsity the block mask (S, n_blocks)."""
         opt = self.entity_optimizer.state_dict()
         out = {}
         for k, shard in enumerate(self.owned):
             rows = self._shard_rows(k)
             state = {key: (v[rows] if torch.is_tensor(v) and v.dim() == 2 else v) for key, v in opt.items()}
             out[shard] = {"rows": self.model.entity_table[rows], "optimizer": state}
+            if self.sparsity is not None:
+                out[shard][sparsity.MASK_KEY] = self.sparsity.shard_mask(k)
         return out
 
     def _meta(self) -> dict:
@@ -300,6 +317,10 @@ class Trainer:
             rows = self._shard_rows(k)
             self.model.entity_table[rows] = state["rows"].to(self.device)
             self.entity_optimizer.load_rows(rows, state["optimizer"])
+            if self.sparsity is not None:
+                if sparsity.MASK_KEY not in state:
+                    raise KgeInputError(f"{directory}: shard {shard} has no sparsity mask, but this run is block sparse")
+                self.sparsity.load_shard_mask(k, state[sparsity.MASK_KEY])
         self.entity_optimizer.step_count = int(dense["entity_step_count"])
         self.model.load_state_dict(dense["dense"])
         self.dense_optimizer.load_state_dict(dense["dense_optimizer"])
@@ -330,6 +351,10 @@ class Trainer:
             "history": self.history,
             "dense": self.model.state_dict(),
         }
+        if self.sparsity is not None:  # the rows already hold the zeros; this says how sparse they are
+            final["sparsity"] = {"density": self.config["sparsity"]["density"], "block": self.sparsity.block,
+                                 "active_blocks": self.sparsity.k, "n_blocks": sparsity.block_count(self.config),
+                                 "bytes_per_entity": sparsity.stored_bytes_per_entity(self.config, optimizer_state=False)}
         if self.is_main:
             atomic.torch_save(self.model_dir / MODEL_NAME, final)
             atomic.save_json(self.model_dir / HISTORY_NAME, {"config": self.config, "history": self.history})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from kge import losses, subspace
+from kge import losses, sparsity, subspace
 from kge.config import adversarial_scale, negatives_at
 from kge.features import FeatureStore
 from kge.model import KGEModel, init_entity_rows
@@ -41,6 +41,10 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
     table = init_entity_rows(config, list(range(D)), S)
     adam = config["adam"]
     sparse = SparseRowAdam(table, adam["beta1"], adam["beta2"], adam["eps"])
+    # Block sparsity: one mask over all D shards (kge.sparsity, tested on its own in test_sparsity).
+    blocks = sparsity.BlockSparsity(config, list(range(D)), S, "cpu") if sparsity.is_sparse(config) else None
+    if blocks is not None:
+        blocks.zero_inactive_([table])
     dense_opt = torch.optim.Adam(model.dense_param_groups(), lr=config["learning_rate"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"])
     out = {"losses": [], "dense_grads": []}
     for step, worker_batches in enumerate(batches):
@@ -114,8 +118,12 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
             group["lr"] = lr * group["lr_modifier"]
         dense_opt.step()
         rows = torch.unique(torch.cat(touched))
-        sparse.step(rows, leaf.grad[rows], lr * config["lr_modifiers"]["entity_embedding"])
+        grad = leaf.grad[rows] if blocks is None else blocks.mask_gradient(rows, leaf.grad[rows])
+        sparse.step(rows, grad, lr * config["lr_modifiers"]["entity_embedding"])
+        if blocks is not None and blocks.event_due(step + 1):
+            blocks.prune_and_regrow_(step + 1, table, [sparse.m, sparse.v])
     out["table"] = table
+    out["mask"] = None if blocks is None else blocks.mask
     out["dense"] = {k: v.clone() for k, v in model.state_dict().items()}
     return out
 
@@ -154,6 +162,7 @@ def parity_worker(rank: int, world_size: int, init_file: str, configs: list[dict
             record["dense_grads"].append({name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None})
         record["owned"] = trainer.owned
         record["table"] = trainer.model.entity_table.clone()
+        record["mask"] = None if trainer.sparsity is None else trainer.sparsity.mask.clone()
         record["dense"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         results.append(record)
     _save_and_leave(results, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -2,7 +2,8 @@
 
 For every scoring function, both losses and both exchange variants (tails moving, scores moving),
 with the feature-branch options (encoder variants and random-subspace optimisation included)
-spread over the configurations, on the same sampled indices: the loss, the all-reduced dense gradients, and after two steps every
+spread over the configurations, and one block-sparse entity table (W = 2, a prune/regrow event
+after each step), on the same sampled indices: the loss, the all-reduced dense gradients, and after two steps every
 worker's entity rows and the replicated dense parameters agree with the reference to fp32 tolerance.
 """
 
@@ -67,6 +68,13 @@ def _configs(workers: int, exchanges=("tails", "scores")) -> list[dict]:
     return out
 
 
+def _sparse_config(workers: int) -> dict:
+    """A block-sparse entity table (dim 8: 4 blocks of 2, 2 active) with a prune/regrow event after
+    every step, on one of the dense configurations (complex L2, softmax, features)."""
+    base = next(c for c in _configs(workers) if c["score_fn"] == "complex" and c["loss"]["type"] == "softmax" and c["features"]["use"])
+    return resolve_model_config(dict(base, sparsity={"density": 0.5, "block": 2, "every": 1, "prune_fraction": 0.5}))
+
+
 def _run(tmp_path, shard_dir, workers: int, configs: list[dict]) -> list[list[dict]]:
     out_dir = tmp_path / f"w{workers}"
     out_dir.mkdir()
@@ -96,6 +104,8 @@ def _check_one(n, configs, per_rank, shard_dir):
     config = configs[n]
     if True:
         name = f"{config['score_fn']} L{config['distance']} {config['loss']['type']} exchange={config['exchange']}"
+        if config["sparsity"]["density"] < 1:
+            name += f" sparsity density={config['sparsity']['density']}"
         records = [rank[n] for rank in per_rank]
         batches = [[rec["batches"][step] for rec in records] for step in range(STEPS)]
         ref = reference_steps(config, shard_dir, batches)
@@ -108,6 +118,9 @@ def _check_one(n, configs, per_rank, shard_dir):
                     atol = max(2e-6, 1e-5 * float(grad.abs().max())) if config["subspace"]["dim"] else 2e-6
                     _close(rec["dense_grads"][step][key], grad, f"{name} grad {key} step {step}", atol=atol)
         for rec in records:
+            if ref["mask"] is not None:  # each worker's shards keep the reference's mask, bit for bit
+                for k, shard in enumerate(rec["owned"]):
+                    assert torch.equal(rec["mask"][k * S:(k + 1) * S], ref["mask"][shard * S:(shard + 1) * S]), f"{name} mask of shard {shard}"
             for k, shard in enumerate(rec["owned"]):
                 # atol 1e-5 = 2e-4 of one Adam step (lr 0.05): an L1 coordinate at |q - t| ~ 1e-7 may
                 # take the other subgradient sign after a different summation order.
@@ -128,7 +141,7 @@ def shards4(mini_root, tmp_path_factory):
 
 
 def test_two_workers_match_reference(mini_shards, tmp_path):
-    configs = _configs(2)
+    configs = _configs(2) + [_sparse_config(2)]
     _check(configs, _run(tmp_path, mini_shards, 2, configs), mini_shards)
 
 
