@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from kge.config import MODEL_DEFAULTS, deep_merge
+from kge.config import MODEL_DEFAULTS, deep_merge, with_defaults
 from kge.errors import KgeInputError
 
 SEPARATOR = "--"
@@ -37,13 +37,14 @@ def study_models(studies: dict | None, models: dict) -> dict[str, dict]:
     """Study variants as pipeline models: {"<study>--<variant>": settings} (settings unresolved).
 
     models: the pipeline's models, name -> settings (defaults merged in, not resolved). With
-    ``settings`` in a study (overrides shared by all its variants, e.g. fewer steps), the base is
-    retrained under them as ``<study>--base``; without, the pipeline's own base model is compared.
+    ``settings`` in a study (overrides shared by all its variants, e.g. fewer steps) or
+    ``retrain_base``, the base is trained again as ``<study>--base``; otherwise the pipeline's own
+    base model is the baseline.
     """
     out = {}
     for name, spec in (studies or {}).items():
         base = deep_merge(_base("studies", name, spec, models), spec.get("settings") or {})
-        if spec.get("settings"):
+        if _retrains_base(spec):
             out[f"{name}{SEPARATOR}base"] = base
         for variant, overrides in (spec.get("variants") or {}).items():
             if variant == "base":
@@ -52,9 +53,15 @@ def study_models(studies: dict | None, models: dict) -> dict[str, dict]:
     return out
 
 
+def _retrains_base(spec: dict) -> bool:
+    # Shared settings change the base; retrain_base trains it again beside its variants, so that
+    # their times are measured under the same conditions.
+    return bool(spec.get("settings") or spec.get("retrain_base"))
+
+
 def study_members(name: str, spec: dict) -> tuple[str, list[str]]:
     """(baseline model, variant models) of one study, by pipeline model name."""
-    baseline = f"{name}{SEPARATOR}base" if spec.get("settings") else spec["base"]
+    baseline = f"{name}{SEPARATOR}base" if _retrains_base(spec) else spec["base"]
     return baseline, [f"{name}{SEPARATOR}{variant}" for variant in spec.get("variants") or {}]
 
 
@@ -63,7 +70,7 @@ def _lr_label(lr: float) -> str:
 
 
 def sweep_grid(name: str, spec: dict, models: dict) -> list[dict]:
-    """The sweep's points: [{"model", "batch_size", "base_lr", "learning_rate", "steps"}], batch-major.
+    """The sweep's points: [{"model", "batch_size", "base_lr", "learning_rate", "steps", "reference_batch"}], batch-major.
 
     learning_rate = base_lr x (B / reference_batch)^a for the rule's exponent a; steps = the base's
     steps x reference_batch / B (rounded, at least 1), so every point sees the same number of
@@ -89,7 +96,7 @@ def sweep_grid(name: str, spec: dict, models: dict) -> list[dict]:
             same = batch == base_batch and lr == base_lr_setting and point_steps == steps
             points.append({
                 "model": spec["base"] if same else f"{name}{SEPARATOR}b{batch}-lr{_lr_label(base_lr)}", "batch_size": int(batch),
-                "base_lr": float(base_lr), "learning_rate": lr, "steps": point_steps,
+                "base_lr": float(base_lr), "learning_rate": lr, "steps": point_steps, "reference_batch": reference,
             })
     return points
 
@@ -140,7 +147,8 @@ def _member(results: Path, model: str) -> dict:
     """One trained, scored model: its metrics, resolved config and final loss, read from the pipeline's files."""
     metrics = json.loads((results / "predictions" / f"{model}.json").read_text())
     trained = json.loads((results / "models" / model / "history.json").read_text())
-    config = trained["config"]
+    # Complete under this version's defaults: a model trained before a key existed shows no change in it.
+    config = with_defaults(trained["config"])
     return {
         "model": model, "config": config, "valid_mrr": metrics["valid_mrr"], "parameters": metrics["parameters"],
         "train_seconds": metrics["train_seconds"], "steps": config["steps"],
@@ -149,10 +157,12 @@ def _member(results: Path, model: str) -> dict:
 
 
 def stored_bytes_per_entity(config: dict) -> float:
-    """Bytes of one entity's stored embedding row (not its feature or optimiser state), in the storage dtype."""
-    from kge.storage import bytes_per_entity
+    """Bytes of one entity's stored embedding row in the storage dtype: its values (the active blocks
+    of a sparse row) and their block indices; not its feature or optimiser state."""
+    from kge.sparsity import stored_bytes_per_entity as row_bytes
 
-    return float(bytes_per_entity(config["dim"], config["dtype"], feature_dim=0)["embedding"])
+    stored = row_bytes(with_defaults(config), optimizer_state=False)
+    return float(stored["values"] + stored["indices"])
 
 
 def study_report(name: str, baseline: str, variants: list[str], results: str | Path, claim: str | None = None) -> tuple[str, dict]:
@@ -231,7 +241,7 @@ def sweep_report(name: str, spec: dict, grid: list[dict], results: str | Path, p
     stable_everywhere = [lr for lr in base_lrs if all(mrr[(b, lr)] >= (1 - tolerance) * bands[b]["best_mrr"] for b in batches)]
     rule = spec.get("scaling", "sqrt")
     lines = [
-        f"Sweep `{name}` of `{spec['base']}`: lr = base lr x (B / {grid and spec.get('reference_batch') or 'B_ref'})^{SCALING_EXPONENTS[rule]:g}"
+        f"Sweep `{name}` of `{spec['base']}`: lr = base lr x (B / {grid[0]['reference_batch']})^{SCALING_EXPONENTS[rule]:g}"
         f" ({rule} scaling), steps x B_ref / B (equal samples), negatives per positive fixed. Validation MRR by ogb's evaluator.",
         *([f"Claim: {spec['claim']}"] if spec.get("claim") else []),
         "",

@@ -27,7 +27,8 @@ MODELS = {
 TECHNIQUES = {
     "studies": {"mix": {"base": "distmult", "settings": {"workers": 1, "steps": 20},
                         "variants": {"two_phase": {"two_phase": {"fraction": 0.5, "negatives": 32}},
-                                     "grouped": {"features": {"projection": "grouped", "groups": 4}}}}},
+                                     "grouped": {"features": {"projection": "grouped", "groups": 4}},
+                                     "sparse": {"dim": 64, "sparsity": {"density": 0.5, "block": 16, "every": 5}}}}},
     "sweeps": {"sweep": {"base": "distmult", "batch_sizes": [64, 128], "learning_rates": [0.01, 0.02], "scaling": "linear"}},
     "quantise": {"models": ["transe"], "variants": {"e4m3_row": {"table": "float8_e4m3fn", "scaling": "row"}}},
 }

@@ -30,6 +30,10 @@ def test_study_variants_are_the_base_with_overrides():
     assert models["enc--base"]["steps"] == 100 and models["enc--base"]["loss"] == {"type": "logsigmoid", "in_batch_negatives": False}
     assert models["enc--grouped"]["steps"] == 100
     assert study_members("enc", studies["enc"])[0] == "enc--base"
+    # retrain_base: the base as it is, trained again beside the variants.
+    again = {"enc": {"base": "m", "retrain_base": True, "variants": {"plain": None}}}
+    assert study_models(again, {"m": BASE}) == {"enc--base": BASE, "enc--plain": BASE}
+    assert study_members("enc", again["enc"]) == ("enc--base", ["enc--plain"])
 
 
 def test_study_errors_name_the_config_key():
