@@ -22,14 +22,13 @@ MODELS = {
 }
 
 
-# One study (its base retrained for 20 steps on one worker), a 2 x 2 sweep (one point is the
-# distmult model itself) and one quantised format, run by `snakemake techniques`.
+# One study of transe (one worker, so no torchrun per job), a 1 x 2 sweep of it (one point is
+# transe itself) and one quantised format, run by `snakemake techniques`.
 TECHNIQUES = {
-    "studies": {"mix": {"base": "distmult", "settings": {"workers": 1, "steps": 20},
+    "studies": {"mix": {"base": "transe",
                         "variants": {"two_phase": {"two_phase": {"fraction": 0.5, "negatives": 32}},
-                                     "grouped": {"features": {"projection": "grouped", "groups": 4}},
                                      "sparse": {"dim": 64, "sparsity": {"density": 0.5, "block": 16, "every": 5}}}}},
-    "sweeps": {"sweep": {"base": "distmult", "batch_sizes": [64, 128], "learning_rates": [0.01, 0.02], "scaling": "linear"}},
+    "sweeps": {"sweep": {"base": "transe", "batch_sizes": [128], "learning_rates": [0.01, 0.02], "scaling": "linear"}},
     "quantise": {"models": ["transe"], "variants": {"e4m3_row": {"table": "float8_e4m3fn", "scaling": "row"}}},
 }
 
@@ -109,11 +108,13 @@ def test_pipeline_writes_valid_submission(tmp_path):
     techniques = _snakemake(tmp_path, config_path, "techniques")
     assert techniques.returncode == 0, techniques.stderr[-4000:]
     study = json.loads((results / "techniques" / "mix.json").read_text())
-    assert [row["variant"] for row in study["rows"]] == ["base", *TECHNIQUES["studies"]["mix"]["variants"]]
-    assert all(row["valid_mrr"] > 0 and row["steps"] == 20 for row in study["rows"])
-    assert study["rows"][1]["changes"] == 'two_phase.fraction=0.5, two_phase.negatives=32'
+    rows = {row["variant"]: row for row in study["rows"]}
+    assert study["rows"][0]["variant"] == "base" and set(rows) == {"base", *TECHNIQUES["studies"]["mix"]["variants"]}
+    assert all(row["valid_mrr"] > 0 and row["steps"] == 60 for row in study["rows"])
+    assert rows["two_phase"]["changes"] == "two_phase.fraction=0.5, two_phase.negatives=32"
+    assert rows["sparse"]["stored_bytes_per_entity"] == 32 * 4 + 2  # 2 of 4 blocks of 16 fp32 values + 2 index bytes
     sweep = json.loads((results / "techniques" / "sweep.json").read_text())
-    assert len(sweep["valid_mrr"]) == 4 and set(sweep["bands"]) == {"64", "128"}
+    assert len(sweep["valid_mrr"]) == 2 and set(sweep["bands"]) == {"128"}
     assert (results / "techniques" / "sweep.png").stat().st_size > 0
     assert {row["variant"] for row in json.loads((results / "techniques" / "quantise.json").read_text())} == {"e4m3_row"}
     assert json.loads((results / "ensemble" / "summary.json").read_text()) == summary
@@ -183,8 +184,9 @@ def test_ensemble_of_the_finished_models_while_the_rest_train(tmp_path):
         assert planned == ["ensemble", "plot", "submit", "timing"], (members, planned)
         (ensemble_cmd,) = [line for line in lines if line.startswith("kge ensemble")]
         assert all((f"predictions/{m}.npz" in ensemble_cmd) == (m in members) for m in models)
-        ran = _snakemake(tmp_path, named)  # the next membership is then a change against this one
-        assert ran.returncode == 0, ran.stderr[-3000:]
-        summary = json.loads((tmp_path / "results" / "ensemble" / "summary.json").read_text())
-        assert sorted(m["model"] for m in summary["members"]) == members
+        if members != list(models):  # run the removal, so that re-adding is a change against it
+            ran = _snakemake(tmp_path, named)
+            assert ran.returncode == 0, ran.stderr[-3000:]
+            summary = json.loads((tmp_path / "results" / "ensemble" / "summary.json").read_text())
+            assert sorted(m["model"] for m in summary["members"]) == members
 
