@@ -245,38 +245,35 @@ def _plot(args) -> None:
         model_curves(args.histories, args.model_curves)
 
 
-def _quantise_report(args) -> None:
+def _write_report(args, table: str, data) -> None:
+    """A report command's outputs: the data as --json, the Markdown table as --out (both atomic), the table on stdout."""
     from kge import atomic
-    from kge.quantize_model import quantise_report
 
-    table, rows = quantise_report(args.baselines, args.variants)
-    atomic.save_json(args.json, rows)
-    atomic.save_text(args.out, table)
-    print(table)
-
-
-def _study_report(args) -> None:
-    from kge import atomic
-    from kge.studies import study_report
-
-    table, data = study_report(args.name, args.baseline, args.variants, args.results, claim=args.claim)
     atomic.save_json(args.json, data)
     atomic.save_text(args.out, table)
     print(table)
+
+
+def _quantise_report(args) -> None:
+    from kge.quantize_model import quantise_report
+
+    _write_report(args, *quantise_report(args.baselines, args.variants))
+
+
+def _study_report(args) -> None:
+    from kge.studies import study_report
+
+    _write_report(args, *study_report(args.name, args.baseline, args.variants, args.results, claim=args.claim))
 
 
 def _sweep_report(args) -> None:
     import json
 
-    from kge import atomic
     from kge.studies import sweep_grid, sweep_report
 
     spec = json.loads(args.spec)
     grid = sweep_grid(args.name, spec, {spec["base"]: json.loads(args.base_settings)})
-    table, data = sweep_report(args.name, spec, grid, args.results, plot=args.plot)
-    atomic.save_json(args.json, data)
-    atomic.save_text(args.out, table)
-    print(table)
+    _write_report(args, *sweep_report(args.name, spec, grid, args.results, plot=args.plot))
 
 
 def _status(args) -> None:
