@@ -158,10 +158,11 @@ def _member(results: Path, model: str) -> dict:
 
 def stored_bytes_per_entity(config: dict) -> float:
     """Bytes of one entity's stored embedding row in the storage dtype: its values (the active blocks
-    of a sparse row) and their block indices; not its feature or optimiser state."""
+    of a sparse row) and their block indices; not its feature or optimiser state. config: complete
+    (with_defaults), as _member passes it."""
     from kge.sparsity import stored_bytes_per_entity as row_bytes
 
-    stored = row_bytes(with_defaults(config), optimizer_state=False)
+    stored = row_bytes(config, optimizer_state=False)
     return float(stored["values"] + stored["indices"])
 
 

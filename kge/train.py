@@ -122,7 +122,6 @@ class Trainer:
             n: losses.sampling_correction(self.num_entities, n, config["loss"]["correction_weight"])
             for n in {self.negatives, small or self.negatives}
         }
-        self.correction = self.corrections[self.negatives]
         self.last_step: dict = {}  # the last step's indices, for parity checks and debugging
 
     @property

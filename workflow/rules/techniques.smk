@@ -80,6 +80,8 @@ if QUANTISE_VARIANTS:
 
 
 # ----- studies: variants of one model, trained and scored by the pipeline's own rules ----------
+import shlex
+
 from kge.studies import study_members, sweep_grid
 
 STUDIES = (config.get("techniques") or {}).get("studies") or {}
@@ -98,7 +100,7 @@ def study_inputs(wildcards):
 def study_args(wildcards):
     baseline, variants = STUDY_MEMBERS[wildcards.study]
     claim = STUDIES[wildcards.study].get("claim")
-    return f"--baseline {baseline} --variants {' '.join(variants)}" + (f" --claim {json.dumps(claim)}" if claim else "")
+    return f"--baseline {baseline} --variants {' '.join(variants)}" + (f" --claim {shlex.quote(claim)}" if claim else "")
 
 
 if STUDIES:
