@@ -285,6 +285,12 @@ class KGEModel(nn.Module):
         normal = self.normal.index_select(0, relations) if self.normal is not None else None
         return scoring.query_vectors(self.score_fn, heads, self.relation.index_select(0, relations), normal)
 
+    def head_query(self, tails: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
+        """tails (B, d) encoded (tail role), relations (B,) ids -> query vectors (B, d) that score
+        candidate heads (encoded in the head role) with ``score_queries`` (scoring.head_query_vectors)."""
+        normal = self.normal.index_select(0, relations) if self.normal is not None else None
+        return scoring.head_query_vectors(self.score_fn, tails, self.relation.index_select(0, relations), normal)
+
     def score_queries(self, query: torch.Tensor, relations: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
         """query (B, d) from ``query``, relations (B,) ids, tails (M, d) encoded -> (B, M) scores."""
         normal = self.normal.index_select(0, relations) if self.normal is not None else None

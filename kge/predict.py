@@ -41,6 +41,11 @@ def load_model(path: str | Path, device: torch.device | str | None = None, shard
 class Predictor:
     """Scores (head, relation) queries against every real entity row and keeps the top K.
 
+    ``direction`` "tail" answers (h, r, ?): queries hold (head id, relation id), candidates are
+    encoded in the tail role. "head" answers (?, r, t) scored directly: queries hold (tail id,
+    relation id), the tail is folded with the relation by ``scoring.head_query_vectors`` and the
+    candidates are encoded in the head role.
+
     Single process: ``Predictor(model, features, partition, device)`` with the whole (D*S, d)
     table in ``model.entity_table`` and the FeatureStore of every shard. One of W workers (BESS
     inference): ``owned`` = the worker's shards (its table rows and FeatureStore are those shards
@@ -52,7 +57,11 @@ class Predictor:
     """
 
     def __init__(self, model: KGEModel, features: FeatureStore, partition: Partition, device: torch.device,
-                 block_rows: int = 65536, owned: list[int] | None = None, comm=None):
+                 block_rows: int = 65536, owned: list[int] | None = None, comm=None, direction: str = "tail"):
+        if direction not in ("tail", "head"):
+            raise ValueError(f"direction: expected 'tail' or 'head', got {direction!r}")
+        self.direction = direction
+        self.candidate_role, self.anchor_role = ("tail", "head") if direction == "tail" else ("head", "tail")
         self.model, self.features, self.partition, self.device = model, features, partition, device
         self.comm = comm if comm is not None else LocalComm()
         self.owned = list(range(partition.n_shards)) if owned is None else list(owned)
@@ -61,6 +70,7 @@ class Predictor:
         self.valid_rows = (self.row_to_entity >= 0).to(device)
         self.num_rows = int(self.row_to_entity.shape[0])
         self._tail_cache: torch.Tensor | None = None
+        self._buffer: torch.Tensor | None = None  # the matmul output of block_scorer, reused
         if self.num_rows * model.entity_table.shape[1] * 4 <= TAIL_CACHE_LIMIT_BYTES:
             self._tail_cache = torch.cat([self._tail_block(s, min(s + block_rows, self.num_rows)) for s in range(0, self.num_rows, block_rows)])
         # Squared tail norms for the L2 distance paths (|q|^2 + |t|^2 - 2 q.t), computed once.
@@ -69,14 +79,17 @@ class Predictor:
 
     @torch.no_grad()
     def _tail_block(self, start: int, stop: int) -> torch.Tensor:
-        """Encoded tail embeddings of local rows [start, stop) -> (stop-start, d) float32."""
+        """Encoded candidate embeddings (tail role, or head role for direction "head") of local rows
+        [start, stop) -> (stop-start, d) float32."""
         embedding = self.model.entity_table[start:stop].float()
         features = self.features.block(start, stop).to(self.device) if self.model.use_features else None
-        return self.model.encode(embedding, features, "tail")[0]
+        return self.model.encode(embedding, features, self.candidate_role)[0]
 
     @torch.no_grad()
     def encode_queries(self, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hr (Q, 2) global (head id, relation id) -> (encoded heads (Q, d), relations (Q,)), on every worker."""
+        """hr (Q, 2) global (anchor id, relation id) -> (encoded anchors (Q, d), relations (Q,)), on every worker.
+
+        The anchor is the query's known entity: the head for direction "tail", the tail for "head"."""
         heads = hr[:, 0]
         owner, local = locate_rows(self.partition.row_of(heads), self.partition.shard_size, self.comm.world_size)
         relations = hr[:, 1].to(self.device)
@@ -86,7 +99,7 @@ class Predictor:
             rows = local[owner == self.comm.rank]
         embedding = self.model.entity_table[rows.to(self.device)].float()
         features = self.features.gather(rows).to(self.device) if self.model.use_features else None
-        encoded = self.model.encode(embedding, features, "head")[0]
+        encoded = self.model.encode(embedding, features, self.anchor_role)[0]
         if self.comm.world_size == 1:
             return encoded, relations
         out = torch.zeros(len(heads), encoded.shape[1], device=self.device)
@@ -97,37 +110,47 @@ class Predictor:
     @torch.no_grad()
     def query_vectors(self, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hr (Q, 2) -> (folded query vectors q (Q, d), TransH normals (Q, d) or None), see scoring.query_vectors."""
-        heads, relations = self.encode_queries(hr)
+        anchors, relations = self.encode_queries(hr)
         normal = self.model.normal[relations] if self.model.normal is not None else None
-        return scoring.query_vectors(self.model.score_fn, heads, self.model.relation[relations], normal), normal
+        fold = scoring.query_vectors if self.direction == "tail" else scoring.head_query_vectors
+        return fold(self.model.score_fn, anchors, self.model.relation[relations], normal), normal
+
+    def block_scorer(self, query: torch.Tensor, normal: torch.Tensor | None):
+        """``scores(lo, hi) -> (Q, hi - lo)``: folded queries (Q, d) against local rows [lo, hi).
+
+        DistMult/ComplEx blocks are one matmul into a buffer reused across calls (the returned
+        scores are a view of it, valid until the next call); distance models go through
+        ``scoring.score_queries`` with the cached squared norms of the L2 paths.
+        """
+        model = self.model
+        if model.score_fn in scoring.DOT_FNS:
+            rows = min(self.block_rows, self.num_rows)
+            if self._buffer is None or self._buffer.shape[0] < len(query) or self._buffer.dtype != query.dtype:
+                self._buffer = torch.empty(len(query), rows, device=query.device, dtype=query.dtype)
+
+        def scores(lo: int, hi: int) -> torch.Tensor:
+            tails = self._tail_cache[lo:hi] if self._tail_cache is not None else self._tail_block(lo, hi)
+            if model.score_fn in scoring.DOT_FNS:
+                return torch.matmul(query, tails.T, out=self._buffer[: len(query), : hi - lo])
+            tails_sq = self._tails_sq[lo:hi] if self._tails_sq is not None else None
+            return scoring.score_queries(model.score_fn, query, tails, p=model.p, gamma=model.gamma, normal=normal, tails_sq=tails_sq)
+
+        return scores
 
     @torch.no_grad()
     def topk(self, hr: np.ndarray, k: int, query_batch: int = 1000, progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
         """hr (Q, 2) -> (entity ids (Q, k) int64, scores (Q, k) float32), best first.
 
-        Each query batch folds head and relation into its query vectors once, then scores them block by
-        block (padding rows are skipped, never scored); DistMult/ComplEx blocks are one matmul into a
-        reused (query_batch, block_rows) buffer.
+        Each query batch folds its anchor and relation into query vectors once, then scores them block
+        by block (``block_scorer``; padding rows are skipped, never scored).
         """
         hr_t = torch.as_tensor(np.array(hr, dtype=np.int64))
         ids_out = np.empty((len(hr_t), k), dtype=np.int64)
         scores_out = np.empty((len(hr_t), k), dtype=np.float32)
-        model = self.model
-        is_matmul = model.score_fn in ("distmult", "complex")
-        buffer = None
         show = progress and self.comm.rank == 0
         for start in tqdm(range(0, len(hr_t), query_batch), desc=desc, unit="batch", disable=not show, mininterval=2.0):
             query, normal = self.query_vectors(hr_t[start : start + query_batch])
-            if is_matmul and buffer is None:
-                buffer = torch.empty(min(query_batch, len(hr_t)), min(self.block_rows, self.num_rows), device=query.device, dtype=query.dtype)
-
-            def block_scores(lo: int, hi: int) -> torch.Tensor:
-                tails = self._tail_cache[lo:hi] if self._tail_cache is not None else self._tail_block(lo, hi)
-                if is_matmul:
-                    return torch.matmul(query, tails.T, out=buffer[: len(query), : hi - lo])
-                tails_sq = self._tails_sq[lo:hi] if self._tails_sq is not None else None
-                return scoring.score_queries(model.score_fn, query, tails, p=model.p, gamma=model.gamma, normal=normal, tails_sq=tails_sq)
-
+            block_scores = self.block_scorer(query, normal)
             scores, rows = blocked_topk(block_scores, self.num_rows, k, block_rows=self.block_rows, valid_rows=self.valid_rows)
             entity = self.row_to_entity[rows.cpu()]
             if self.comm.world_size > 1:

@@ -127,6 +127,35 @@ def query_vectors(score_fn: str, head: torch.Tensor, relation: torch.Tensor,
     return torch.cat([hr * rr - hi * ri, hr * ri + hi * rr], dim=-1)
 
 
+def head_query_vectors(score_fn: str, tail: torch.Tensor, relation: torch.Tensor,
+                       normal: torch.Tensor | None = None) -> torch.Tensor:
+    """Fold tail and relation into one query vector q (B, d) for head prediction (?, r, t), so that
+    ``score_queries(score_fn, q, heads, ...)`` equals ``score_triples(score_fn, h, r, t)`` for every
+    candidate head h (encoded in the head role), with the same ``p``, ``gamma`` and ``normal``:
+
+    - transe:   ||h + r - t||                 = ||h - q||,                 q = t - r
+    - transh:   ||h_w + r - t_w||             = ||q - h_w||,               q = t_w - r  (x_w = x - (w.x) w)
+    - rotate:   |h_k e^{i r_k} - t_k|         = |h_k - t_k e^{-i r_k}|,    q = t * exp(-i r)  (per complex
+      component, so both the L1 sum of moduli and the L2 norm are unchanged)
+    - distmult: sum h r t                     = q . h,                     q = r * t
+    - complex:  Re(sum h r conj(t)) = Re(sum h u) = q . h with u = r conj(t), q = [Re u | -Im u]
+    """
+    _check_fn(score_fn)
+    _check_dims(score_fn, tail.shape[-1])
+    if score_fn == "transe":
+        return tail - relation
+    if score_fn == "transh":
+        w = _unit(normal, score_fn)
+        return tail - (tail * w).sum(-1, keepdim=True) * w - relation
+    if score_fn == "rotate":
+        return _rotate_query(tail, -relation)
+    if score_fn == "distmult":
+        return tail * relation
+    tr, ti = tail.chunk(2, dim=-1)
+    rr, ri = relation.chunk(2, dim=-1)
+    return torch.cat([rr * tr + ri * ti, rr * ti - ri * tr], dim=-1)
+
+
 def _l2_from_dots(q: torch.Tensor, tails: torch.Tensor, qt: torch.Tensor,
                   t_sq: torch.Tensor | None = None) -> torch.Tensor:
     q_sq = (q * q).sum(-1, keepdim=True)                        # (B, 1)

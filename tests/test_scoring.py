@@ -179,3 +179,19 @@ def test_float32_matrix_close_to_reference():
         got = score_matrix(fn, h, r, t, p=p, gamma=1.0, normal=w)
         want = reference_matrix(fn, h, r, t, w, p=p, gamma=1.0)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("score_fn,p", CASES)
+def test_head_queries_equal_reference(score_fn, p):
+    """Head prediction (?, r, t): every candidate head h scored through head_query_vectors equals
+    score_triples(h, r, t) for the query's own (r, t)."""
+    h, r, t, w = make_inputs(score_fn)  # 5 queries (r, w, and the tails t[:5]); 7 candidate heads h'
+    tails = t[:5]
+    heads = torch.randn(7, h.shape[1], dtype=D64, generator=torch.Generator().manual_seed(3))
+    q = scoring.head_query_vectors(score_fn, tails, r, w)
+    got = score_queries(score_fn, q, heads, p=p, gamma=2.5, normal=w)
+    bi = torch.arange(5).repeat_interleave(7)
+    mi = torch.arange(7).repeat(5)
+    want = score_triples(score_fn, heads[mi], r[bi], tails[bi], p=p, gamma=2.5,
+                         normal=w[bi] if w is not None else None).view(5, 7)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
