@@ -137,6 +137,23 @@ class Predictor:
 
         return scores
 
+    def score_rows(self, query: torch.Tensor, normal: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+        """Folded queries (Q, d) against arbitrary local rows (n,) -> (Q, n) scores, computed like a
+        ``block_scorer`` block (a matmul for DistMult/ComplEx, the cached squared norms for L2), so that
+        a target's score read here is normally bit-identical to the same entry of its block."""
+        model = self.model
+        rows = rows.to(self.device)
+        if self._tail_cache is not None:
+            tails = self._tail_cache.index_select(0, rows)
+            tails_sq = self._tails_sq.index_select(0, rows) if self._tails_sq is not None else None
+        else:
+            embedding = model.entity_table.index_select(0, rows).float()
+            features = self.features.gather(rows.cpu()).to(self.device) if model.use_features else None
+            tails, tails_sq = model.encode(embedding, features, self.candidate_role)[0], None
+        if model.score_fn in scoring.DOT_FNS:
+            return query @ tails.T
+        return scoring.score_queries(model.score_fn, query, tails, p=model.p, gamma=model.gamma, normal=normal, tails_sq=tails_sq)
+
     @torch.no_grad()
     def topk(self, hr: np.ndarray, k: int, query_batch: int = 1000, progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
         """hr (Q, 2) -> (entity ids (Q, k) int64, scores (Q, k) float32), best first.
