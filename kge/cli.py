@@ -198,6 +198,20 @@ def _ensemble(args) -> None:
                  powers=args.powers, weight_exponents=args.weight_exponents)
 
 
+def _evaluate(args) -> None:
+    from kge.evaluation_run import evaluate_model
+
+    evaluate_model(args.model, args.root, args.shard_dir, args.out, args.arrays, name=args.name, splits=args.splits,
+                   heads=args.heads, samples=args.samples, top_k=args.top_k, query_batch=args.query_batch, seed=args.seed)
+
+
+def _evaluate_ensemble(args) -> None:
+    from kge.evaluation_ensemble import run_evaluation_summary
+
+    run_evaluation_summary(args.evaluations, args.out_dir, powers=args.powers, exponents=args.weight_exponents,
+                           power=args.power, tune=not args.no_tune, seed=args.seed, root=args.root)
+
+
 def _reshard(args) -> None:
     from kge.reshard import reshard
 
@@ -393,6 +407,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-exponents", type=float, nargs="+", default=[0.0],
                    help="member weights (MRR/best)^g tried with --tune; 0 = the RECIPE's equal weights")
     p.set_defaults(func=_ensemble)
+
+    p = sub.add_parser("evaluate", help="filtered link-prediction evaluation of one model (both directions, all entities)")
+    p.add_argument("--model", required=True, help="model.pt")
+    p.add_argument("--name", default=None)
+    p.add_argument("--root", required=True)
+    p.add_argument("--shard-dir", required=True)
+    p.add_argument("--out", required=True, help="metrics .json")
+    p.add_argument("--arrays", required=True, help="per-query ranks and filtered top-K lists .npz (for the ensemble)")
+    p.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["valid", "test"])
+    p.add_argument("--heads", default="auto", choices=["auto", "direct", "inverse"],
+                   help="head prediction: scored directly, or as tail prediction with the inverse relation (auto: inverse when trained with it)")
+    p.add_argument("--samples", type=int, default=None, help="SAMPLED mode: rank among this many random candidates (not comparable with full ranking)")
+    p.add_argument("--top-k", type=int, default=100, help="width of the filtered top-K lists kept for the ensemble")
+    p.add_argument("--query-batch", type=int, default=None, help="queries scored at once (default: the model's predict_batch)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled mode")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("evaluate-ensemble", help="rank-power ensemble under the filtered protocol + the evaluation summary table")
+    p.add_argument("--evaluations", nargs="+", required=True, help="`kge evaluate` .npz files (their .json beside)")
+    p.add_argument("--out-dir", required=True, help="writes summary.json and summary.md")
+    p.add_argument("--root", default=None, help="dataset ROOT (relation labels of the per-relation breakdown)")
+    p.add_argument("--power", type=float, default=-0.5)
+    p.add_argument("--no-tune", action="store_true", help="use --power with equal weights instead of tuning")
+    p.add_argument("--powers", type=float, nargs="+", default=[-2.0, -1.0, -0.5, -0.25, 0.5, 1.0])
+    p.add_argument("--weight-exponents", type=float, nargs="+", default=[0.0])
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation halves when there is no test split")
+    p.set_defaults(func=_evaluate_ensemble)
 
     p = sub.add_parser("submit", help="write the OGB test-dev and test-challenge files + metadata")
     p.add_argument("--root", required=True)

@@ -202,6 +202,19 @@ def scale_settings(settings: dict, scale: dict | None) -> dict:
     return out
 
 
+def with_pipeline_defaults(user: dict, defaults: dict) -> dict:
+    """A user's pipeline config over the defaults (the repository's config.yaml): every key the user
+    leaves out keeps its default, nested mappings merge key by key, except that ``models`` and
+    ``model_defaults`` travel together: a config that lists its own models gets none of the default
+    models and none of the default model settings (so they cannot leak into, say, the 85-model recipe)."""
+    if "models" in user:
+        defaults = {k: v for k, v in defaults.items() if k not in ("models", "model_defaults")}
+    merged = deep_merge(defaults, {k: v for k, v in user.items() if k != "models"})
+    if "models" in user:
+        merged["models"] = copy.deepcopy(user["models"])
+    return merged
+
+
 def config_hash(config: dict) -> str:
     """Stable digest of the settings that change training (used to refuse a stale checkpoint)."""
     # Workers and the exchange variant change how a step is computed, not what is trained: a

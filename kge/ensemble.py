@@ -182,6 +182,14 @@ def rank_power_ensemble(predictions: Sequence[np.ndarray], power: float = -0.5, 
     return out
 
 
+def validation_halves(num_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(tuning (Q//2,), held-out (Q - Q//2,)) sorted query indices of a seeded random split: ensemble
+    parameters are chosen on the first half and reported on the second, never on the data they fit."""
+    order = np.random.default_rng(seed).permutation(int(num_queries))
+    half = int(num_queries) // 2
+    return np.sort(order[:half]), np.sort(order[half:])
+
+
 def mrr(t_pred_top10, t) -> float:
     """MRR of (Q, 10) predictions against the true tails (Q,) with ogb's WikiKG90Mv2Evaluator.
 

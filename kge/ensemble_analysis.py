@@ -97,12 +97,14 @@ def _greedy_order(columns: np.ndarray, terms: np.ndarray, valid: np.ndarray, wid
 
 def greedy_curve(predictions: Sequence[np.ndarray], t_true, power: float = -0.5, weights=None,
                  names: Sequence[str] | None = None, selection_queries: int | None = None, seed: int = 0,
-                 exact_points: int = 24) -> list[dict]:
+                 exact_points: int = 24, selection: tuple | None = None) -> list[dict]:
     """Greedy forward selection of ensemble members by validation MRR.
 
     predictions: M (Q, K) id arrays (rank order, -1 padding); t_true (Q,) answers; weights (M,) or
-    None. ``selection_queries`` picks the order on a random subset of queries (None = all); the
-    MRR reported for each prefix always uses every query and the exact ensemble.
+    None. The order is chosen on ``selection`` = (M (Q', K) arrays, (Q',) answers), other queries
+    than the reported ones (None: on ``predictions`` themselves); ``selection_queries`` picks the
+    order on a random subset of those (None = all). The MRR reported for each prefix always uses
+    every query of ``predictions`` and the exact ensemble.
     Returns [{"n": 1.., "added": name, "valid_mrr": prefix MRR}, ...] in selection order; with more
     than ``exact_points`` members the MRR is computed at the sizes of ``exact_prefix_sizes`` only
     (None elsewhere).
@@ -113,13 +115,15 @@ def greedy_curve(predictions: Sequence[np.ndarray], t_true, power: float = -0.5,
     names = list(names) if names is not None else [str(i) for i in range(m_count)]
     w = np.ones(m_count) if weights is None else np.asarray(weights, dtype=np.float64)
     t_true = np.asarray(t_true, dtype=np.int64)
-    q_all = predictions[0].shape[0]
+    select_preds, select_t = selection if selection is not None else (predictions, t_true)
+    select_t = np.asarray(select_t, dtype=np.int64)
+    q_all = select_preds[0].shape[0]
     if selection_queries is not None and selection_queries < q_all:
         pick = np.sort(np.random.default_rng(seed).choice(q_all, size=selection_queries, replace=False))
     else:
         pick = np.arange(q_all)
-    sub = [np.asarray(p)[pick] for p in predictions]
-    columns, terms, valid, width, true_col = _member_terms(sub, t_true[pick], power, w)
+    sub = [np.asarray(p)[pick] for p in select_preds]
+    columns, terms, valid, width, true_col = _member_terms(sub, select_t[pick], power, w)
     chosen = _greedy_order(columns, terms, valid, width, true_col)
     curve = []
     exact = exact_prefix_sizes(m_count, exact_points)

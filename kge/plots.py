@@ -129,24 +129,25 @@ def timing_figure(bench_dir: str, out: str, table_out: str) -> None:
 
 def ensemble_figure(summary_path: str, out: str) -> None:
     summary = json.loads(Path(summary_path).read_text())
-    members = sorted(summary["members"], key=lambda m: m["valid_mrr"])
+    # Members and ensemble on the held-out half of validation, which chose neither power nor weights.
+    members = sorted(summary["members"], key=lambda m: m["heldout_mrr"])
     names = [m["model"] for m in members] + ["ensemble"]
-    values = [m["valid_mrr"] for m in members] + [summary["ensemble_valid_mrr"]]
+    values = [m["heldout_mrr"] for m in members] + [summary["ensemble_heldout_mrr"]]
     curve = summary.get("greedy_curve") or []
     height = max(4.0, 0.16 * len(names))  # one readable bar per member
     fig, axes = plt.subplots(1, 3 if curve else 2, figsize=(19 if curve else 13, height))
     left, right = axes[0], axes[1]
     left.tick_params(axis="y", labelsize=7 if len(names) > 20 else 9)
     left.barh(names, values, color=["tab:blue"] * len(members) + ["tab:red"])
-    left.set_xlabel("validation MRR")
+    left.set_xlabel("held-out validation MRR")
     for exponent in sorted({g["weight_exponent"] for g in summary["grid"]}):
-        sweep = sorted((g["power"], g["valid_mrr"]) for g in summary["grid"] if g["weight_exponent"] == exponent)
+        sweep = sorted((g["power"], g["tuning_mrr"]) for g in summary["grid"] if g["weight_exponent"] == exponent)
         label = "equal weights (RECIPE)" if exponent == 0 else f"weights (MRR/best)^{exponent:g}"
         right.plot(*zip(*sweep), marker="o", label=label)
     right.axvline(summary["power"], color="tab:red", linestyle="--",
                   label=f"chosen p = {summary['power']:g}, g = {summary['weight_exponent']:g}")
     right.set_xlabel("rank power p")
-    right.set_ylabel("ensemble validation MRR")
+    right.set_ylabel("ensemble MRR, tuning half of validation")
     right.legend()
     if curve:  # MRR of the greedy prefixes: what each added model buys
         curve = [c for c in curve if c["valid_mrr"] is not None]  # large ensembles: exact at some sizes only
@@ -154,7 +155,7 @@ def ensemble_figure(summary_path: str, out: str) -> None:
         for c in curve if len(curve) <= 15 else curve[:5]:  # name the first additions only when many
             axes[2].annotate(c["added"], (c["n"], c["valid_mrr"]), fontsize=7, rotation=30)
         axes[2].set_xlabel("models in the ensemble (greedy order)")
-        axes[2].set_ylabel("ensemble validation MRR")
+        axes[2].set_ylabel("ensemble held-out validation MRR")
     _save(fig, out)
 
 

@@ -252,3 +252,42 @@ def test_model_evaluation_equals_brute_force(tiny, name, settings, heads):
     both = np.concatenate([want["test"]["tail"], want["test"]["head"]])
     assert json.loads(out_json.read_text())["splits"]["test"]["both"]["realistic"]["mrr"] == pytest.approx(np.mean(1 / both))
     assert result["protocol"]["head_prediction"] == ("inverse" if heads == "auto" else "direct")
+
+
+@pytest.mark.parametrize("power", [-0.5, -1.0, 0.5])
+def test_ensemble_counts_equal_brute_force(power):
+    """The ensemble's filtered rank against s(e) computed entity by entity over all candidates."""
+    from kge.evaluation_ensemble import ensemble_counts
+
+    rng = np.random.default_rng(2)
+    E, Q, K = 15, 30, 4
+    known = [set(rng.choice(E, size=rng.integers(0, 3), replace=False).tolist()) for _ in range(Q)]
+    targets = rng.integers(0, E, size=Q)
+    lists = []
+    for m in range(3):
+        rows = []
+        for q in range(Q):
+            pool = [e for e in range(E) if e not in known[q] or e == targets[q]]  # filtered lists keep the target
+            rows.append(rng.choice(pool, size=K, replace=False))
+        lists.append(np.array(rows))
+    lists[2][:, -1] = -1  # padding
+    weights = np.array([1.0, 0.5, 2.0])
+    candidates = np.array([E - 1 - len(known[q] - {int(targets[q])}) for q in range(Q)])
+    got_g, got_e = ensemble_counts(lists, targets, candidates, power, weights)
+
+    def s(q, e):
+        total = 0.0
+        for w, a in zip(weights, lists):
+            row = [x for x in a[q].tolist()]
+            k_m = a.shape[1]
+            if e in row:
+                rank = row.index(e) + 1
+                total += w * (rank ** power if power < 0 else (k_m + 1) ** power - rank ** power)
+        return round(total, 9)
+
+    for q in range(Q):
+        t = int(targets[q])
+        cands = [e for e in range(E) if e != t and e not in known[q]]
+        assert got_g[q] == sum(s(q, e) > s(q, t) for e in cands)
+        assert got_e[q] == sum(s(q, e) == s(q, t) for e in cands)
+    assert (got_e > 0).any()  # unlisted targets tie with the unlisted block

@@ -73,7 +73,7 @@ def test_pipeline_writes_valid_submission(tmp_path):
     summary = json.loads((results / "ensemble" / "summary.json").read_text())
     assert {m["model"] for m in summary["members"]} == set(MODELS)
     assert sorted(c["added"] for c in summary["greedy_curve"]) == sorted(MODELS)
-    assert summary["greedy_curve"][-1]["valid_mrr"] == pytest.approx(summary["ensemble_valid_mrr"])
+    assert summary["greedy_curve"][-1]["valid_mrr"] == pytest.approx(summary["ensemble_heldout_mrr"])
     assert {f["family"] for f in summary["leave_one_family_out"]} == {m["score_fn"] for m in MODELS.values()}
     assert all(m["valid_mrr"] > 0 for m in summary["members"])
     for name in ("distmult", "complex"):  # the two-worker models wrote one entity file per shard

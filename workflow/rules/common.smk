@@ -51,12 +51,18 @@ if _MEMBERS == "finished":
 else:
     ENSEMBLE_MEMBERS = _MEMBERS or list(PIPELINE_MODELS)
 TRAINING_TARGETS = [f"{RESULTS}/models/{name}/model.pt" for name in PIPELINE_MODELS] if _MEMBERS == "finished" else []
-# The ensemble, its plots and the submission (nothing to ensemble yet: none of them).
-FINAL_TARGETS = (
-    SUBMISSION_FILES + [f"{RESULTS}/submission/{name}" for name in ("metadata.json", "leaderboard.txt")]
-    + [f"{RESULTS}/plots/{name}.png" for name in ("training_curves", "ensemble", "mrr_by_family", "timing")]
-    if ENSEMBLE_MEMBERS else []
-)
+EVALUATION = config["evaluation"]
+EVALUATION_TARGETS = [f"{RESULTS}/evaluation/{name}" for name in ("summary.json", "summary.md")] if ENSEMBLE_MEMBERS else []
+# WikiKG90Mv2 and its miniature end in the OGB submission (the ensemble, its plots, ogb's files); an
+# imported graph ends in the standard filtered evaluation (rules/evaluate.smk). Nothing to ensemble yet: none.
+if DATASET == "import":
+    FINAL_TARGETS = EVALUATION_TARGETS
+else:
+    FINAL_TARGETS = (
+        SUBMISSION_FILES + [f"{RESULTS}/submission/{name}" for name in ("metadata.json", "leaderboard.txt")]
+        + [f"{RESULTS}/plots/{name}.png" for name in ("training_curves", "ensemble", "mrr_by_family", "timing")]
+        if ENSEMBLE_MEMBERS else []
+    )
 
 
 def check_model_names(key, names):

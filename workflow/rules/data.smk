@@ -35,16 +35,20 @@ else:
 
     rule dataset_import:
         input:
-            train=config["import"]["train"],
-            valid=config["import"]["valid"],
-            test=config["import"]["test"],
+            **{split: config["import"][split] for split in ("train", "valid", "test", "entity_features") if config["import"].get(split)},
         output:
             DATASET_OK,
         params:
             root=ROOT,
             fmt=f"--format {config['import']['format']}" if config["import"].get("format") else "",
+            optional=" ".join(
+                f"--{flag} {config['import'][key]}" for key, flag in (("test", "test"), ("entity_features", "entity-features"))
+                if config["import"].get(key)
+            ),
         log:
             f"{RESULTS}/logs/dataset.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/dataset.tsv"
         shell:
-            "(kge data import --train {input.train} --valid {input.valid} --test {input.test} --out {params.root} {params.fmt}"
+            "(kge data import --train {input.train} --valid {input.valid} {params.optional} --out {params.root} {params.fmt}"
             " && kge data check --root {params.root} --stamp {output}) 2> {log}"
