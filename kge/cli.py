@@ -29,6 +29,13 @@ def _data_import(args) -> None:
     import_triples(args.train, args.valid, args.test, args.out, fmt=args.format)
 
 
+def _data_example(args) -> None:
+    from kge.data.example import write_example
+
+    paths = write_example(args.out, seed=args.seed, people=args.people)
+    print(" ".join(str(p) for p in paths.values()))
+
+
 def _data_check(args) -> None:
     from kge.data.layout import open_dataset
 
@@ -330,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=["tsv", "csv", "parquet"], default=None)
     p.set_defaults(func=_data_import)
+    p = data.add_parser("example", help="write a small labelled example graph (train/valid/test TSV) to try `dataset: import`")
+    p.add_argument("--out", required=True, help="folder for train.tsv, valid.tsv, test.tsv")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--people", type=int, default=2000, help="size of the world (about 7 triples per person)")
+    p.set_defaults(func=_data_example)
     p = data.add_parser("check", help="validate every array of a dataset and print its sizes")
     p.add_argument("--root", required=True)
     p.add_argument("--stamp", help="write this file when the check passes")
