@@ -317,6 +317,40 @@ def _timing(args) -> None:
     timing_figure(args.benchmarks, args.out, args.table)
 
 
+def _results_model(results: str, name: str) -> Path:
+    """RESULTS and a model name -> RESULTS/models/NAME/model.pt, or a one-line error naming the models present."""
+    from kge.checkpoint import MODEL_NAME
+
+    path = Path(results) / "models" / name / MODEL_NAME
+    if not path.is_file():
+        present = sorted(p.parent.name for p in (Path(results) / "models").glob(f"*/{MODEL_NAME}"))
+        raise KgeInputError(f"{path}: no trained model {name!r} in {results}; finished models: {', '.join(present) or 'none'}")
+    return path
+
+
+def _query(args) -> None:
+    from kge.inference import TrainedModel, format_table, frame_json
+
+    if (args.head is None) == (args.tail is None):
+        raise KgeInputError("query: give exactly one of --head (to predict tails) or --tail (to predict heads) with --relation")
+    trained = TrainedModel(_results_model(args.results, args.model), shard_dir=args.shard_dir, root=args.root, device=args.device)
+    if args.head is not None:
+        frame = trained.predict_tails(args.head, args.relation, k=args.k, filter_known=args.filter_known)
+        text = f"({args.head}, {args.relation}, ?)"
+    else:
+        frame = trained.predict_heads(args.relation, args.tail, k=args.k, filter_known=args.filter_known, heads=args.heads)
+        text = f"(?, {args.relation}, {args.tail})"
+    print(frame_json(frame) if args.json else format_table(frame, text))
+
+
+def _export(args) -> None:
+    from kge.inference import TrainedModel, export_embeddings
+
+    trained = TrainedModel(_results_model(args.results, args.model), shard_dir=args.shard_dir, root=args.root, device=args.device)
+    path = export_embeddings(trained, args.out)
+    print(f"kge export: {trained.num_entities} entities, {trained.num_relations} relations -> {path.parent}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -516,6 +550,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="figure (PNG)")
     p.add_argument("--table", required=True, help="Markdown table")
     p.set_defaults(func=_timing)
+    for name, help_text in (("query", "top-k answers of (head, relation, ?) or (?, relation, tail) by label from a trained model"),
+                            ("export", "a trained model's entity and relation embeddings with their labels (Parquet and .npy)")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("results", help="the run's results directory (holds models/ and shards/)")
+        p.add_argument("--model", required=True, help="model name: RESULTS/models/NAME/model.pt")
+        p.add_argument("--shard-dir", default=None, help="default RESULTS/shards")
+        p.add_argument("--root", default=None, help="dataset root (default: the one the shards were cut from)")
+        p.add_argument("--device", default=None, help="cpu or cuda (default: the model config's)")
+        if name == "query":
+            p.add_argument("--head", default=None, help="head label: predict tails")
+            p.add_argument("--relation", required=True, help="relation label")
+            p.add_argument("--tail", default=None, help="tail label: predict heads")
+            p.add_argument("-k", type=int, default=10, help="answers to show (at most the number of entities)")
+            p.add_argument("--filter-known", action="store_true", help="leave out answers of known train/valid/test triples")
+            p.add_argument("--heads", choices=("auto", "direct", "inverse"), default="auto",
+                           help="head prediction: direct scoring, or the inverse relation of a model trained with "
+                                "inverse_relations (auto: inverse when the model has it)")
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+            p.set_defaults(func=_query)
+        else:
+            p.add_argument("--out", required=True, help="output directory")
+            p.set_defaults(func=_export)
     return parser
 
 
