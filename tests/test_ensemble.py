@@ -205,3 +205,74 @@ def test_member_weights_scale_each_models_term():
     assert np.array_equal(rank_power_ensemble([a, b], -0.5, weights=[1.0, 1.0]), rank_power_ensemble([a, b], -0.5))
     np.testing.assert_allclose(mrr_weights([0.2, 0.1], 0.0), [1.0, 1.0])
     np.testing.assert_allclose(mrr_weights([0.2, 0.1], 2.0), [1.0, 0.25])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mrr_equals_ogb_evaluator_bit_for_bit(seed):
+    """The vectorised mrr against ogb's own evaluator: answers at every depth, absent, -1 padding
+    (never a duplicate), and a repeated id in one row (ogb then scores the whole file 0)."""
+    from kge.ensemble import ogb_mrr
+
+    rng = np.random.default_rng(seed)
+    Q = 400
+    pred = np.stack([rng.permutation(50)[:10] for _ in range(Q)])
+    t = rng.integers(0, 50, Q)
+    pred[rng.random((Q, 10)) < 0.1] = -1  # padding, repeated within rows
+    assert mrr(pred, t) == ogb_mrr(pred, t) and mrr(pred, t) > 0
+    if seed % 2:
+        pred[7, 3] = pred[7, 5] = 11
+        assert mrr(pred, t) == ogb_mrr(pred, t) == 0
+
+
+def test_ogb_ensemble_tunes_on_one_half_and_reports_the_other(tmp_path, mini_root):
+    """run_ensemble: nothing of the held-out half of validation moves the chosen power and weights;
+    the reported held-out MRR is ogb's MRR of the written ensemble on those queries; ensemble.npz keeps
+    ensemble.top_k columns."""
+    import json
+
+    from kge.data.layout import open_dataset
+    from kge.ensemble import validation_halves
+    from kge.ensemble_run import run_ensemble
+    from kge.predict import SPLITS
+
+    ds = open_dataset(mini_root, check=False)
+    val_t = np.asarray(ds.val_t)
+    E = ds.num_entities
+    tuning, held_out = validation_halves(len(val_t), 0)
+    assert len(np.intersect1d(tuning, held_out)) == 0 and len(tuning) + len(held_out) == len(val_t)
+
+    def members(shuffle_held_out: bool, directory):
+        paths = []
+        for m in range(3):
+            rng = np.random.default_rng(m)
+            lists = {}
+            for split in SPLITS:
+                q = len(val_t) if split == "valid" else len(np.asarray(getattr(ds, "test_dev_hr" if split == "test-dev" else "test_challenge_hr")))
+                ids = rng.integers(0, E, size=(q, 30))
+                if split == "valid":  # the answer somewhere in most lists, at member-specific depths
+                    hit = rng.random(q) < 0.6
+                    ids[hit, rng.integers(0, 10 + 10 * m, size=hit.sum())] = val_t[hit]
+                    if shuffle_held_out:
+                        ids[held_out] = np.random.default_rng(99 + m).integers(0, E, size=(len(held_out), 30))
+                lists[f"{split}_ids"] = ids
+                lists[f"{split}_scores"] = np.zeros(ids.shape, np.float32)
+            path = directory / f"m{m}.npz"
+            np.savez(path, **lists)
+            path.with_suffix(".json").write_text(json.dumps({"model": f"m{m}", "score_fn": ["transe", "distmult", "complex"][m],
+                                                             "loss": "softmax", "dim": 8, "steps": 1}))
+            paths.append(path)
+        return paths
+
+    results = {}
+    for shuffle in (False, True):
+        directory = tmp_path / str(shuffle)
+        directory.mkdir()
+        results[shuffle] = run_ensemble(mini_root, members(shuffle, directory), directory / "out", top_k=20, tune=True,
+                                        powers=[-2.0, -0.5, 0.5], weight_exponents=[0, 4], greedy_queries=500)
+    a, b = results[False], results[True]
+    assert (a["power"], a["weight_exponent"]) == (b["power"], b["weight_exponent"]) and a["grid"] == b["grid"]
+    assert a["ensemble_heldout_mrr"] != b["ensemble_heldout_mrr"]  # the held-out half did change: it is what is reported
+    with np.load(tmp_path / "False" / "out" / "ensemble.npz") as npz:
+        assert npz["valid"].shape == (len(val_t), 20)
+        assert a["ensemble_heldout_mrr"] == mrr(npz["valid"][held_out, :10], val_t[held_out])
+        assert a["ensemble_valid_mrr"] == mrr(npz["valid"][:, :10], val_t)
