@@ -101,6 +101,11 @@ def evaluate_model(model_path, root, shard_dir, out_json, out_arrays, name: str 
     if not wanted:
         raise KgeInputError(f"{root}: none of the splits {list(splits)} has known tails to evaluate")
     labels = relation_labels(root)
+    queries = sum(len(triples[s]) for s in wanted)
+    candidates = samples or E
+    print(f"kge evaluate {name or model_path.parent.name}: {queries} triples x 2 directions x {candidates} candidates = "
+          f"{2 * queries * candidates:,} scores of width {config['dim']} ({'sampled' if samples else 'full ranking'}, "
+          f"filtered; memory {batch} x {block} scores at a time)", file=sys.stderr)
     arrays, metrics, seconds, cost = {}, {}, {}, {}
     for split in wanted:
         h, r, t = triples[split].T

@@ -37,3 +37,24 @@ def test_hash_ignores_runtime_only_settings():
     b = resolve_model_config({"checkpoint_every": 99})
     c = resolve_model_config({"learning_rate": 0.5})
     assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_pipeline_defaults_fill_every_key_and_models_travel_with_their_defaults():
+    import yaml
+
+    from conftest import REPO
+    from kge.config import with_pipeline_defaults
+
+    defaults = yaml.safe_load((REPO / "config.yaml").read_text())
+    # A config naming only the dataset and what it changes gets every other key from config.yaml.
+    user = {"dataset": "import", "import": {"train": "t.tsv", "valid": "v.tsv"}, "ensemble": {"power": -1.0}}
+    merged = with_pipeline_defaults(user, defaults)
+    assert merged["threads_per_job"] == defaults["threads_per_job"] and merged["top_k"] == defaults["top_k"]
+    assert merged["ensemble"]["power"] == -1.0 and merged["ensemble"]["powers"] == defaults["ensemble"]["powers"]
+    assert merged["models"] == defaults["models"] and merged["model_defaults"] == defaults["model_defaults"]
+    # Its own models: neither the default models nor the default model settings leak in.
+    own = with_pipeline_defaults({"models": {"m": {"score_fn": "transe"}}}, defaults)
+    assert own["models"] == {"m": {"score_fn": "transe"}} and "model_defaults" not in own
+    own = with_pipeline_defaults({"models": {"m": None}, "model_defaults": {"dim": 8}}, defaults)
+    assert own["model_defaults"] == {"dim": 8}
+    assert user == {"dataset": "import", "import": {"train": "t.tsv", "valid": "v.tsv"}, "ensemble": {"power": -1.0}}  # inputs untouched
