@@ -51,7 +51,7 @@ import io
 import lzma
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +91,6 @@ class Split:
     unit: str = "line"
     header: bool = False
     blank_lines: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.lines)
