@@ -24,9 +24,12 @@ def _data_download(args) -> None:
 
 
 def _data_import(args) -> None:
-    from kge.data.importer import import_triples
+    from kge.data.importer import DEFAULT_FEATURE_DIM, import_triples
 
-    import_triples(args.train, args.valid, args.test, args.out, fmt=args.format)
+    if args.feature_dim is None:
+        args.feature_dim = DEFAULT_FEATURE_DIM
+    import_triples(args.train, args.valid, args.test, args.out, fmt=args.format, feature_dim=args.feature_dim,
+                   entity_features=args.entity_features, seed=args.seed)
 
 
 def _data_example(args) -> None:
@@ -140,7 +143,7 @@ def _predict(args) -> None:
     from kge.ensemble import mrr
     from kge.features import FeatureStore
     from kge.partition import Partition
-    from kge.predict import Predictor, load_model, predict_splits
+    from kge.predict import Predictor, load_model, pad_top10, predict_splits
     from kge.quantize_model import quantization_summary, quantized_features
 
     from kge.checkpoint import read_model
@@ -163,7 +166,7 @@ def _predict(args) -> None:
     arrays, seconds = predict_splits(predictor, queries, args.top_k, saved["config"]["predict_batch"])
     if comm.rank != 0:
         return  # every worker holds the merged result; rank 0 writes it
-    valid_mrr = mrr(arrays["valid_ids"][:, :10], np.asarray(ds.val_t))
+    valid_mrr = mrr(pad_top10(arrays["valid_ids"]), np.asarray(ds.val_t))
     atomic.save_npz(args.out, **arrays)
     cfg = saved["config"]
     metrics = {
@@ -179,7 +182,7 @@ def _predict(args) -> None:
         "inference_seconds": seconds,
         "hardware": describe(device),
         "workers": comm.world_size,
-        "top_k": args.top_k,
+        "top_k": int(arrays["valid_ids"].shape[1]),  # after clamping to the entity count
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if "quantization" in saved:
@@ -367,9 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("import", help="import your own KG from TSV/CSV/Parquet triples with string labels")
     p.add_argument("--train", required=True)
     p.add_argument("--valid", required=True)
-    p.add_argument("--test", required=True)
+    p.add_argument("--test", default=None, help="test triples, or (head, relation) queries without tails; optional")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=["tsv", "csv", "parquet"], default=None)
+    p.add_argument("--entity-features", default=None, help="entity features keyed by label: Parquet (label + vector "
+                   "columns) or .npz (labels, features); default: uninformative random rows, train with features.use: false")
+    p.add_argument("--feature-dim", type=int, default=None, help="width of the random features when no --entity-features "
+                   "(default: the importer's narrow default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random features")
     p.set_defaults(func=_data_import)
     p = data.add_parser("example", help="write a small labelled example graph (train/valid/test TSV) to try `dataset: import`")
     p.add_argument("--out", required=True, help="folder for train.tsv, valid.tsv, test.tsv")

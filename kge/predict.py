@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from kge import scoring
 from kge.checkpoint import load_entity_rows, read_model
 from kge.comm import LocalComm
 from kge.device import resolve_device
+from kge.errors import KgeInputError
 from kge.features import FeatureStore
 from kge.model import KGEModel
 from kge.partition import Partition, locate_rows
@@ -69,6 +71,9 @@ class Predictor:
         self.row_to_entity = torch.from_numpy(np.concatenate([partition.shard_entities[i] for i in self.owned]).astype(np.int64))
         self.valid_rows = (self.row_to_entity >= 0).to(device)
         self.num_rows = int(self.row_to_entity.shape[0])
+        self.local_entities = int((self.row_to_entity >= 0).sum())
+        # Real entities over all shards: the most candidates a merged top-K can hold.
+        self.num_entities = int(sum(int((np.asarray(e) >= 0).sum()) for e in partition.shard_entities))
         self._tail_cache: torch.Tensor | None = None
         self._buffer: torch.Tensor | None = None  # the matmul output of block_scorer, reused
         if self.num_rows * model.entity_table.shape[1] * 4 <= TAIL_CACHE_LIMIT_BYTES:
@@ -161,6 +166,10 @@ class Predictor:
         Each query batch folds its anchor and relation into query vectors once, then scores them block
         by block (``block_scorer``; padding rows are skipped, never scored).
         """
+        if not 1 <= k <= self.num_entities:
+            raise KgeInputError(f"k: asked for top-{k} but the graph has {self.num_entities} entities; expected 1..{self.num_entities}")
+        # A worker may own fewer real rows than k: it pads its list with -inf / -1, which the merge sorts last.
+        k_local = min(k, self.local_entities)
         hr_t = torch.as_tensor(np.array(hr, dtype=np.int64))
         ids_out = np.empty((len(hr_t), k), dtype=np.int64)
         scores_out = np.empty((len(hr_t), k), dtype=np.float32)
@@ -168,8 +177,14 @@ class Predictor:
         for start in tqdm(range(0, len(hr_t), query_batch), desc=desc, unit="batch", disable=not show, mininterval=2.0):
             query, normal = self.query_vectors(hr_t[start : start + query_batch])
             block_scores = self.block_scorer(query, normal)
-            scores, rows = blocked_topk(block_scores, self.num_rows, k, block_rows=self.block_rows, valid_rows=self.valid_rows)
-            entity = self.row_to_entity[rows.cpu()]
+            if k_local > 0:
+                scores, rows = blocked_topk(block_scores, self.num_rows, k_local, block_rows=self.block_rows, valid_rows=self.valid_rows)
+                entity = self.row_to_entity[rows.cpu()]
+            else:
+                scores, entity = torch.empty(len(query), 0, device=query.device), torch.empty(len(query), 0, dtype=torch.int64)
+            if k_local < k:
+                scores = torch.cat([scores.float(), torch.full((len(query), k - k_local), float("-inf"), device=scores.device)], 1)
+                entity = torch.cat([entity, torch.full((len(query), k - k_local), -1, dtype=torch.int64)], 1)
             if self.comm.world_size > 1:
                 all_scores = self.comm.all_gather(scores.contiguous())  # (W, Q, k)
                 all_ids = self.comm.all_gather_ints(entity.to(self.device).contiguous())  # (W, Q, k)
@@ -180,8 +195,26 @@ class Predictor:
         return ids_out, scores_out
 
 
+def clamp_k(k: int, num_entities: int, log: bool = True) -> int:
+    """min(k, num_entities): a small graph cannot fill a top-K list longer than its entity count."""
+    if k > num_entities and log:
+        print(f"predict: top-{k} asked for but the graph has {num_entities} entities; returning top-{num_entities}", file=sys.stderr)
+    return min(k, num_entities)
+
+
+def pad_top10(ids: np.ndarray) -> np.ndarray:
+    """(Q, k) ids with k < 10 (a graph of fewer than 10 entities) -> (Q, 10), padded with -1 (never a tail,
+    ignored by ogb's duplicate check), so ogb's top-10 MRR applies; wider inputs are cut to 10."""
+    if ids.shape[1] >= 10:
+        return ids[:, :10]
+    return np.concatenate([ids, np.full((ids.shape[0], 10 - ids.shape[1]), -1, dtype=ids.dtype)], axis=1)
+
+
 def predict_splits(predictor: Predictor, queries: dict[str, np.ndarray], k: int, query_batch: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Top-K for each split -> ({'<split>_ids', '<split>_scores'} arrays, {split: seconds})."""
+    """Top-K for each split -> ({'<split>_ids', '<split>_scores'} arrays, {split: seconds}).
+
+    k is clamped to the number of real entities (one notice on stderr); the arrays are (Q, k') wide."""
+    k = clamp_k(k, predictor.num_entities, log=predictor.comm.rank == 0)
     arrays, seconds = {}, {}
     for split, hr in queries.items():
         start = time.perf_counter()
@@ -214,10 +247,11 @@ def curve_evaluator(val_hr: np.ndarray, val_t: np.ndarray, train_hrt: np.ndarray
             predictor = Predictor(model, trainer.features, trainer.partition, trainer.device, trainer.config["predict_block"],
                                   owned=trainer.owned, comm=trainer.comm)
             batch = trainer.config["predict_batch"]
-            valid_ids, _ = predictor.topk(valid_hr, 10, query_batch=batch)
-            train_ids, _ = predictor.topk(sample[:, :2], 10, query_batch=batch)
+            k = clamp_k(10, predictor.num_entities, log=False)
+            valid_ids, _ = predictor.topk(valid_hr, k, query_batch=batch)
+            train_ids, _ = predictor.topk(sample[:, :2], k, query_batch=batch)
         finally:
             model.train()
-        return {"valid_mrr": mrr(valid_ids, valid_t), "train_mrr": mrr(train_ids, sample[:, 2])}
+        return {"valid_mrr": mrr(pad_top10(valid_ids), valid_t), "train_mrr": mrr(pad_top10(train_ids), sample[:, 2])}
 
     return evaluate
