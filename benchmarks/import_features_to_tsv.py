@@ -1,9 +1,33 @@
-import numpy as np, sys
+"""Write a miniature (kge data mini --out MINI) as labelled train/valid/test TSV files, for the import
+measurements of benchmarks/import_features.md.
+
+    python benchmarks/import_features_to_tsv.py MINI OUT     # OUT/train.tsv, valid.tsv, test.tsv (Q<id> P<id> Q<id>)
+"""
+import sys
 from pathlib import Path
-src = Path("/tmp/imp/mini/wikikg90m-v2/processed"); out = Path("/tmp/imp/tsv"); out.mkdir(exist_ok=True)
-def w(name, h, r, t):
-    with open(out / name, "w") as f:
-        for a, b, c in zip(h, r, t): f.write(f"Q{a}\tP{b}\tQ{c}\n")
-tr = np.load(src / "train_hrt.npy"); w("train.tsv", tr[:, 0], tr[:, 1], tr[:, 2])
-vh = np.load(src / "val_hr.npy"); vt = np.load(src / "val_t.npy"); w("valid.tsv", vh[:, 0], vh[:, 1], vt)
-th = np.load(src / "test-dev_hr.npy"); tt = np.load("/tmp/imp/mini/mini-answers/test-dev_t.npy"); w("test.tsv", th[:, 0], th[:, 1], tt)
+
+import numpy as np
+
+
+def write(path: Path, h, r, t) -> None:
+    with open(path, "w") as f:
+        for a, b, c in zip(h, r, t):
+            f.write(f"Q{a}\tP{b}\tQ{c}\n")
+
+
+def main(mini: str, out: str) -> None:
+    src = Path(mini) / "wikikg90m-v2" / "processed"
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    train = np.load(src / "train_hrt.npy")
+    write(target / "train.tsv", train[:, 0], train[:, 1], train[:, 2])
+    val_hr, val_t = np.load(src / "val_hr.npy"), np.load(src / "val_t.npy")
+    write(target / "valid.tsv", val_hr[:, 0], val_hr[:, 1], val_t)
+    test_hr, test_t = np.load(src / "test-dev_hr.npy"), np.load(Path(mini) / "mini-answers" / "test-dev_t.npy")
+    write(target / "test.tsv", test_hr[:, 0], test_hr[:, 1], test_t)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2])

@@ -291,3 +291,33 @@ def test_ensemble_counts_equal_brute_force(power):
         assert got_g[q] == sum(s(q, e) > s(q, t) for e in cands)
         assert got_e[q] == sum(s(q, e) == s(q, t) for e in cands)
     assert (got_e > 0).any()  # unlisted targets tie with the unlisted block
+
+
+def test_without_a_test_file_the_summary_reports_the_held_out_half_of_validation(tmp_path):
+    """An imported graph without a test split: validation only; the ensemble is tuned on one half and
+    every row of the summary is measured on the other."""
+    from kge.data.importer import import_triples
+    from kge.ensemble import validation_halves
+    from kge.evaluation_ensemble import run_evaluation_summary
+    from kge.evaluation_run import evaluate_model
+    from kge.shard import shard_dataset
+
+    paths = _tiny_graph(tmp_path, seed=1)
+    root, shards = tmp_path / "data", tmp_path / "shards"
+    import_triples(paths["train"], paths["valid"], None, root, feature_dim=8, progress=False)
+    shard_dataset(root, shards, 2, seed=0, progress=False)
+    evaluations = []
+    for name, settings in (("a", {"score_fn": "distmult"}), ("b", {"score_fn": "transe", "seed": 1})):
+        model = _train(tmp_path, shards, name, settings)
+        evaluations.append(tmp_path / f"{name}.npz")
+        result = evaluate_model(model, root, shards, tmp_path / f"{name}.json", evaluations[-1], top_k=10)
+        assert list(result["splits"]) == ["valid"]
+    summary = run_evaluation_summary(evaluations, tmp_path / "out", powers=[-1.0, -0.5], exponents=[0, 2], root=root)
+    assert summary["report_split"] == "valid" and "held-out half of validation" in summary["reported_on"]
+    _, held_out = validation_halves(30, 0)
+    assert summary["report_queries"] == len(held_out)
+    with np.load(evaluations[0]) as npz:
+        ranks = np.concatenate([ranks_from_counts(npz[f"valid_{d}_greater"][held_out], npz[f"valid_{d}_ties"][held_out])["realistic"]
+                                for d in ("tail", "head")])
+    assert summary["rows"][[r["model"] for r in summary["rows"]].index("a")]["both.realistic.mrr"] == pytest.approx(np.mean(1 / ranks))
+    assert (tmp_path / "out" / "summary.md").read_text().count("| ") > 3

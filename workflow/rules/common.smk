@@ -15,8 +15,11 @@ SHARDS = f"{RESULTS}/shards"
 DATASET_OK = f"{ROOT}/dataset.ok"
 THREADS = config["threads_per_job"]
 # `scale` (optional) shrinks every model's schedule, e.g. the 85-model recipe on the miniature.
+# An imported graph without entity features gets features.use: false unless a model asks for them:
+# random features cost 1.5x the training time and lowered MRR (benchmarks/import_features.md).
+_BASE_SETTINGS = {"features": {"use": False}} if DATASET == "import" and not config["import"].get("entity_features") else {}
 MODEL_SETTINGS = {
-    name: scale_settings(deep_merge(config.get("model_defaults", {}), settings or {}), config.get("scale"))
+    name: scale_settings(deep_merge(deep_merge(_BASE_SETTINGS, config.get("model_defaults", {})), settings or {}), config.get("scale"))
     for name, settings in config["models"].items()
 }
 PIPELINE_MODELS = list(MODEL_SETTINGS)  # the ensemble's candidates; technique models are added below
