@@ -2,8 +2,9 @@
 
 For every scoring function, both losses and both exchange variants (tails moving, scores moving),
 with the feature-branch options (encoder variants and random-subspace optimisation included)
-spread over the configurations, and one block-sparse entity table (W = 2, a prune/regrow event
-after each step), on the same sampled indices: the loss, the all-reduced dense gradients, and after two steps every
+spread over the configurations, one block-sparse entity table (W = 2, a prune/regrow event
+after each step), and false-negative masking where collisions are certain (W = 2 and 4), on the
+same sampled indices: the loss, the all-reduced dense gradients, and after two steps every
 worker's entity rows and the replicated dense parameters agree with the reference to fp32 tolerance.
 """
 
@@ -170,13 +171,15 @@ def test_two_workers_match_reference(mini_shards, tmp_path):
     _check(configs, _run(tmp_path, mini_shards, 2, configs), mini_shards)
 
 
-def test_two_workers_mask_false_negatives_like_reference(mini_shards, tmp_path):
+@pytest.mark.parametrize("workers", [2, 4])
+def test_workers_mask_false_negatives_like_reference(mini_shards, shards4, tmp_path, workers):
     """Masking of columns that hold a query's own tail id, on every loss path: the distributed step
     (sparse pairs) equals the reference (dense id compare); collisions of both kinds occurred, and
     switching the mask off on the same batches changes the loss (it is not comparing no-ops)."""
-    configs = _collision_configs(2)
-    per_rank = _run(tmp_path, mini_shards, 2, configs)
-    _check(configs, per_rank, mini_shards)
+    shard_dir = mini_shards if workers == 2 else shards4
+    configs = _collision_configs(workers)
+    per_rank = _run(tmp_path, shard_dir, workers, configs)
+    _check(configs, per_rank, shard_dir)
     in_batch = shared = 0
     for n, config in enumerate(configs):
         for rank in per_rank:
