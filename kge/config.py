@@ -33,6 +33,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
         "adversarial_temperature": None,
         "correction_weight": 1.0,
         "in_batch_negatives": True,
+        "mask_false_negatives": True,
         "positive_weight": 0.5,
         "negative_weight": 0.5,
     },
@@ -71,9 +72,12 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "predict_block": 65536,
 }
 
-# Keys added after models were first trained, with the default that reproduces the older behaviour.
-# config_hash leaves them out while they hold that default (older checkpoints still resume) and
-# with_defaults fills them into a config read from an older model.pt.
+# Keys added after models were first trained, with the value that reproduces the older behaviour.
+# config_hash leaves them out while they hold that value (older checkpoints still resume) and
+# with_defaults fills that value into a config read from an older model.pt. Usually it is also the
+# default; loss.mask_false_negatives is not: the masking is on by default, so a new run's hash
+# differs from an older checkpoint's (which trained without it and must not be resumed as if masked),
+# while an older config read back says, truthfully, that it trained without the mask.
 LATER_KEYS: dict[tuple[str, ...], Any] = {
     ("features", "projection"): "dense",
     ("features", "groups"): 4,
@@ -81,6 +85,7 @@ LATER_KEYS: dict[tuple[str, ...], Any] = {
     ("subspace",): {"dim": 0},
     ("two_phase",): {"fraction": 0.0, "negatives": None},
     ("sparsity",): {"density": 1.0, "block": 16, "every": 0, "prune_fraction": 0.3},
+    ("loss", "mask_false_negatives"): False,
 }
 
 
@@ -151,8 +156,15 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
 
 
 def with_defaults(config: dict) -> dict:
-    """A complete config saved by an older version (without LATER_KEYS) -> the same config with their defaults."""
-    return deep_merge(MODEL_DEFAULTS, config)
+    """A complete config saved by an older version (without LATER_KEYS) -> the same config with the
+    LATER_KEYS values (what it was trained with) where it lacks them, MODEL_DEFAULTS elsewhere."""
+    older: dict = {}
+    for (*parents, key), value in LATER_KEYS.items():
+        node = older
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[key] = copy.deepcopy(value)
+    return deep_merge(deep_merge(MODEL_DEFAULTS, older), config)
 
 
 def negatives_per_step(config: dict, n_shards: int) -> int:

@@ -184,6 +184,12 @@ class Trainer:
         loss_cfg = config["loss"]
         adversarial = adversarial_scale(loss_cfg)
         fused = model.score_fn in scoring.DOT_FNS
+        # Columns (in batch order, both exchanges) holding query b's own tail id again: not its
+        # negatives. A sparse (rows, cols) list, found on the CPU ids; None with the switch off.
+        false_negatives = None
+        if loss_cfg["mask_false_negatives"]:
+            false_negatives = losses.false_negative_pairs(batch.tail, torch.cat([batch.tail, batch.negatives]))
+        self.last_step["false_negatives"] = false_negatives
         loss = scores = None
         if config["exchange"] == "tails":
             received = comm.all_to_all(served_tails).reshape(M, -1)  # (M, d) in owner-grouped order
@@ -191,12 +197,12 @@ class Trainer:
                 received = received.index_select(0, unorder)
             if fused and loss_cfg["type"] == "softmax":  # dot-product scores: matmuls and loss in one function
                 loss = losses.dot_softmax_loss(
-                    model.query(head_e, relations), received, correction, loss_cfg["in_batch_negatives"]
+                    model.query(head_e, relations), received, correction, loss_cfg["in_batch_negatives"], false_negatives
                 )
             elif fused:
                 loss = losses.dot_logsigmoid_loss(
                     model.query(head_e, relations), received, adversarial, loss_cfg["positive_weight"],
-                    loss_cfg["negative_weight"], loss_cfg["in_batch_negatives"],
+                    loss_cfg["negative_weight"], loss_cfg["in_batch_negatives"], false_negatives,
                 )
             else:
                 scores = model.scores(head_e, relations, received)  # (B, B + N)
@@ -210,7 +216,7 @@ class Trainer:
                 scores = scores[:, unorder]
         if loss is None and loss_cfg["type"] == "softmax":
             # One softmax pass over (B, M); the correction only on the shared negatives.
-            loss = losses.batch_softmax_loss(scores, correction, loss_cfg["in_batch_negatives"])
+            loss = losses.batch_softmax_loss(scores, correction, loss_cfg["in_batch_negatives"], false_negatives)
         elif loss is None:
             diagonal = torch.arange(B, device=device)
             positive = scores[diagonal, diagonal]
@@ -218,6 +224,8 @@ class Trainer:
             negative_mask[diagonal, diagonal] = False  # a query's own tail is its positive, not a negative
             if not loss_cfg["in_batch_negatives"]:
                 negative_mask[:, :B] = False
+            if false_negatives is not None:
+                negative_mask[false_negatives[0].to(device), false_negatives[1].to(device)] = False
             loss = losses.logsigmoid_loss(
                 positive, scores, negative_mask, adversarial_scale=adversarial,
                 pos_weight=loss_cfg["positive_weight"], neg_weight=loss_cfg["negative_weight"],

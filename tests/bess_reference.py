@@ -95,6 +95,8 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
             mask[diag, diag] = False
             if not config["loss"]["in_batch_negatives"]:
                 mask[:, :B] = False
+            if config["loss"]["mask_false_negatives"]:  # dense id compare, not the trainer's sparse pairs
+                mask &= batch.tail.unsqueeze(1) != torch.cat([batch.tail, batch.negatives]).unsqueeze(0)
             if config["loss"]["type"] == "softmax":
                 shift = torch.cat([torch.zeros(B), torch.full((M - B,), correction)])
                 loss = losses.softmax_loss(scores[diag, diag], scores + shift, mask)
@@ -160,6 +162,8 @@ def parity_worker(rank: int, world_size: int, init_file: str, configs: list[dict
             record["losses"].append(trainer.train_step())
             record["batches"].append(trainer.last_step["batch"])
             record["dense_grads"].append({name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None})
+            pairs = trainer.last_step["false_negatives"]  # (rows, cols) masked this step, or None
+            record.setdefault("false_negatives", []).append(None if pairs is None else (pairs[0].clone(), pairs[1].clone()))
         record["owned"] = trainer.owned
         record["table"] = trainer.model.entity_table.clone()
         record["mask"] = None if trainer.sparsity is None else trainer.sparsity.mask.clone()

@@ -58,3 +58,19 @@ def test_pipeline_defaults_fill_every_key_and_models_travel_with_their_defaults(
     own = with_pipeline_defaults({"models": {"m": None}, "model_defaults": {"dim": 8}}, defaults)
     assert own["model_defaults"] == {"dim": 8}
     assert user == {"dataset": "import", "import": {"train": "t.tsv", "valid": "v.tsv"}, "ensemble": {"power": -1.0}}  # inputs untouched
+
+
+def test_false_negative_mask_is_on_by_default_but_older_configs_read_as_off():
+    """loss.mask_false_negatives: on for new configs; a config saved before the key existed trained
+    without it, reads back as False, and keeps its hash (so its checkpoint resumes), while the
+    same settings under the new default hash differently (they train differently)."""
+    from kge.config import with_defaults
+
+    new = resolve_model_config({"loss": {"type": "logsigmoid"}})
+    assert new["loss"]["mask_false_negatives"] is True
+    older = {**new, "loss": {k: v for k, v in new["loss"].items() if k != "mask_false_negatives"}}
+    assert with_defaults(older)["loss"]["mask_false_negatives"] is False
+    off = resolve_model_config({"loss": {"type": "logsigmoid", "mask_false_negatives": False}})
+    assert config_hash(older) == config_hash(with_defaults(older)) == config_hash(off) != config_hash(new)
+    # The other later keys still read back as their (equal) defaults.
+    assert with_defaults(older)["sparsity"] == MODEL_DEFAULTS["sparsity"]

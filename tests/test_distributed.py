@@ -2,8 +2,9 @@
 
 For every scoring function, both losses and both exchange variants (tails moving, scores moving),
 with the feature-branch options (encoder variants and random-subspace optimisation included)
-spread over the configurations, and one block-sparse entity table (W = 2, a prune/regrow event
-after each step), on the same sampled indices: the loss, the all-reduced dense gradients, and after two steps every
+spread over the configurations, one block-sparse entity table (W = 2, a prune/regrow event
+after each step), and false-negative masking where collisions are certain (W = 2 and 4), on the
+same sampled indices: the loss, the all-reduced dense gradients, and after two steps every
 worker's entity rows and the replicated dense parameters agree with the reference to fp32 tolerance.
 """
 
@@ -131,6 +132,31 @@ def _check_one(n, configs, per_rank, shard_dir):
         assert ref["table"].abs().sum() > 0
 
 
+def _collision_configs(workers: int) -> list[dict]:
+    """False-negative masking where collisions are certain: B = N = 64 per worker on the 3,000
+    entities of the test miniature (popular tails repeat within a batch; about 1.4 shared negatives
+    per worker and step hit a query's tail). Every loss path: fused dot (DistMult, ComplEx, exchange
+    tails), model.scores with batch_softmax_loss or the generic log-sigmoid (TransE, or exchange
+    scores), in-batch negatives on and off; the last two repeat the first two with the switch off."""
+    cases = [("distmult", "softmax", False, "tails", True), ("complex", "logsigmoid", True, "tails", True),
+             ("distmult", "softmax", True, "tails", True), ("distmult", "logsigmoid", False, "tails", True),
+             ("transe", "softmax", True, "tails", True), ("transe", "logsigmoid", False, "tails", True),
+             ("distmult", "softmax", False, "scores", True), ("distmult", "logsigmoid", True, "scores", True)]
+    cases += [case[:4] + (False,) for case in cases[:2]]
+    out = []
+    for n, (score_fn, loss, in_batch, exchange, mask) in enumerate(cases):
+        out.append(resolve_model_config({
+            "score_fn": score_fn, "distance": 2, "gamma": 4.0, "dim": 8, "batch_size": 64, "negatives": 64,
+            "workers": workers, "exchange": exchange, "steps": 10, "learning_rate": 0.05,
+            "seed": n % 8,  # the switched-off repeats draw the same batches as the first two
+            "adam": {"eps": 1e-4},  # as in _configs: near-zero gradient elements stay still
+            "loss": {"type": loss, "in_batch_negatives": in_batch, "mask_false_negatives": mask,
+                     "adversarial_scale": 1.0 if loss == "logsigmoid" else 0.0},
+            "features": {"use": n % 2 == 0},
+        }))
+    return out
+
+
 @pytest.fixture(scope="module")
 def shards4(mini_root, tmp_path_factory):
     from kge.shard import shard_dataset
@@ -143,6 +169,30 @@ def shards4(mini_root, tmp_path_factory):
 def test_two_workers_match_reference(mini_shards, tmp_path):
     configs = _configs(2) + [_sparse_config(2)]
     _check(configs, _run(tmp_path, mini_shards, 2, configs), mini_shards)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_workers_mask_false_negatives_like_reference(mini_shards, shards4, tmp_path, workers):
+    """Masking of columns that hold a query's own tail id, on every loss path: the distributed step
+    (sparse pairs) equals the reference (dense id compare); collisions of both kinds occurred, and
+    switching the mask off on the same batches changes the loss (it is not comparing no-ops)."""
+    shard_dir = mini_shards if workers == 2 else shards4
+    configs = _collision_configs(workers)
+    per_rank = _run(tmp_path, shard_dir, workers, configs)
+    _check(configs, per_rank, shard_dir)
+    in_batch = shared = 0
+    for n, config in enumerate(configs):
+        for rank in per_rank:
+            for step, pairs in enumerate(rank[n]["false_negatives"]):
+                if not config["loss"]["mask_false_negatives"]:
+                    assert pairs is None
+                    continue
+                B = rank[n]["batches"][step].tail.shape[0]
+                in_batch += int((pairs[1] < B).sum())
+                shared += int((pairs[1] >= B).sum())
+    assert in_batch > 0 and shared > 0, (in_batch, shared)
+    for on, off in ((0, 8), (1, 9)):
+        assert [r[on]["losses"] for r in per_rank] != [r[off]["losses"] for r in per_rank], configs[on]["score_fn"]
 
 
 def test_four_workers_match_reference(shards4, tmp_path):

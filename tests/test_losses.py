@@ -236,3 +236,164 @@ def test_dot_logsigmoid_loss_equals_the_masked_composition(in_batch, adversarial
     torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(t1.grad, t2.grad, rtol=1e-10, atol=1e-12)
+
+
+# ----- false negatives: columns holding a query's own tail id ------------------------------------
+# Planted collisions: query 3's tail is query 0's (an in-batch duplicate), shared negative 8 is
+# query 1's tail, shared negatives 10 and 12 are query 4's, and query 5's tail is every shared
+# negative of the small pool used below (a row left without any negative when in-batch is off).
+FN_TAILS = torch.tensor([7, 2, 9, 7, 4, 5])
+
+
+def _fn_columns(shared: list[int]) -> torch.Tensor:
+    return torch.cat([FN_TAILS, torch.tensor(shared)])
+
+
+def _fn_mask(columns: torch.Tensor, in_batch: bool) -> torch.Tensor:
+    """The explicit (B, M) bool mask of the generic losses, by a dense id compare."""
+    B = FN_TAILS.shape[0]
+    mask = FN_TAILS.unsqueeze(1) != columns.unsqueeze(0)  # own column and every false negative
+    if not in_batch:
+        mask[:, :B] = False
+    return mask
+
+
+def test_false_negative_pairs_by_hand():
+    from kge.losses import false_negative_pairs
+
+    rows, cols = false_negative_pairs(FN_TAILS, _fn_columns([11, 2, 4, 13, 4, 0]))
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 3), (1, 7), (3, 0), (4, 8), (4, 10)]
+    rows, cols = false_negative_pairs(torch.tensor([1, 2]), torch.tensor([1, 2, 3, 4]))
+    assert rows.numel() == cols.numel() == 0 and rows.dtype == torch.int64
+
+
+def test_false_negative_pairs_equal_the_dense_compare():
+    from kge.losses import false_negative_pairs
+
+    g = torch.Generator().manual_seed(5)
+    for B, N, E in ((64, 64, 50), (512, 512, 3000), (3, 1, 2)):
+        tails = torch.randint(0, E, (B,), generator=g)
+        columns = torch.cat([tails, torch.randint(0, E, (N,), generator=g)])
+        want = tails.unsqueeze(1) == columns.unsqueeze(0)
+        want.fill_diagonal_(False)
+        got = torch.zeros_like(want)
+        rows, cols = false_negative_pairs(tails, columns)
+        got[rows, cols] = True
+        assert rows.numel() == int(want.sum()) and torch.equal(got, want)
+
+
+FN_CASES = [(in_batch, shared) for in_batch in (True, False) for shared in ([11, 2, 4, 13, 4, 0], [5, 5])]
+
+
+def _fn_pairs(columns):
+    from kge.losses import false_negative_pairs
+
+    return false_negative_pairs(FN_TAILS, columns)
+
+
+@pytest.mark.parametrize("in_batch, shared", FN_CASES)
+@pytest.mark.parametrize("correction", [0.0, 2.5])
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+def test_batch_softmax_masks_false_negatives_like_the_generic_loss(in_batch, shared, correction, dtype):
+    columns = _fn_columns(shared)
+    B, M = FN_TAILS.shape[0], columns.shape[0]
+    g = torch.Generator().manual_seed(6)
+    scores = (3 * torch.randn(B, M, dtype=torch.float64, generator=g)).to(dtype)
+    rows, cols = _fn_pairs(columns)
+    scores[rows, cols] = scores[rows, rows]  # the same entity scores as the positive, as in training
+    a, b, c = (scores.clone().requires_grad_() for _ in range(3))
+    shift = torch.zeros(M, dtype=dtype)
+    shift[B:] = correction
+    diag = torch.arange(B)
+    want = softmax_loss(a[diag, diag], a + shift, _fn_mask(columns, in_batch))
+    got = batch_softmax_loss(b, correction, in_batch, _fn_pairs(columns))
+    torch.testing.assert_close(got, want)
+    (want * 1.7).backward()
+    (got * 1.7).backward()
+    torch.testing.assert_close(b.grad, a.grad)
+    plain = batch_softmax_loss(c, correction, in_batch)  # without the mask: the collisions mattered
+    assert abs(plain.item() - got.item()) > 1e-3
+    assert (b.grad[rows, cols] == 0).all()
+
+
+def _dot_inputs(columns, dtype, seed):
+    """query (B, d) and tails (M, d) = an entity table's rows at the column ids: a false
+    negative's vector is the positive's, as in training."""
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn(20, 4, dtype=torch.float64, generator=g)
+    query = torch.randn(FN_TAILS.shape[0], 4, dtype=torch.float64, generator=g)
+    return query.to(dtype), table[columns].to(dtype)
+
+
+@pytest.mark.parametrize("in_batch, shared", FN_CASES)
+@pytest.mark.parametrize("correction", [0.0, 2.5])
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+def test_dot_softmax_masks_false_negatives_like_the_generic_loss(in_batch, shared, correction, dtype):
+    columns = _fn_columns(shared)
+    B, M = FN_TAILS.shape[0], columns.shape[0]
+    q0, t0 = _dot_inputs(columns, dtype, 7)
+    q1, t1 = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    q2, t2 = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    scores = q1 @ t1.T
+    shift = torch.zeros(M, dtype=dtype)
+    shift[B:] = correction
+    want = softmax_loss(scores.diagonal(), scores + shift, _fn_mask(columns, in_batch))
+    got = dot_softmax_loss(q2, t2, correction, in_batch, _fn_pairs(columns))
+    torch.testing.assert_close(got, want)
+    (want * 0.3).backward()
+    (got * 0.3).backward()
+    torch.testing.assert_close(q2.grad, q1.grad)
+    torch.testing.assert_close(t2.grad, t1.grad)
+    assert abs(dot_softmax_loss(q0, t0, correction, in_batch).item() - got.item()) > 1e-3
+
+
+@pytest.mark.parametrize("in_batch, shared", FN_CASES)
+@pytest.mark.parametrize("adversarial_scale", [0.0, 3.0])
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+def test_dot_logsigmoid_masks_false_negatives_like_the_generic_loss(in_batch, shared, adversarial_scale, dtype):
+    from kge.losses import dot_logsigmoid_loss
+
+    columns = _fn_columns(shared)
+    q0, t0 = _dot_inputs(columns, dtype, 8)
+    q1, t1 = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    q2, t2 = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    scores = q1 @ t1.T
+    want = logsigmoid_loss(scores.diagonal(), scores, _fn_mask(columns, in_batch), adversarial_scale, 0.3, 1.2)
+    got = dot_logsigmoid_loss(q2, t2, adversarial_scale, 0.3, 1.2, in_batch, _fn_pairs(columns))
+    torch.testing.assert_close(got, want)
+    want.backward()
+    got.backward()
+    torch.testing.assert_close(q2.grad, q1.grad)
+    torch.testing.assert_close(t2.grad, t1.grad)
+    assert abs(dot_logsigmoid_loss(q0, t0, adversarial_scale, 0.3, 1.2, in_batch).item() - got.item()) > 1e-3
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_no_false_negatives_is_the_unmasked_loss_bit_for_bit(in_batch):
+    """The switch off (None) and a step without collisions (no pairs) take the unmasked code path."""
+    from kge.losses import dot_logsigmoid_loss
+
+    g = torch.Generator().manual_seed(9)
+    q0, t0 = torch.randn(5, 8, generator=g), torch.randn(13, 8, generator=g)
+    empty = (torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+    calls = [
+        lambda q, t, fn: batch_softmax_loss(q @ t.T, 2.5, in_batch, fn),
+        lambda q, t, fn: dot_softmax_loss(q, t, 2.5, in_batch, fn),
+        lambda q, t, fn: dot_logsigmoid_loss(q, t, 3.0, 0.5, 0.5, in_batch, fn),
+    ]
+    for call in calls:
+        results = []
+        for fn in ("absent", None, empty):
+            q, t = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+            loss = call(q, t, None) if fn == "absent" else call(q, t, fn)
+            loss.backward()
+            results.append((loss.detach(), q.grad, t.grad))
+        for other in results[1:]:
+            assert all(torch.equal(x, y) for x, y in zip(results[0], other))
+
+
+def test_false_negative_pairs_are_checked():
+    with pytest.raises(ValueError):  # the diagonal is the positive, never a false negative
+        batch_softmax_loss(torch.zeros(2, 4), 0.0, True, (torch.tensor([1]), torch.tensor([1])))
+    with pytest.raises(ValueError):
+        dot_softmax_loss(torch.zeros(2, 3), torch.zeros(4, 3), 0.0, True, (torch.tensor([0]), torch.tensor([4])))
