@@ -121,13 +121,15 @@ def run_evaluation_summary(evaluation_paths, out_dir, powers=(-2.0, -1.0, -0.5, 
             out[d] = ensemble_counts(lists(split, d, index), targets, candidates, p, w)
         return out
 
+    # Sampled evaluations keep no top-K lists over all entities: their members are reported, not ensembled.
+    sampled = any(meta.get("samples") for meta, _ in members)
     tune_mrr = [_both_mrr(_subset(member_counts(arrays, tune_split), tune_index)) for _, arrays in members]
     grid = {}
-    for p in sorted(set(powers) | {power}):
+    for p in [] if sampled else sorted(set(powers) | {power}):
         for g in sorted(set(exponents) | {0.0}):
             grid[(float(p), float(g))] = _both_mrr(ens_counts(tune_split, tune_index, p, mrr_weights(tune_mrr, g)))
     order = list(grid)
-    chosen = max(grid, key=lambda key: (grid[key], -order.index(key))) if tune else (float(power), 0.0)
+    chosen = max(grid, key=lambda key: (grid[key], -order.index(key))) if tune and grid else (float(power), 0.0)
     weights = mrr_weights(tune_mrr, chosen[1])
     relations = first[f"{report_split}_relations"][report_index]
     labels = relation_labels(root) if root else None
@@ -136,9 +138,11 @@ def run_evaluation_summary(evaluation_paths, out_dir, powers=(-2.0, -1.0, -0.5, 
         metrics = split_metrics(_subset(member_counts(arrays, report_split), report_index), relations, labels)
         rows.append({"model": meta["model"], "score_fn": meta["score_fn"], "distance": meta.get("distance"),
                      "loss": meta["loss"], "dim": meta["dim"], "weight": float(w), **_flatten(metrics)})
-    ensemble_metrics = split_metrics(ens_counts(report_split, report_index, chosen[0], weights), relations, labels)
-    ensemble_row = {"model": "ensemble", "score_fn": f"rank-power mean of {len(members)}", "distance": None, "loss": "",
-                    "dim": None, "weight": None, **_flatten(ensemble_metrics)}
+    ensemble_metrics, ensemble_rows = None, []
+    if not sampled:
+        ensemble_metrics = split_metrics(ens_counts(report_split, report_index, chosen[0], weights), relations, labels)
+        ensemble_rows = [{"model": "ensemble", "score_fn": f"rank-power mean of {len(members)}", "distance": None, "loss": "",
+                          "dim": None, "weight": None, **_flatten(ensemble_metrics)}]
     protocol = dict(members[0][0]["protocol"])
     protocol.pop("head_prediction", None)
     summary = {
@@ -151,7 +155,8 @@ def run_evaluation_summary(evaluation_paths, out_dir, powers=(-2.0, -1.0, -0.5, 
                      "tuning_grid": [{"power": p, "weight_exponent": g, "tuning_mrr": v} for (p, g), v in sorted(grid.items())],
                      "list_width": {meta["model"]: int(arrays[f"{report_split}_tail_top_ids"].shape[1]) for meta, arrays in members},
                      "metrics": ensemble_metrics},
-        "rows": rows + [ensemble_row],
+        "sampled": bool(sampled),
+        "rows": rows + ensemble_rows,
     }
     out_dir = Path(out_dir)
     table = summary_markdown(summary)
@@ -174,7 +179,8 @@ def summary_markdown(summary: dict) -> str:
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
-    rows = sorted(summary["rows"][:-1], key=lambda r: -r["both.realistic.mrr"]) + summary["rows"][-1:]
+    members = [r for r in summary["rows"] if r["model"] != "ensemble"]
+    rows = sorted(members, key=lambda r: -r["both.realistic.mrr"]) + [r for r in summary["rows"] if r["model"] == "ensemble"]
     for row in rows:
         scoring = row["score_fn"] + (f" L{row['distance']}" if row.get("distance") else "")
         weight = "" if row["weight"] is None else f"{row['weight']:.3f}"
@@ -182,6 +188,9 @@ def summary_markdown(summary: dict) -> str:
         name = f"**{row['model']}**" if row["model"] == "ensemble" else row["model"]
         lines.append("| " + " | ".join([name, scoring, row["loss"], weight] + values) + " |")
     ens = summary["ensemble"]
+    if summary["sampled"]:
+        lines[0] = "SAMPLED evaluation (each target ranked among random candidates; not comparable with full ranking). " + lines[0]
+        return "\n".join(lines + ["", "No ensemble: sampled evaluations keep no filtered top-K lists over all entities."]) + "\n"
     lines += ["", f"Ensemble: rank-power mean, p = {ens['power']:g}, member weights (MRR / best)^{ens['weight_exponent']:g} "
               f"({'tuned' if ens['power_tuned'] else 'fixed'} on the tuning queries); filtered top-{max(ens['list_width'].values())} lists."]
     return "\n".join(lines) + "\n"

@@ -150,6 +150,7 @@ def evaluate_model(model_path, root, shard_dir, out_json, out_arrays, name: str 
             "raw": "metrics under 'raw' keep the other true answers among the candidates",
         },
         "num_entities": E,
+        "samples": samples,
         "splits": metrics,
         "seconds": {**seconds, "total": round(time.perf_counter() - start_all, 3)},
         "cost": cost,

@@ -321,3 +321,46 @@ def test_without_a_test_file_the_summary_reports_the_held_out_half_of_validation
                                 for d in ("tail", "head")])
     assert summary["rows"][[r["model"] for r in summary["rows"]].index("a")]["both.realistic.mrr"] == pytest.approx(np.mean(1 / ranks))
     assert (tmp_path / "out" / "summary.md").read_text().count("| ") > 3
+    # Sampled evaluations are reported, labelled, and not ensembled (they keep no lists over all entities).
+    sampled = evaluate_model(tmp_path / "models" / "a" / "model.pt", root, shards, tmp_path / "s.json", tmp_path / "s.npz", samples=10)
+    assert "SAMPLED" in sampled["protocol"]["name"]
+    summary = run_evaluation_summary([tmp_path / "s.npz"], tmp_path / "out-sampled", root=root)
+    assert [r["model"] for r in summary["rows"]] == ["a"] and summary["sampled"]
+    assert "SAMPLED" in (tmp_path / "out-sampled" / "summary.md").read_text()
+
+
+def test_sampled_mode_counts_among_the_drawn_candidates(tiny):
+    """Sampled mode: the target ranked among the uniformly drawn candidates that are not known
+    answers, each batch's draw reproduced from the seed and checked against the full score matrix."""
+    from kge.evaluation import evaluate_queries
+    from kge.features import FeatureStore
+    from kge.partition import Partition
+    from kge.predict import Predictor, load_model
+
+    tmp, root, shards = tiny
+    model_path = _train(tmp, shards, "sampled", {"score_fn": "distmult", "features": {"use": False}})
+    model, _, device = load_model(model_path, "cpu")
+    part = Partition.load(shards / "partition.npz")
+    predictor = Predictor(model, FeatureStore(shards, part.n_shards), part, device, 16)
+    rng = np.random.default_rng(5)
+    Q, n, batch = 20, 12, 8
+    anchors, rels, targets = rng.integers(0, part.num_entities, Q), rng.integers(0, 3, Q), rng.integers(0, part.num_entities, Q)
+    f_query = np.repeat(np.arange(Q), 2)
+    f_entity = rng.integers(0, part.num_entities, 2 * Q)
+    got = evaluate_queries(predictor, anchors, rels, targets, f_query, f_entity, 5, batch, samples=n, seed=7)
+    # Brute force: every (query, entity) score, and the same draws.
+    with torch.no_grad():
+        query, _ = predictor.query_vectors(torch.from_numpy(np.stack([anchors, rels], 1)))
+        full = predictor.score_rows(query, None, torch.from_numpy(part.row_of(np.arange(part.num_entities))))
+    generator = torch.Generator().manual_seed(7)
+    real = torch.nonzero(predictor.valid_rows).squeeze(1)
+    for start in range(0, Q, batch):
+        drawn_rows = real[torch.randint(len(real), (n,), generator=generator)]
+        drawn = predictor.row_to_entity[drawn_rows].numpy()
+        for q in range(start, min(start + batch, Q)):
+            known = set(f_entity[f_query == q].tolist()) | {int(targets[q])}
+            cands = [e for e in drawn if e not in known]
+            s_t = full[q, targets[q]]
+            assert got["greater"][q] == sum(full[q, e] > s_t for e in cands)
+            assert got["ties"][q] == sum(full[q, e] == s_t for e in cands)
+            assert got["raw_greater"][q] == sum(full[q, e] > s_t for e in drawn if e != targets[q])
