@@ -27,8 +27,6 @@ import torch
 
 from kge.errors import KgeInputError
 
-# Rows per chunk of the known-triple scan: bounded memory whatever T is (~100 MB of int64 hrt).
-SCAN_ROWS = 4_000_000
 # difflib over more labels than this is too slow for an error message; then no suggestion.
 SUGGEST_LIMIT = 200_000
 HEAD_MODES = ("auto", "direct", "inverse")
@@ -110,7 +108,7 @@ class TrainedModel:
         self.entity_labels, self.relation_labels, self.label_dir = self._labels()
         self._index: dict[str, object] = {}
         self._predictors: dict[str, object] = {}
-        self._dataset = None
+        self._sources = None
 
     # ----------------------------------------------------------------- labels
 
@@ -169,41 +167,19 @@ class TrainedModel:
 
     # ---------------------------------------------------------- known triples
 
-    def _split_arrays(self):
-        """The dataset's (train_hrt (T, 3), [(queries (Q, 2), tails (Q,)) of valid and of each test split with tails])."""
-        from kge.data.layout import answers_dir, open_dataset
-
-        if self._dataset is None:
-            ds = open_dataset(self.root, check=False)
-            labelled = [(ds.val_hr, ds.val_t)]
-            # test-dev and test-challenge of an imported graph are the same queries: reading both is harmless.
-            for split, hr in (("test-dev", ds.test_dev_hr), ("test-challenge", ds.test_challenge_hr)):
-                path = answers_dir(self.root) / f"{split}_t.npy"
-                if path.is_file():
-                    tails = np.load(path, mmap_mode="r")
-                    if tails.shape[0] != hr.shape[0]:
-                        raise KgeInputError(f"{path}: {tails.shape[0]} tails for {hr.shape[0]} {split} queries")
-                    labelled.append((hr, tails))
-            self._dataset = (ds.train_hrt, labelled)
-        return self._dataset
-
     def known(self, anchor: int, relation: int, direction: str) -> np.ndarray:
         """Ids of every entity e with a known triple (anchor, relation, e) for direction "tail", or
-        (e, relation, anchor) for "head" -> sorted unique int64 (n,). One chunked pass over the arrays."""
-        train, labelled = self._split_arrays()
-        a, b = (0, 2) if direction == "tail" else (2, 0)  # anchor column, answer column of (h, r, t)
-        found = []
-        for start in range(0, train.shape[0], SCAN_ROWS):
-            chunk = np.asarray(train[start : start + SCAN_ROWS])
-            found.append(chunk[(chunk[:, a] == anchor) & (chunk[:, 1] == relation), b])
-        for hr, tails in labelled:
-            for start in range(0, hr.shape[0], SCAN_ROWS):
-                q, t = np.asarray(hr[start : start + SCAN_ROWS]), np.asarray(tails[start : start + SCAN_ROWS])
-                if direction == "tail":
-                    found.append(t[(q[:, 0] == anchor) & (q[:, 1] == relation)])
-                else:
-                    found.append(q[(t == anchor) & (q[:, 1] == relation), 0])
-        return np.unique(np.concatenate(found).astype(np.int64)) if found else np.zeros(0, np.int64)
+        (e, relation, anchor) for "head" -> sorted unique int64 (n,): the evaluation's filter set
+        (train, valid and every test split with answers), read in chunks."""
+        from kge.evaluation import known_answers, query_keys
+        from kge.evaluation_run import filter_sources
+
+        if self._sources is None:
+            self._sources = filter_sources(self.root)
+        num_relations = self.num_relations
+        keys = query_keys(np.array([anchor]), np.array([relation]), num_relations)
+        _, entities = known_answers(keys, self._sources, direction, num_relations)
+        return np.unique(entities)
 
     # ------------------------------------------------------------- prediction
 
