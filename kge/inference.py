@@ -241,8 +241,10 @@ class TrainedModel:
             raise KgeInputError(f"heads: expected one of {', '.join(HEAD_MODES)}, got {heads!r}")
         if heads == "inverse" and not self.inverse_relations:
             raise KgeInputError(f"heads = 'inverse': {self.model_path} was not trained with inverse_relations; use 'direct'")
+        from kge.evaluation import head_mode
+
         r, t = self.relation_id(relation), self.entity_id(tail)
-        if heads == "inverse" or (heads == "auto" and self.inverse_relations):
+        if head_mode(heads, self.inverse_relations) == "inverse":
             return self._answer("tail", (t, r + self.num_relations), "head", t, r, k, filter_known, mark_known)
         return self._answer("head", (t, r), "head", t, r, k, filter_known, mark_known)
 
