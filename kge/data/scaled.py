@@ -3,25 +3,29 @@
 ``generate_scaled(root, fraction=F, seed=S)`` (``kge data scaled --fraction F --out ROOT --seed S``) writes
 
 - E = round(91,230,610 / F) entities, T = round(601,062,811 / F) training triples (so T / E = 6.59 as in
-  the real graph), R = clip(round(1,387 / sqrt(F)), 48, 1,387) relations (rule and reason below);
+  the real graph), R = clip(round(1,387 / sqrt(F)), 100, 1,387) relations (rule and reason below);
 - relation 0 dominant (any entity -> a small "class" type, 41 % of training, like P31 / relation 481),
-  the other R - 1 relations Zipf-like (exponent 1) over a random order;
+  the other R - 1 relations Zipf-like over a random order, the exponent solved so that the cube-root
+  law gives relation 0 4.5 % of the queries (the real 3-6 %) at every R;
 - 15,000 validation, 15,000 test-dev and 10,000 test-challenge queries at every F, relations drawn with
-  p(r) ∝ n_r^(1/3) of the training counts (so the dominant relation is 3-6 % of the queries), 18 % of
-  them with a "cold" tail that is never a training tail (about 20 % of validation tails end up unseen
-  as a training tail); no query triple is in training, training triples are distinct;
+  p(r) ∝ n_r^(1/3) of the training counts (so the dominant relation is 4.5 % of the queries), some
+  with a "cold" tail that is never a training tail, as many as make about 20 % of the query tails
+  unseen as a training tail together with the rare warm tails that training misses (a share that grows
+  with E, estimated up front); no query triple is in training, training triples are distinct;
 - Zipf popularity (exponent 1.05 over random ranks, so ids carry no information): tails are drawn by
   popularity, heads by a flatter popularity^0.35, so degrees follow a power law;
 - entity_feat (E, 768) float16 and relation_feat (R, 768) float16;
 - hidden test tails in ``ROOT/mini-answers/{test-dev_t,test-challenge_t}.npy`` and the generator's
   parameters in ``ROOT/mini-answers/scaled.json``.
 
-Relation count rule: R = 1,387 / sqrt(F), at least 48. Keeping all 1,387 relations at 1/F of the triples
-would leave most Zipf-tail relations with a handful of triples each (at F = 512 the mean is 847 per
-relation, the smallest few would have fewer than the queries they must hold out); R ∝ 1/F would shrink
-the vocabulary to 3 relations at F = 512. The square root is the middle course (245 relations at
-F = 32, 61 at F = 512), and the floor of 48 keeps enough relations for the cube-root law to push the
-dominant relation down to a few percent of the queries (with fewer relations its share grows past 6 %).
+Relation count rule: R = 1,387 / sqrt(F), at least 100. Keeping all 1,387 relations at 1/F of the triples
+would leave the Zipf-tail relations with a handful of triples each (at F = 512 the mean is 847 per
+relation); R ∝ 1/F would shrink the vocabulary to 3 relations at F = 512. The square root is the middle
+course (245 relations at F = 32, 123 at F = 128). The floor of 100 (reached from F = 193 on) is what the
+cube-root law needs: with a 41 % dominant relation and R - 1 others, relation 0's query share is at
+least 0.41^(1/3) / (0.41^(1/3) + (R - 1)^(2/3) 0.59^(1/3)) (equal others), which is 6.4 % at R = 48
+and falls to 4.5 % only from R = 83 on; the queries count 40,000 whatever F is, so they must keep
+the real relation mix.
 
 Planted, learnable structure (after ``kge.data.mini``, made streamable): every entity has a type and a
 latent complex vector z in C^8 around its type mean; relation r has a head type, a tail type and a
@@ -79,7 +83,7 @@ HEAD_FLAT = 0.35  # head weight = popularity^HEAD_FLAT: most items have a few ou
 QUERY_DOMINANT_SHARE = 0.045  # the dominant relation's share of the queries (real: 3-6 %)
 DOMINANT_SHARE = 0.41
 COLD_ENTITY_SHARE = 0.10  # never a training tail
-COLD_QUERY_SHARE = 0.16  # queries whose tail is cold (a few warm tails are unseen too: ~20 % in all)
+UNSEEN_QUERY_SHARE = 0.20  # queries whose tail is never a training tail: cold tails + rare warm ones
 LATENT_C = 8
 BETA = 3.0
 N_CAND = 8  # popularity-drawn tail candidates per triple
@@ -204,6 +208,22 @@ class _Plan:
         self.proj = (rng.standard_normal(size=(n_in, FEATURE_DIM), dtype=np.float32) / np.float32(np.sqrt(n_in)))
         self.rng = rng  # continues into the queries and relation features
 
+    def cold_query_share(self) -> float:
+        """Share of queries to give a cold tail so that UNSEEN_QUERY_SHARE of all query tails are never
+        a training tail: rare warm tails are missed by training more often as E grows, so subtract the
+        expected share u of warm query tails never drawn in training (Poisson approximation over the
+        Zipf candidate law): cold share c with c + (1 - c) u = UNSEEN_QUERY_SHARE."""
+        tail_triples = np.bincount(self.tail_type, weights=self.n_train, minlength=N_TYPES)
+        qp = self.n_train ** (1 / 3)
+        q_type = np.bincount(self.tail_type, weights=qp / qp.sum(), minlength=N_TYPES)
+        u = 0.0
+        for k in range(N_TYPES):
+            n = len(self.warm[k])
+            edge = np.arange(1, n + 2, dtype=np.float64) ** (1 - ZIPF)
+            p = np.diff((edge - 1) / (edge[-1] - 1))  # (n,) probability of each warm member
+            u += q_type[k] * float(np.sum(p * np.exp(-tail_triples[k] * p)))
+        return max(0.0, (UNSEEN_QUERY_SHARE - u) / (1 - u))
+
     def pick_tails(self, rng, h: np.ndarray, r: np.ndarray, pools: dict) -> np.ndarray:
         """Tails for (h, r) pairs, (n,) each: Gumbel-max of the planted score over N_CAND candidates.
 
@@ -252,6 +272,7 @@ def _queries(plan: _Plan) -> np.ndarray:
     n_query = N_VALID + N_TEST_DEV + N_TEST_CHALLENGE
     p = plan.n_train ** (1 / 3)
     p = p / p.sum()
+    cold_share = plan.cold_query_share()
     out = np.empty((0, 3), np.int64)
     while len(out) < n_query:
         n = int((n_query - len(out)) * 1.3) + 100
@@ -262,7 +283,7 @@ def _queries(plan: _Plan) -> np.ndarray:
             sel = plan.head_type[r] == k
             pool = plan.members[int(k)]
             h[sel] = pool[_zipf_index(u[sel], len(pool), ZIPF * HEAD_FLAT)]
-        is_cold = rng.random(n) < COLD_QUERY_SHARE
+        is_cold = rng.random(n) < cold_share
         t = plan.pick_tails(rng, h, r, plan.warm)
         has_cold = np.array([len(plan.cold_members[int(k)]) > 0 for k in plan.tail_type[r]], bool)
         c = np.flatnonzero(is_cold & has_cold)
