@@ -119,3 +119,28 @@ def test_cli_bad_fraction(tmp_path, capsys):
     with pytest.raises(KgeInputError):
         generate_scaled(tmp_path / "y", fraction=F, chunk=0, progress=False)
     assert math.isclose(scaled_sizes(F)[1] / scaled_sizes(F)[0], 601_062_811 / 91_230_610, rel_tol=1e-3)
+
+
+def test_interrupted_write_leaves_nothing_complete(scaled, tmp_path, monkeypatch):
+    """A failure mid-stream (here: in the second block) over a complete folder leaves no marker, the
+    old arrays untouched and no temporary files."""
+    import shutil
+
+    import kge.data.scaled as sc
+
+    root = tmp_path / "again"
+    shutil.copytree(scaled, root)
+    before = (dataset_dir(root) / "processed" / "train_hrt.npy").read_bytes()
+    real_block = sc._block
+
+    def failing(plan, seed, b, *args):
+        if b == 1:
+            raise RuntimeError("interrupted")
+        return real_block(plan, seed, b, *args)
+
+    monkeypatch.setattr(sc, "_block", failing)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        generate_scaled(root, fraction=F, seed=1, progress=False)
+    assert not (dataset_dir(root) / "RELEASE_v1.txt").exists()
+    assert not list(root.rglob(".tmp-*"))
+    assert (dataset_dir(root) / "processed" / "train_hrt.npy").read_bytes() == before
