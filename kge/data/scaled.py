@@ -99,7 +99,7 @@ def scaled_sizes(fraction: float) -> tuple[int, int, int]:
     T = int(round(REAL_TRIPLES / fraction))
     R = int(min(REAL_RELATIONS, max(MIN_RELATIONS, round(REAL_RELATIONS / math.sqrt(fraction)))))
     if E < 1000:
-        raise KgeInputError(f"--fraction {fraction}: gives {E} entities; expected at most about 91,000 (>= 1000 entities)")
+        raise KgeInputError(f"--fraction {fraction:g}: gives {E} entities; expected F <= 91230 (at least 1000 entities)")
     return E, T, R
 
 
