@@ -17,6 +17,12 @@ def _data_mini(args) -> None:
     generate_mini(args.out, seed=args.seed, scale=args.scale)
 
 
+def _data_scaled(args) -> None:
+    from kge.data.scaled import generate_scaled
+
+    generate_scaled(args.out, fraction=args.fraction, seed=args.seed, chunk=args.chunk)
+
+
 def _data_download(args) -> None:
     from kge.data.download import download_wikikg90mv2
 
@@ -364,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies entities and triples (queries stay 15000/15000/10000)")
     p.set_defaults(func=_data_mini)
+    p = data.add_parser("scaled", help="stream a WikiKG90Mv2-shaped graph at 1/F of the real size (real proportions)")
+    p.add_argument("--fraction", type=float, required=True, help="F >= 1: E = 91,230,610/F entities, T = 601,062,811/F triples")
+    p.add_argument("--out", required=True, help="ROOT; the dataset goes to ROOT/wikikg90m-v2")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk", type=int, default=2_000_000, help="training rows per written window (memory bound; output unchanged)")
+    p.set_defaults(func=_data_scaled)
     p = data.add_parser("download", help="download the real WikiKG90Mv2 (about 89 GB zip, resumable)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_data_download)
