@@ -181,7 +181,10 @@ def _brute_force(model_path, root, shards, heads):
     train = np.asarray(ds.train_hrt)
     valid = np.concatenate([np.asarray(ds.val_hr), np.asarray(ds.val_t)[:, None]], axis=1)
     test = np.concatenate([np.asarray(ds.test_dev_hr), np.load(answers_dir(root) / "test-dev_t.npy")[:, None]], axis=1)
-    known = {tuple(x) for x in np.concatenate([train, valid, test]).tolist()}
+    tails_of, heads_of = {}, {}  # the explicit filter set: every known triple, by (h, r) and by (r, t)
+    for h_, r_, t_ in np.concatenate([train, valid, test]).tolist():
+        tails_of.setdefault((h_, r_), set()).add(t_)
+        heads_of.setdefault((r_, t_), set()).add(h_)
     kw = dict(p=model.p, gamma=model.gamma)
     out = {}
     for split, triples in (("valid", valid), ("test", test)):
@@ -195,10 +198,10 @@ def _brute_force(model_path, root, shards, heads):
                 else:  # (t, r + R, ?) tail prediction
                     w2 = model.normal[[r + R]].double().expand(E, -1) if model.normal is not None else None
                     s_head = scoring.score_triples(model.score_fn, enc["head"][[t]].expand(E, -1), model.relation[[r + R]].double().expand(E, -1), enc["tail"], normal=w2, **kw)
-            for direction, s, target, is_known in (("tail", s_tail, t, lambda e: (h, r, e) in known),
-                                                   ("head", s_head, h, lambda e: (e, r, t) in known)):
+            for direction, s, target, answers in (("tail", s_tail, t, tails_of[(h, r)]), ("head", s_head, h, heads_of[(r, t)])):
                 s = s.numpy()
-                cands = np.array([e != target and not is_known(e) for e in range(E)])
+                cands = np.ones(E, dtype=bool)
+                cands[list(answers)] = False  # known answers (the target among them) are no competitors
                 g = int((s[cands] > s[target]).sum())
                 eq = int((s[cands] == s[target]).sum())
                 ranks[direction].append(1 + g + eq / 2)
