@@ -122,13 +122,18 @@ def rank_batch(block_scores, score_rows, num_rows: int, target_rows: torch.Tenso
                 s = s.float()
             inside = torch.nonzero((target_rows >= lo) & (target_rows < hi)).squeeze(1)
             exact[inside] = s[inside, target_rows[inside] - lo]
-            counts["rg"] += (s > column).sum(1)
-            counts["re"] += (s == column).sum(1)
             a, b = torch.searchsorted(f_rows, lo), torch.searchsorted(f_rows, hi)
-            if b > a:  # known answers leave the candidates
-                s[f_query[a:b], f_rows[a:b] - lo] = float("-inf")
-            counts["g"] += (s > column).sum(1)
-            counts["e"] += (s == column).sum(1)
+            if b > a:  # known answers leave the candidates; raw counts = filtered + these few entries
+                q, col = f_query[a:b], f_rows[a:b] - lo
+                known = s[q, col]
+                counts["rg"].index_add_(0, q, (known > threshold[q]).long())
+                counts["re"].index_add_(0, q, (known == threshold[q]).long())
+                s[q, col] = float("-inf")
+            greater, equal = (s > column).sum(1), (s == column).sum(1)
+            counts["g"] += greater
+            counts["e"] += equal
+            counts["rg"] += greater
+            counts["re"] += equal
             return s
 
         top_scores, top_rows = blocked_topk(scores, num_rows, k, block_rows=block_rows, valid_rows=valid_rows)
