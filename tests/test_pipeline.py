@@ -199,7 +199,6 @@ def test_imported_graph_runs_to_the_filtered_evaluation(tmp_path):
     kge query and kge export work on the result."""
     from kge import cli
     from kge.data.example import write_example
-    from kge.evaluation import ranks_from_counts
     from test_evaluation import _brute_force
 
     graph = write_example(tmp_path / "graph", seed=3, people=300)
