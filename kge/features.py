@@ -8,6 +8,7 @@ memory-mapped (random row reads).
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,40 @@ import torch
 from kge.errors import KgeInputError
 
 IN_MEMORY_LIMIT_BYTES = 4 << 30
+# Held as float32 (a step's gather is one copy, no cast) only while that is small; above it the rows
+# stay float16 (half the memory) and each gather casts its (n, F) rows, which costs microseconds.
+FLOAT32_LIMIT_BYTES = 256 << 20
+# A memory-mapped store drops its resident pages from the process after this many bytes of reads:
+# pages read through a file mapping count in the RSS of a job although the kernel can reclaim them,
+# so without this a long run shows the whole feature file (4.4 GB at F = 32) as its memory.
+RELEASE_AFTER_BYTES = 256 << 20
+
+
+def _read_npy_into(path: Path, out: np.ndarray) -> None:
+    """Read the rows of the .npy at ``path`` into ``out`` (same shape and dtype) with plain reads, not
+    a mapping, so no file-backed pages stay resident and no intermediate copy is made."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(fh)
+        if tuple(shape) != out.shape or dtype != out.dtype or fortran:
+            raise KgeInputError(f"{path}: header {shape} {dtype} changed while reading; rerun `kge shard`")
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        done = 0
+        while done < len(view):
+            got = fh.readinto(view[done:])
+            if not got:
+                raise KgeInputError(f"{path}: truncated at byte {done} of {len(view)}; rerun `kge shard`")
+            done += got
 
 
 class FeatureStore:
-    """Read-only (D*S, F) float16 feature rows, gathered as float32 tensors (held as float32 when that
-    fits the in-memory limit, as float16 when only that does, else memory-mapped)."""
+    """Read-only (D*S, F) float16 feature rows, gathered as float32 tensors.
+
+    Held in memory when the owned shards fit IN_MEMORY_LIMIT_BYTES (as float32 if that is at most
+    FLOAT32_LIMIT_BYTES, else float16: 1,536 bytes an entity for 768-d rows); larger stores stay
+    memory-mapped and release their resident pages every RELEASE_AFTER_BYTES of reads.
+    """
 
     def __init__(self, shard_dir: str | Path, n_shards: int, shards: list[int] | None = None):
         self.shard_ids = list(range(n_shards)) if shards is None else list(shards)
@@ -28,20 +58,41 @@ class FeatureStore:
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise KgeInputError(f"{missing[0]}: missing feature shard; rerun `kge shard`")
-        self.shards = [np.load(p, mmap_mode="r") for p in paths]
+        self.shards = []
+        for path in paths:
+            try:
+                self.shards.append(np.load(path, mmap_mode="r"))
+            except ValueError as exc:  # a truncated or damaged file
+                raise KgeInputError(f"{path}: not a readable feature shard ({exc}); rerun `kge shard`") from exc
+        self.num_owned = len(paths)
         self.shard_size = self.shards[0].shape[0]
         self.dim = self.shards[0].shape[1]
         total = sum(s.nbytes for s in self.shards)
         self.table: torch.Tensor | None = None
+        self._read_bytes = 0
         if total <= IN_MEMORY_LIMIT_BYTES:
-            self.table = torch.from_numpy(np.concatenate([np.asarray(s) for s in self.shards]))
-            if 2 * total <= IN_MEMORY_LIMIT_BYTES:
-                # Converted once (exactly): a step's gather is then one copy, not a copy and a cast.
-                self.table = self.table.float()
+            rows = np.empty((self.shard_size * len(paths), self.dim), dtype=self.shards[0].dtype)
+            for k, path in enumerate(paths):
+                _read_npy_into(path, rows[k * self.shard_size:(k + 1) * self.shard_size])
+            self.shards = [rows[k * self.shard_size:(k + 1) * self.shard_size] for k in range(len(paths))]  # no mappings left
+            self.table = torch.from_numpy(rows)
+            if 2 * total <= FLOAT32_LIMIT_BYTES:
+                self.table = self.table.float()  # exact
+                self.shards = [self.table[k * self.shard_size:(k + 1) * self.shard_size].numpy() for k in range(len(paths))]
+
+    def _account(self, nbytes: int) -> None:
+        """Count bytes read through the mappings; past RELEASE_AFTER_BYTES drop their resident pages."""
+        self._read_bytes += nbytes
+        if self._read_bytes >= RELEASE_AFTER_BYTES:
+            self._read_bytes = 0
+            for arr in self.shards:
+                mm = getattr(arr, "_mmap", None)
+                if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+                    mm.madvise(mmap.MADV_DONTNEED)  # read-only file pages: the page cache keeps them
 
     @property
     def num_rows(self) -> int:
-        return self.shard_size * len(self.shards)
+        return self.shard_size * self.num_owned
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """rows (n,) int64 local rows -> (n, F) float32 features."""
@@ -54,6 +105,8 @@ class FeatureStore:
             sel = shard == i
             order = np.argsort(local[sel])  # sorted reads are kinder to a memory map
             out[np.flatnonzero(sel)[order]] = self.shards[i][local[sel][order]]
+        # A row read touches up to two 4 KiB pages: count pages, not bytes, against the release budget.
+        self._account(len(rows_np) * max(4096, out.itemsize * self.dim))
         return torch.from_numpy(out).float()
 
     def block(self, start: int, stop: int) -> torch.Tensor:

@@ -76,8 +76,14 @@ class Predictor:
         self.num_entities = int(sum(int((np.asarray(e) >= 0).sum()) for e in partition.shard_entities))
         self._tail_cache: torch.Tensor | None = None
         self._buffer: torch.Tensor | None = None  # the matmul output of block_scorer, reused
-        if self.num_rows * model.entity_table.shape[1] * 4 <= TAIL_CACHE_LIMIT_BYTES:
-            self._tail_cache = torch.cat([self._tail_block(s, min(s + block_rows, self.num_rows)) for s in range(0, self.num_rows, block_rows)])
+        if not model.use_features and model.entity_table.dtype == torch.float32:
+            # Without features the encoded candidates are the table's rows: use them, do not copy them.
+            self._tail_cache = model.entity_table
+        elif self.num_rows * model.entity_table.shape[1] * 4 <= TAIL_CACHE_LIMIT_BYTES:
+            # Filled block by block into one allocation (a list then torch.cat held the table twice).
+            self._tail_cache = torch.empty(self.num_rows, model.entity_table.shape[1], device=device)
+            for s in range(0, self.num_rows, block_rows):
+                self._tail_cache[s:s + block_rows] = self._tail_block(s, min(s + block_rows, self.num_rows))
         # Squared tail norms for the L2 distance paths (|q|^2 + |t|^2 - 2 q.t), computed once.
         self._l2 = model.score_fn == "transh" or (model.score_fn in ("transe", "rotate") and model.p == 2)
         self._tails_sq = (self._tail_cache * self._tail_cache).sum(-1) if self._l2 and self._tail_cache is not None else None

@@ -9,7 +9,11 @@ from kge.config import deep_merge, resolve_model_config, scale_settings
 from kge.studies import study_models, sweep_models
 
 DATASET = config["dataset"]
-ROOT = f"{config['data_dir']}/{DATASET}"
+# A scaled graph's folder names its fraction and seed, so graphs of several sizes live side by side.
+ROOT = (
+    f"{config['data_dir']}/scaled-f{config['scaled']['fraction']:g}-s{config['scaled']['seed']}"
+    if DATASET == "scaled" else f"{config['data_dir']}/{DATASET}"
+)
 RESULTS = config["results_dir"]
 SHARDS = f"{RESULTS}/shards"
 DATASET_OK = f"{ROOT}/dataset.ok"

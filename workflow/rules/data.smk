@@ -17,6 +17,23 @@ if DATASET == "mini":
             "(kge data mini --out {params.root} --seed {params.seed} --scale {params.scale}"
             " && kge data check --root {params.root} --stamp {output}) 2> {log}"
 
+elif DATASET == "scaled":
+
+    rule dataset_scaled:
+        output:
+            DATASET_OK,
+        params:
+            root=ROOT,
+            fraction=config["scaled"]["fraction"],
+            seed=config["scaled"]["seed"],
+        log:
+            f"{RESULTS}/logs/dataset.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/dataset.tsv"
+        shell:
+            "(kge data scaled --out {params.root} --fraction {params.fraction} --seed {params.seed}"
+            " && kge data check --root {params.root} --stamp {output}) 2> {log}"
+
 elif DATASET == "wikikg90mv2":
 
     rule dataset_download:

@@ -12,7 +12,7 @@ rule submit:
         root=ROOT,
         ensemble=f"{RESULTS}/ensemble",
         out=f"{RESULTS}/submission",
-        answers=f"--answers {ROOT}/mini-answers" if DATASET == "mini" else "",
+        answers=f"--answers {ROOT}/mini-answers" if DATASET in ("mini", "scaled") else "",
     log:
         f"{RESULTS}/logs/submit.log",
     shell:
