@@ -22,6 +22,8 @@ Python loop (15000 queries x 85 models x 100 in a few seconds).
 """
 from __future__ import annotations
 
+import sys
+
 from typing import Sequence
 
 import numpy as np
@@ -252,11 +254,14 @@ def tune_ensemble(predictions: Sequence[np.ndarray], t_true, member_mrr: Sequenc
     """
     if len(powers) == 0 or len(exponents) == 0:
         raise KgeInputError("powers / weight exponents: expected at least one value to try")
+    from tqdm import tqdm
+
     results = {}
-    for p in powers:
-        for g in exponents:
-            ens = rank_power_ensemble(predictions, p, top=10, weights=mrr_weights(member_mrr, g))
-            results[(float(p), float(g))] = mrr(ens, t_true)
+    grid = [(p, g) for p in powers for g in exponents]
+    # Minutes with the 85 members: a bar with an ETA on stderr (the ensemble job's log).
+    for p, g in tqdm(grid, desc="tune power x weights", unit="pair", mininterval=5.0, file=sys.stderr, disable=len(predictions) < 10):
+        ens = rank_power_ensemble(predictions, p, top=10, weights=mrr_weights(member_mrr, g))
+        results[(float(p), float(g))] = mrr(ens, t_true)
     order = list(results)
     best = max(results, key=lambda k: (results[k], -order.index(k)))
     return best, results

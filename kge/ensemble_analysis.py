@@ -10,6 +10,8 @@ then recomputed exactly with ``rank_power_ensemble``.
 
 from __future__ import annotations
 
+import sys
+
 from typing import Sequence
 
 import numpy as np
@@ -127,7 +129,9 @@ def greedy_curve(predictions: Sequence[np.ndarray], t_true, power: float = -0.5,
     chosen = _greedy_order(columns, terms, valid, width, true_col)
     curve = []
     exact = exact_prefix_sizes(m_count, exact_points)
-    for n in range(1, m_count + 1):
+    from tqdm import tqdm
+
+    for n in tqdm(range(1, m_count + 1), desc="greedy curve", unit="member", mininterval=5.0, file=sys.stderr, disable=m_count < 10):
         value = None
         if n in exact:
             members = chosen[:n]

@@ -160,3 +160,37 @@ def test_submission_counts(good):
     kg = open_dataset(good)
     with pytest.raises(KgeInputError, match="needs exactly 15000"):
         check_submission_counts(kg, good)
+
+
+def test_sampled_feature_check(tmp_path, monkeypatch):
+    # 50 rows in 17 chunks of 3: the sampled check reads 16 of them (first, last, 14 seeded-random),
+    # so a NaN in the first or last chunk is always found, and one chunk is never read.
+    import kge.data.layout as layout
+
+    monkeypatch.setattr(layout, "FEATURE_CHECK_BYTES", 3 * F * 2)
+    read = []
+    real = layout._check_finite
+
+    def spy(path, arr, progress, sampled=False):
+        fraction = real(path, arr, progress, sampled)
+        read.append(fraction)
+        return fraction
+
+    monkeypatch.setattr(layout, "_check_finite", spy)
+    _make(tmp_path)
+    open_dataset(tmp_path, check_features="sampled")
+    assert read[0] == 47 / 50  # one middle chunk of 3 rows skipped
+    for row in (0, E - 1):
+        f = np.zeros((E, F), np.float16)
+        f[row, 1] = np.nan
+        _make(tmp_path, entity_feat=f)
+        with pytest.raises(KgeInputError, match=f"row {row}"):
+            open_dataset(tmp_path, check_features="sampled")
+    # The full check finds a NaN in whichever chunk the sample skipped.
+    monkeypatch.setattr(layout, "FEATURE_SAMPLE_BLOCKS", 2)  # first and last chunk only
+    f = np.zeros((E, F), np.float16)
+    f[25, 0] = np.inf
+    _make(tmp_path, entity_feat=f)
+    open_dataset(tmp_path, check_features="sampled")
+    with pytest.raises(KgeInputError, match="row 25"):
+        open_dataset(tmp_path, check_features="full")
