@@ -16,14 +16,19 @@ import torch
 
 from kge.errors import KgeInputError
 
-IN_MEMORY_LIMIT_BYTES = 4 << 30
+# Above 1 GiB of owned rows the store stays memory-mapped: the rows then live once, in the page
+# cache, which the kernel can reclaim, instead of in each worker's anonymous memory (at F = 32 the
+# two workers of a W = 2 job would hold 2.2 GB each). A mapped 1,536-row gather costs about 1 ms
+# more than an in-memory one (benchmarks/scale.md), a few % of a CPU step.
+IN_MEMORY_LIMIT_BYTES = 1 << 30
 # Held as float32 (a step's gather is one copy, no cast) only while that is small; above it the rows
 # stay float16 (half the memory) and each gather casts its (n, F) rows, which costs microseconds.
 FLOAT32_LIMIT_BYTES = 256 << 20
 # A memory-mapped store drops its resident pages from the process after this many bytes of reads:
 # pages read through a file mapping count in the RSS of a job although the kernel can reclaim them,
-# so without this a long run shows the whole feature file (4.4 GB at F = 32) as its memory.
-RELEASE_AFTER_BYTES = 256 << 20
+# so without this a long run shows the whole feature file (4.4 GB at F = 32) as its memory. Every
+# release makes the next reads fault their pages back in: 256 MiB cost 2x the gather time of 1 GiB.
+RELEASE_AFTER_BYTES = 1 << 30
 
 
 def _read_npy_into(path: Path, out: np.ndarray) -> None:

@@ -76,6 +76,7 @@ class Predictor:
         self.num_entities = int(sum(int((np.asarray(e) >= 0).sum()) for e in partition.shard_entities))
         self._tail_cache: torch.Tensor | None = None
         self._buffer: torch.Tensor | None = None  # the matmul output of block_scorer, reused
+        self._scratch: torch.Tensor | None = None  # the second buffer of the in-place L2 path
         if not model.use_features and model.entity_table.dtype == torch.float32:
             # Without features the encoded candidates are the table's rows: use them, do not copy them.
             self._tail_cache = model.entity_table
@@ -134,15 +135,23 @@ class Predictor:
         ``scoring.score_queries`` with the cached squared norms of the L2 paths.
         """
         model = self.model
-        if model.score_fn in scoring.DOT_FNS:
+        # TransE/RotatE L2 with cached norms: in place into two reused buffers (l2_distance_scores_into).
+        in_place_l2 = model.score_fn in ("transe", "rotate") and model.p == 2 and self._tails_sq is not None
+        if model.score_fn in scoring.DOT_FNS or in_place_l2:
             rows = min(self.block_rows, self.num_rows)
             if self._buffer is None or self._buffer.shape[0] < len(query) or self._buffer.dtype != query.dtype:
                 self._buffer = torch.empty(len(query), rows, device=query.device, dtype=query.dtype)
+            if in_place_l2 and (self._scratch is None or self._scratch.shape != self._buffer.shape):
+                self._scratch = torch.empty_like(self._buffer)
 
         def scores(lo: int, hi: int) -> torch.Tensor:
             tails = self._tail_cache[lo:hi] if self._tail_cache is not None else self._tail_block(lo, hi)
             if model.score_fn in scoring.DOT_FNS:
                 return torch.matmul(query, tails.T, out=self._buffer[: len(query), : hi - lo])
+            if in_place_l2:
+                n = len(query)
+                return scoring.l2_distance_scores_into(query, tails, self._tails_sq[lo:hi], model.gamma,
+                                                       self._buffer[:n, : hi - lo], self._scratch[:n, : hi - lo])
             tails_sq = self._tails_sq[lo:hi] if self._tails_sq is not None else None
             return scoring.score_queries(model.score_fn, query, tails, p=model.p, gamma=model.gamma, normal=normal, tails_sq=tails_sq)
 

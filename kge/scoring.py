@@ -245,6 +245,23 @@ def score_queries(score_fn: str, query: torch.Tensor, tails: torch.Tensor, *, p:
     return gamma - dist
 
 
+def l2_distance_scores_into(query: torch.Tensor, tails: torch.Tensor, tails_sq: torch.Tensor, gamma: float,
+                            out: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """gamma - ||q - t||_2 of queries (B, d) against tails (M, d) into ``out`` (B, M), for TransE and
+    RotatE L2 at inference, using ``scratch`` (B, M) and the tails' squared norms (M,).
+
+    Bit-identical to ``score_queries(..., p=2, tails_sq=tails_sq)`` (the same operations in the same
+    order, in place): the out-of-place form allocates five fresh (B, M) tensors per block, and their
+    page faults made a top-K block 3.5x slower than these two reused buffers (1000 x 65,536, d = 128).
+    """
+    torch.matmul(query, tails.T, out=out)
+    out.mul_(2.0)                                                # 2 q.t, exactly
+    torch.add((query * query).sum(-1, keepdim=True), tails_sq.unsqueeze(0), out=scratch)
+    torch.sub(scratch, out, out=out)                             # |q|^2 + |t|^2 - 2 q.t
+    out.clamp_min_(torch.finfo(out.dtype).eps).sqrt_()           # _sqrt_safe
+    return out.neg_().add_(gamma)                                # gamma - dist, exactly
+
+
 def score_matrix(score_fn: str, head: torch.Tensor, relation: torch.Tensor, tails: torch.Tensor, *,
                  p: int = 2, gamma: float = 0.0, normal: torch.Tensor | None = None) -> torch.Tensor:
     """Every query (head (B, d), relation (B, dr)) against every tail (M, d) -> scores (B, M).

@@ -195,3 +195,17 @@ def test_head_queries_equal_reference(score_fn, p):
     want = score_triples(score_fn, heads[mi], r[bi], tails[bi], p=p, gamma=2.5,
                          normal=w[bi] if w is not None else None).view(5, 7)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("score_fn", ["transe", "rotate"])
+def test_in_place_l2_scores_are_bit_identical(score_fn):
+    # Prediction's in-place L2 path must give exactly score_queries' values: evaluation compares a
+    # target's score with its block's bit for bit. The last block is a non-contiguous buffer view.
+    g = torch.Generator().manual_seed(5)
+    query, tails = torch.randn(37, 16, generator=g), torch.randn(50, 16, generator=g)
+    tails[3] = query[0]  # a zero distance: the clamp at eps
+    tails_sq = (tails * tails).sum(-1)
+    out, scratch = torch.empty(40, 64), torch.empty(40, 64)
+    got = scoring.l2_distance_scores_into(query, tails, tails_sq, 6.5, out[:37, :50], scratch[:37, :50])
+    want = scoring.score_queries(score_fn, query, tails, p=2, gamma=6.5, tails_sq=tails_sq)
+    assert torch.equal(got, want)
