@@ -7,7 +7,8 @@ compare its final predictions, ensemble and submission with an uninterrupted run
 The reference run is an earlier plain `snakemake --configfile CONFIG` into --reference. This script
 runs the same config with results_dir = --results (a second config file on top; the dataset folder
 is shared, so the kills start at the shard job), in its own process group, and kills the group
-(Snakemake and every job: `kill -9 -PGID`) at each moment of --moments:
+(Snakemake and every job: `kill -9 -PGID`, then the torchrun workers, which run in sessions of their
+own and survive a group kill) at each moment of --moments:
 
     shard     3 s into the shard job
     train     when the first model has passed its second checkpoint by 150 steps
@@ -44,10 +45,23 @@ def _start(args: list[str], log) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_everything(proc: subprocess.Popen) -> int:
+    """SIGKILL the run's process group, then every snakemake/kge/torchrun process still working in this
+    directory: torchrun starts its workers in sessions of their own, so they outlive a group kill.
+    Returns how many such orphans there were."""
+    from kge.resume import live_workers
+
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(1.0)  # let the kernel reap the group
+    time.sleep(0.5)
+    orphans = live_workers(".")
+    for pid, _cmd in orphans:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(1.0)  # let the kernel reap them
+    return len(orphans)
 
 
 def _json(path: Path) -> dict | None:
@@ -177,9 +191,11 @@ def main() -> None:
             continue
         kill_time = time.time()
         lost = lost_seconds(results, models, kill_time, moments, what, started)
-        _kill_group(proc)
-        print(f"kill_resume: SIGKILL during {what} at {kill_time - start:.0f} s; lost {lost}", file=sys.stderr)
-        record["kills"].append({"moment": moment, "job": what, "at_seconds": round(kill_time - start, 1), "lost_seconds": lost})
+        orphans = _kill_everything(proc)
+        print(f"kill_resume: SIGKILL during {what} at {kill_time - start:.0f} s; lost {lost}; {orphans} orphaned workers killed too",
+              file=sys.stderr)
+        record["kills"].append({"moment": moment, "job": what, "at_seconds": round(kill_time - start, 1), "lost_seconds": lost,
+                                "orphans_killed": orphans})
         moments.seen.clear()
         record["kills"][-1]["stale_lock_left"] = any((Path(".snakemake") / "locks").glob("*"))
         proc = _start(["kge", "resume", *config_args], log)

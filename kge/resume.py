@@ -53,10 +53,32 @@ def live_workers(workdir: str | os.PathLike, proc: Path = PROC, own_pids: set[in
         if cwd != root and root not in cwd.parents:
             continue
         argv = _command_line(pid_dir)
-        names = {Path(part).name for part in argv[:3]}  # python -m snakemake / .../bin/kge / snakemake
-        if names & {"snakemake", "kge", "torchrun"} or any(part in ("snakemake", "kge") for part in argv[1:3]):
+        if _is_workflow_process(argv):
             found.append((int(pid_dir.name), " ".join(argv)))
     return sorted(found)
+
+
+WORKFLOW_PROGRAMS = {"snakemake", "kge", "torchrun"}
+WORKFLOW_MODULES = {"snakemake", "kge", "torch.distributed.run", "torch.distributed.launch"}
+
+
+def _is_workflow_process(argv: list[str]) -> bool:
+    """``snakemake ...``, ``kge ...``, ``torchrun ...``, ``python [-u ...] /path/bin/kge ...`` or
+    ``python [-u ...] -m kge ...`` (how torchrun starts its workers)."""
+    if not argv:
+        return False
+    if Path(argv[0]).name in WORKFLOW_PROGRAMS:
+        return True
+    if not Path(argv[0]).name.startswith("python"):
+        return False
+    rest = argv[1:]
+    while rest and rest[0].startswith("-"):  # interpreter options up to the script or -m MODULE
+        if rest[0] == "-m":
+            return len(rest) > 1 and rest[1] in WORKFLOW_MODULES
+        if rest[0] == "-c":
+            return False
+        rest = rest[1:]
+    return bool(rest) and Path(rest[0]).name in WORKFLOW_PROGRAMS
 
 
 def _own_pids() -> set[int]:

@@ -71,3 +71,21 @@ def test_no_lock_no_unlock(tmp_path):
     fake = _fake_snakemake(tmp_path)
     assert resume(["-n"], workdir=tmp_path, snakemake=fake) == 0
     assert (tmp_path / "calls.txt").read_text().splitlines() == ["-n"]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["/usr/bin/python3.11", "-u", "-m", "kge", "predict"], True),  # a torchrun worker
+    (["python", "-m", "torch.distributed.run", "--standalone"], True),
+    (["python3", "/venv/bin/snakemake", "all"], True),
+    (["/venv/bin/python3.11", "/venv/bin/kge", "train"], True),
+    (["/venv/bin/kge", "train"], True),
+    (["torchrun", "--nproc-per-node=2"], True),
+    (["python", "-m", "pytest", "-q"], False),
+    (["python", "-c", "print('kge')"], False),
+    (["bash", "-c", "kge train"], False),  # its kge child is what counts
+    (["vim", "kge/train.py"], False),
+])
+def test_which_command_lines_are_workflow_processes(argv, expected):
+    from kge.resume import _is_workflow_process
+
+    assert _is_workflow_process(argv) is expected
