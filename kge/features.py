@@ -24,11 +24,12 @@ IN_MEMORY_LIMIT_BYTES = 1 << 30
 # Held as float32 (a step's gather is one copy, no cast) only while that is small; above it the rows
 # stay float16 (half the memory) and each gather casts its (n, F) rows, which costs microseconds.
 FLOAT32_LIMIT_BYTES = 256 << 20
-# A memory-mapped store drops its resident pages from the process after this many bytes of reads:
-# pages read through a file mapping count in the RSS of a job although the kernel can reclaim them,
-# so without this a long run shows the whole feature file (4.4 GB at F = 32) as its memory. Every
-# release makes the next reads fault their pages back in: 256 MiB cost 2x the gather time of 1 GiB.
-RELEASE_AFTER_BYTES = 1 << 30
+# Random row reads through a file mapping leave their pages (and, by the kernel's fault-around, up
+# to 64 KiB around each) in the process's RSS as file-backed pages: a training job's RSS grows to its
+# owned feature file (4.4 GB at F = 32, W = 1). Those pages are the page cache's, shared with every
+# other job that maps the same shards and reclaimable, so gathers keep them (dropping them cost
+# 2x the gather time). Sequential scans (``block``: the tail cache of prediction and validation)
+# drop what they read: they do not come back to it.
 
 
 def _read_npy_into(path: Path, out: np.ndarray) -> None:
@@ -54,7 +55,7 @@ class FeatureStore:
 
     Held in memory when the owned shards fit IN_MEMORY_LIMIT_BYTES (as float32 if that is at most
     FLOAT32_LIMIT_BYTES, else float16: 1,536 bytes an entity for 768-d rows); larger stores stay
-    memory-mapped and release their resident pages every RELEASE_AFTER_BYTES of reads.
+    memory-mapped (random gathers leave their pages resident; block scans drop theirs).
     """
 
     def __init__(self, shard_dir: str | Path, n_shards: int, shards: list[int] | None = None):
@@ -74,7 +75,6 @@ class FeatureStore:
         self.dim = self.shards[0].shape[1]
         total = sum(s.nbytes for s in self.shards)
         self.table: torch.Tensor | None = None
-        self._read_bytes = 0
         if total <= IN_MEMORY_LIMIT_BYTES:
             rows = np.empty((self.shard_size * len(paths), self.dim), dtype=self.shards[0].dtype)
             for k, path in enumerate(paths):
@@ -85,15 +85,11 @@ class FeatureStore:
                 self.table = self.table.float()  # exact
                 self.shards = [self.table[k * self.shard_size:(k + 1) * self.shard_size].numpy() for k in range(len(paths))]
 
-    def _account(self, nbytes: int) -> None:
-        """Count bytes read through the mappings; past RELEASE_AFTER_BYTES drop their resident pages."""
-        self._read_bytes += nbytes
-        if self._read_bytes >= RELEASE_AFTER_BYTES:
-            self._read_bytes = 0
-            for arr in self.shards:
-                mm = getattr(arr, "_mmap", None)
-                if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
-                    mm.madvise(mmap.MADV_DONTNEED)  # read-only file pages: the page cache keeps them
+    def _drop_mapped_pages(self) -> None:
+        for arr in self.shards:
+            mm = getattr(arr, "_mmap", None)
+            if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+                mm.madvise(mmap.MADV_DONTNEED)  # read-only file pages: the page cache keeps them
 
     @property
     def num_rows(self) -> int:
@@ -110,10 +106,11 @@ class FeatureStore:
             sel = shard == i
             order = np.argsort(local[sel])  # sorted reads are kinder to a memory map
             out[np.flatnonzero(sel)[order]] = self.shards[i][local[sel][order]]
-        # A row read touches up to two 4 KiB pages: count pages, not bytes, against the release budget.
-        self._account(len(rows_np) * max(4096, out.itemsize * self.dim))
         return torch.from_numpy(out).float()
 
     def block(self, start: int, stop: int) -> torch.Tensor:
-        """Contiguous rows [start, stop) -> (stop-start, F) float32."""
-        return self.gather(torch.arange(start, stop))
+        """Contiguous rows [start, stop) -> (stop-start, F) float32 (a scan: mapped pages are dropped)."""
+        rows = self.gather(torch.arange(start, stop))
+        if self.table is None:
+            self._drop_mapped_pages()
+        return rows

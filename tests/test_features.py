@@ -1,5 +1,5 @@
-"""FeatureStore: the same rows whichever way it holds them, and a memory-mapped store that does not
-keep the file resident (its RSS stays flat however much of the file a run reads)."""
+"""FeatureStore: the same rows whichever way it holds them, and a memory-mapped store whose scans do
+not keep the file resident (its RSS stays flat however much of the file a scan reads)."""
 
 import sys
 
@@ -29,7 +29,6 @@ def test_every_holding_mode_gathers_the_same_rows(tmp_path, monkeypatch, mode):
         monkeypatch.setattr(features_mod, "FLOAT32_LIMIT_BYTES", 0)
     if mode == "mapped":
         monkeypatch.setattr(features_mod, "IN_MEMORY_LIMIT_BYTES", 0)
-        monkeypatch.setattr(features_mod, "RELEASE_AFTER_BYTES", 10_000)  # release many times below
     store = FeatureStore(tmp_path, 3, shards=[0, 2])
     owned = np.concatenate([arrays[0], arrays[2]]).astype(np.float32)
     assert store.num_rows == 1000 and store.dim == 24
@@ -61,14 +60,13 @@ def _rss_file_bytes() -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-def test_mapped_store_releases_what_it_read(tmp_path, monkeypatch):
-    # 64 MiB of features read in full through the mapping: without the release the process would
-    # hold all of it as file-backed RSS; with a 4 MiB budget it holds a few MiB.
+def test_mapped_store_scan_releases_what_it_read(tmp_path, monkeypatch):
+    # 64 MiB of features scanned block by block through the mapping (as prediction builds its tail
+    # cache): without the release the process would hold all of it as file-backed RSS.
     (tmp_path / "features").mkdir()
     rows, dim = 1 << 15, 1024
     np.save(tmp_path / "features" / "shard_0000.npy", np.ones((rows, dim), dtype=np.float16))
     monkeypatch.setattr(features_mod, "IN_MEMORY_LIMIT_BYTES", 0)
-    monkeypatch.setattr(features_mod, "RELEASE_AFTER_BYTES", 4 << 20)
     store = FeatureStore(tmp_path, 1)
     before = _rss_file_bytes()
     for start in range(0, rows, 2048):
