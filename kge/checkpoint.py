@@ -34,10 +34,21 @@ MODEL_FORMAT = "kge-model-v2"
 
 
 def _own_storage(value):
-    """Copy tensors (recursively) into storage of their own: torch.save writes a view's WHOLE
-    underlying storage, so saving a shard's slice of the table would write the whole table."""
+    """Tensors (recursively) on storage of their own: torch.save writes a view's WHOLE underlying
+    storage, so saving a shard's slice of the table would write the whole table.
+
+    A contiguous CPU view gets a storage that is exactly its bytes of the table's storage (a slice
+    of the UntypedStorage shares the memory), so nothing is copied: a copy of each shard's rows and
+    Adam state was 1.1 GB of extra peak memory per checkpoint at F = 32. Other tensors are copied.
+    """
     if torch.is_tensor(value):
-        return value.detach().to("cpu", copy=True).contiguous()
+        value = value.detach()
+        if value.device.type == "cpu" and value.is_contiguous() and value.numel() > 0:
+            size = value.element_size()
+            start = value.storage_offset() * size
+            storage = value.untyped_storage()[start:start + value.numel() * size]
+            return torch.empty(0, dtype=value.dtype).set_(storage, 0, value.shape)
+        return value.to("cpu", copy=True).contiguous()
     if isinstance(value, dict):
         return {k: _own_storage(v) for k, v in value.items()}
     return value
