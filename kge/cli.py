@@ -363,7 +363,8 @@ def _export(args) -> None:
 def _resume(args) -> None:
     from kge.resume import resume
 
-    code = resume(args.snakemake_args, workdir=args.directory)
+    passed = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    code = resume(passed, workdir=args.directory)
     if code:
         sys.exit(code)
 
@@ -616,6 +617,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["resume"] and not {"-h", "--help"} & set(argv[1:2]):
+        # Everything after `resume` (and its own --directory) goes to snakemake unchanged, options
+        # included: argparse's REMAINDER refuses a first argument that looks like an option.
+        rest = argv[1:]
+        directory = "."
+        if rest[:1] == ["--directory"] and len(rest) > 1:
+            directory, rest = rest[1], rest[2:]
+        argv = ["resume", "--directory", directory, "--", *rest]
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", 0):
         from kge.device import set_threads

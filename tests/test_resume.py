@@ -89,3 +89,18 @@ def test_which_command_lines_are_workflow_processes(argv, expected):
     from kge.resume import _is_workflow_process
 
     assert _is_workflow_process(argv) is expected
+
+
+@pytest.mark.parametrize("argv, directory, passed", [
+    (["resume", "--configfile", "a.yaml", "b.yaml", "all"], ".", ["--configfile", "a.yaml", "b.yaml", "all"]),
+    (["resume", "--directory", "/w", "-n", "--cores", "2"], "/w", ["-n", "--cores", "2"]),
+    (["resume"], ".", []),
+])
+def test_cli_passes_every_argument_to_snakemake(monkeypatch, argv, directory, passed):
+    import kge.resume
+    from kge.cli import main
+
+    calls = []
+    monkeypatch.setattr(kge.resume, "resume", lambda args, workdir: calls.append((args, workdir)) or 0)
+    assert main(argv) == 0
+    assert calls == [(passed, directory)]
