@@ -173,6 +173,7 @@ def main() -> None:
     overlay.write_text(f"results_dir: {results}\n")
     config_args = ["--configfile", args.config, str(overlay)]
     moments = Moments(results, models)
+    results.parent.mkdir(parents=True, exist_ok=True)
     log = open(f"{results}.kill_resume.log", "w")
     record = {"config": args.config, "kills": []}
     start = time.time()
