@@ -8,12 +8,12 @@ memory-mapped (random row reads).
 
 from __future__ import annotations
 
-import mmap
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from kge.data.layout import drop_resident_pages
 from kge.errors import KgeInputError
 
 # Above 1 GiB of owned rows the store stays memory-mapped: the rows then live once, in the page
@@ -32,16 +32,13 @@ FLOAT32_LIMIT_BYTES = 256 << 20
 # drop what they read: they do not come back to it.
 
 
-def _read_npy_into(path: Path, out: np.ndarray) -> None:
-    """Read the rows of the .npy at ``path`` into ``out`` (same shape and dtype) with plain reads, not
-    a mapping, so no file-backed pages stay resident and no intermediate copy is made."""
+def _read_rows_into(path: Path, mapped: np.ndarray, out: np.ndarray) -> None:
+    """Read every row of the .npy at ``path`` (open as the memmap ``mapped``, which gives the header
+    offset) into ``out`` with plain reads, not through the mapping, so no file-backed pages stay
+    resident and no intermediate copy is made."""
+    view = memoryview(out.reshape(-1).view(np.uint8))
     with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = reader(fh)
-        if tuple(shape) != out.shape or dtype != out.dtype or fortran:
-            raise KgeInputError(f"{path}: header {shape} {dtype} changed while reading; rerun `kge shard`")
-        view = memoryview(out.reshape(-1).view(np.uint8))
+        fh.seek(mapped.offset)
         done = 0
         while done < len(view):
             got = fh.readinto(view[done:])
@@ -78,18 +75,12 @@ class FeatureStore:
         if total <= IN_MEMORY_LIMIT_BYTES:
             rows = np.empty((self.shard_size * len(paths), self.dim), dtype=self.shards[0].dtype)
             for k, path in enumerate(paths):
-                _read_npy_into(path, rows[k * self.shard_size:(k + 1) * self.shard_size])
+                _read_rows_into(path, self.shards[k], rows[k * self.shard_size:(k + 1) * self.shard_size])
             self.shards = [rows[k * self.shard_size:(k + 1) * self.shard_size] for k in range(len(paths))]  # no mappings left
             self.table = torch.from_numpy(rows)
             if 2 * total <= FLOAT32_LIMIT_BYTES:
                 self.table = self.table.float()  # exact
                 self.shards = [self.table[k * self.shard_size:(k + 1) * self.shard_size].numpy() for k in range(len(paths))]
-
-    def _drop_mapped_pages(self) -> None:
-        for arr in self.shards:
-            mm = getattr(arr, "_mmap", None)
-            if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
-                mm.madvise(mmap.MADV_DONTNEED)  # read-only file pages: the page cache keeps them
 
     @property
     def num_rows(self) -> int:
@@ -112,5 +103,6 @@ class FeatureStore:
         """Contiguous rows [start, stop) -> (stop-start, F) float32 (a scan: mapped pages are dropped)."""
         rows = self.gather(torch.arange(start, stop))
         if self.table is None:
-            self._drop_mapped_pages()
+            for arr in self.shards:
+                drop_resident_pages(arr)
         return rows

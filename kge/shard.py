@@ -21,7 +21,6 @@ partition maps (~20 bytes per entity).
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import shutil
 import sys
@@ -37,6 +36,7 @@ import pyarrow.parquet as pq
 import torch
 
 from kge.atomic import save_json, save_npy
+from kge.data.layout import drop_resident_pages
 from kge.errors import KgeInputError
 from kge.partition import Partition, make_partition
 
@@ -55,8 +55,8 @@ def _tqdm(progress: bool, **kw):
 
 
 class _Source:
-    """The inputs shard_dataset reads: meta ints and memory-mapped arrays (private; no dependency on
-    kge.data.layout so sharding can be developed and tested on its own)."""
+    """The inputs shard_dataset reads: meta ints and memory-mapped arrays (private; it opens them
+    itself rather than through kge.data.layout's open_dataset, so sharding can be tested on its own)."""
 
     def __init__(self, root: str | os.PathLike):
         root = Path(root)
@@ -100,18 +100,6 @@ def _open_npy(path: Path) -> np.ndarray:
         raise KgeInputError(f"{path}: not a readable .npy file ({exc})") from exc
 
 
-def _release(arr: np.ndarray) -> None:
-    """Drop a memmap's resident pages from this process (MADV_DONTNEED).
-
-    Pages touched through a file mapping count in the process RSS until the kernel needs them back;
-    without this, streaming a 14 GB train_hrt / 140 GB entity_feat makes RSS grow with the file even
-    though memory is never short. Dirty pages of a shared mapping stay in the page cache and are
-    still written back, so this is safe for the output memmaps too."""
-    mm = getattr(arr, "_mmap", None)
-    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mm.madvise(mmap.MADV_DONTNEED)
-
-
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
     for lo in range(0, n, size):
         yield lo, min(n, lo + size)
@@ -123,7 +111,7 @@ def _bucketed_chunks(src: _Source, part: Partition, chunk_rows: int, counts: np.
     d, e, r_count = part.n_shards, src.num_entities, src.num_relations
     for lo, hi in _chunks(src.train_hrt.shape[0], chunk_rows):
         hrt = np.array(src.train_hrt[lo:hi], dtype=np.int64)  # a copy: the mapped pages can go
-        _release(src.train_hrt)
+        drop_resident_pages(src.train_hrt)
         mins, maxs = hrt.min(axis=0), hrt.max(axis=0)
         if mins.min() < 0 or maxs[0] >= e or maxs[2] >= e or maxs[1] >= r_count:
             raise KgeInputError(
@@ -210,7 +198,7 @@ def _write_features(src: _Source, part: Partition, features_dir: Path, progress:
                         order = np.argsort(chunk_ids[local])
                         block[local[order]] = _read_rows(fd, src.entity_feat, chunk_ids[local[order]], src.feat_path)
                     out[lo:hi] = block
-                    _release(out)
+                    drop_resident_pages(out)
                     bar.update(local.size)
                 out.flush()
                 del out

@@ -192,9 +192,13 @@ def _check_rows(path: Path, arr: np.ndarray, ncols: int | None, what: str, allow
         raise KgeInputError(f"{path}: empty split (0 rows); expected {want} with at least one row")
 
 
-def _drop_pages(arr: np.ndarray) -> None:
-    """Drop a memory map's resident pages from this process (the page cache keeps them): a check that
-    reads a 14 GB train_hrt or a 140 GB entity_feat would otherwise show it all as its RSS."""
+def drop_resident_pages(arr: np.ndarray) -> None:
+    """Drop a memmap's resident pages from this process (MADV_DONTNEED); a no-op for other arrays.
+
+    Pages touched through a file mapping count in the process RSS until the kernel needs them back;
+    without this, streaming a 14 GB train_hrt / 140 GB entity_feat makes RSS grow with the file even
+    though memory is never short. Dirty pages of a shared mapping stay in the page cache and are
+    still written back, so this is safe for output memmaps too."""
     mm = getattr(arr, "_mmap", None)
     if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
         mm.madvise(mmap.MADV_DONTNEED)
@@ -210,7 +214,7 @@ def _check_range(path: Path, arr: np.ndarray, cols: list[tuple[int | None, int, 
         chunks = tqdm(chunks, desc=f"check ids {path.name}", unit="chunk", file=sys.stderr)
     for start in chunks:
         block = np.array(arr[start:start + ID_CHECK_ROWS])
-        _drop_pages(arr)
+        drop_resident_pages(arr)
         for col, bound, name in cols:
             vals = block if col is None else block[:, col]
             lo, hi = vals.min(), vals.max()
@@ -241,7 +245,7 @@ def _check_finite(path: Path, arr: np.ndarray, progress: bool, sampled: bool = F
     read = 0
     for start in chunks:
         block = np.array(arr[start:start + rows])
-        _drop_pages(arr)
+        drop_resident_pages(arr)
         read += block.shape[0]
         with np.errstate(over="ignore", invalid="ignore"):
             total = np.sum(block, dtype=np.float32)
