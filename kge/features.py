@@ -18,8 +18,8 @@ from kge.errors import KgeInputError
 
 # Above 1 GiB of owned rows the store stays memory-mapped: the rows then live once, in the page
 # cache, which the kernel can reclaim, instead of in each worker's anonymous memory (at F = 32 the
-# two workers of a W = 2 job would hold 2.2 GB each). A mapped 1,536-row gather costs about 1 ms
-# more than an in-memory one (benchmarks/scale.md), a few % of a CPU step.
+# two workers of a W = 2 job would hold 2.2 GB each). A mapped 1,536-row gather measured as fast as
+# an in-memory one in 4 of 5 runs (benchmarks/scale.md).
 IN_MEMORY_LIMIT_BYTES = 1 << 30
 # Held as float32 (a step's gather is one copy, no cast) only while that is small; above it the rows
 # stay float16 (half the memory) and each gather casts its (n, F) rows, which costs microseconds.
