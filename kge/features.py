@@ -67,7 +67,6 @@ class FeatureStore:
                 self.shards.append(np.load(path, mmap_mode="r"))
             except ValueError as exc:  # a truncated or damaged file
                 raise KgeInputError(f"{path}: not a readable feature shard ({exc}); rerun `kge shard`") from exc
-        self.num_owned = len(paths)
         self.shard_size = self.shards[0].shape[0]
         self.dim = self.shards[0].shape[1]
         total = sum(s.nbytes for s in self.shards)
@@ -76,15 +75,14 @@ class FeatureStore:
             rows = np.empty((self.shard_size * len(paths), self.dim), dtype=self.shards[0].dtype)
             for k, path in enumerate(paths):
                 _read_rows_into(path, self.shards[k], rows[k * self.shard_size:(k + 1) * self.shard_size])
-            self.shards = [rows[k * self.shard_size:(k + 1) * self.shard_size] for k in range(len(paths))]  # no mappings left
+            self.shards = []  # no mappings left: the rows live in self.table
             self.table = torch.from_numpy(rows)
             if 2 * total <= FLOAT32_LIMIT_BYTES:
                 self.table = self.table.float()  # exact
-                self.shards = [self.table[k * self.shard_size:(k + 1) * self.shard_size].numpy() for k in range(len(paths))]
 
     @property
     def num_rows(self) -> int:
-        return self.shard_size * self.num_owned
+        return self.shard_size * len(self.shard_ids)
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """rows (n,) int64 local rows -> (n, F) float32 features."""
