@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kge import fused_distance, scoring
 from kge.device import resolve_device
 
 FEATURE_FLOPS_PER_ROW = 4  # encoder: forward x @ M.T (2nFd) + weight gradient (2nFd); features need no gradient
@@ -62,19 +63,23 @@ def _data(root, shard_dir, scale: float, n_shards: int, tmp: Path) -> tuple[Path
     return _generate(tmp / "data", tmp / "shards", scale, n_shards)
 
 
-def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: int, device: str, exchange: str = "tails") -> dict:
+def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: int, device: str, exchange: str = "tails",
+                  distance: int | None = None, loss: str = "softmax") -> dict:
+    """A bench model's config; ``distance`` None: L1 for TransE, L2 for TransH and RotatE (the
+    recipe's majority per family)."""
     from kge.config import resolve_model_config
 
+    if distance is None:
+        distance = 2 if score_fn in ("transh", "rotate") else 1
     return resolve_model_config({
         "score_fn": score_fn, "dim": dim, "batch_size": batch, "negatives": negatives, "workers": workers, "exchange": exchange,
-        "device": device, "steps": 10**9, "loss": {"type": "softmax", "in_batch_negatives": True},
-        "distance": 2 if score_fn in ("transh", "rotate") else 1,
+        "device": device, "steps": 10**9, "loss": {"type": loss, "in_batch_negatives": True}, "distance": distance,
     }, where="kge bench")
 
 
 def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: int = 1, steps: int = 30,
                 warmup: int = 3, root=None, shard_dir=None, scale: float = 0.2, n_shards: int = 2, device: str = "auto",
-                comm=None, exchange: str = "tails") -> dict | None:
+                comm=None, exchange: str = "tails", distance: int | None = None, loss: str = "softmax") -> dict | None:
     """Time ``steps`` training steps after ``warmup``; scored pairs are B x (B + N) per step and worker.
 
     With ``comm`` (one of W workers launched by torchrun) every worker times its own steps, the
@@ -88,8 +93,13 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
     dev = getattr(comm, "device", None) or resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="kge-bench-") as tmp:
         root, shard_dir = _data(root, shard_dir, scale, n_shards, Path(tmp))
-        trainer = Trainer(_model_config(score_fn, dim, batch, negatives, workers, device, exchange), shard_dir, Path(tmp) / "model", comm)
-        for _ in range(warmup):
+        trainer = Trainer(_model_config(score_fn, dim, batch, negatives, workers, device, exchange, distance, loss),
+                          shard_dir, Path(tmp) / "model", comm)
+        # The first step pays one-off costs (loading or building the native kernels, compilation).
+        start = time.perf_counter()
+        trainer.train_step()
+        first_step = time.perf_counter() - start
+        for _ in range(warmup - 1):
             trainer.train_step()
         comm.barrier()
         rate = matmul_gflops(dev)
@@ -115,8 +125,10 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
     feature_flops = FEATURE_FLOPS_PER_ROW * (batch + columns) * comm.world_size * trainer.features.dim * dim * steps if trainer.model.use_features else 0.0
     compute = trainer.phase_seconds["compute"]
     return {
-        "bench": "train", "score_fn": score_fn, "dim": dim, "batch": batch, "negatives": negatives, "workers": workers, "exchange": exchange,
-        "steps": steps, "device": str(dev), "threads": torch.get_num_threads(),
+        "bench": "train", "score_fn": score_fn, "distance": trainer.config["distance"] if score_fn in scoring.DISTANCE_FNS else None,
+        "loss": trainer.config["loss"]["type"], "dim": dim, "batch": batch, "negatives": negatives, "workers": workers,
+        "exchange": exchange, "steps": steps, "first_step_seconds": first_step,
+        "distance_kernels": fused_distance.backend_for(torch.zeros(1, device=dev)), "device": str(dev), "threads": torch.get_num_threads(),
         "triples_per_s": batch_all * steps / seconds,
         "scored_pairs_per_s": batch_all * columns * steps / seconds,
         "matmul_gflops": rate,
@@ -129,7 +141,8 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
 
 
 def bench_predict(score_fn: str, dim: int, queries: int = 2000, k: int = 100, root=None, shard_dir=None,
-                  scale: float = 1.0, n_shards: int = 2, device: str = "auto", query_batch: int = 1000, block: int = 65536) -> dict:
+                  scale: float = 1.0, n_shards: int = 2, device: str = "auto", query_batch: int = 1000, block: int = 65536,
+                  distance: int | None = None) -> dict:
     """Time top-``k`` over every entity for ``queries`` random (head, relation) queries."""
     from kge.predict import Predictor
     from kge.shard import read_shard_meta
@@ -140,7 +153,7 @@ def bench_predict(score_fn: str, dim: int, queries: int = 2000, k: int = 100, ro
         root, shard_dir = _data(root, shard_dir, scale, n_shards, Path(tmp))
         d = int(read_shard_meta(shard_dir)["n_shards"])  # the given shards may have another D
         # Training sizes are irrelevant here; the smallest valid ones keep the sampler cheap.
-        trainer = Trainer(_model_config(score_fn, dim, d * d, d, 1, device), shard_dir, Path(tmp) / "model")
+        trainer = Trainer(_model_config(score_fn, dim, d * d, d, 1, device, distance=distance), shard_dir, Path(tmp) / "model")
         trainer.model.eval()
         rng = np.random.default_rng(0)
         hr = np.stack([rng.integers(0, trainer.num_entities, queries), rng.integers(0, trainer.num_relations, queries)], 1)
@@ -152,7 +165,8 @@ def bench_predict(score_fn: str, dim: int, queries: int = 2000, k: int = 100, ro
         seconds = time.perf_counter() - start
     flops = 2.0 * queries * trainer.num_entities * dim
     return {
-        "bench": "predict", "score_fn": score_fn, "dim": dim, "queries": queries, "entities": trainer.num_entities, "k": k,
+        "bench": "predict", "score_fn": score_fn, "distance": trainer.config["distance"] if score_fn in scoring.DISTANCE_FNS else None,
+        "dim": dim, "queries": queries, "entities": trainer.num_entities, "k": k,
         "device": str(dev), "threads": torch.get_num_threads(),
         "queries_per_s": queries / seconds,
         "matmul_gflops": rate,

@@ -257,9 +257,9 @@ def _bench(args) -> None:
                 _launch_workers(args.workers, 0, ("--root", str(root), "--shard-dir", str(shards)))
             comm = _join_workers(args.workers, args.device, args.threads, 0)
         result = bench_train(args.score_fn, args.dim, args.batch, args.negatives, args.workers, args.steps, comm=comm,
-                             exchange=args.exchange, **common)
+                             exchange=args.exchange, distance=args.distance, loss=args.loss, **common)
     else:
-        result = bench_predict(args.score_fn, args.dim, args.queries, args.top_k, **common)
+        result = bench_predict(args.score_fn, args.dim, args.queries, args.top_k, distance=args.distance, **common)
     if result is not None:
         print(json.dumps(result))
 
@@ -530,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--shard-dir", default=None)
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+        p.add_argument("--distance", type=int, default=None, choices=[1, 2],
+                       help="L1 or L2 for transe/transh/rotate (default: L1 for transe, L2 for transh and rotate)")
         p.set_defaults(func=_bench)
         if name == "train":
             p.add_argument("--batch", type=int, default=1024)
@@ -537,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--workers", type=int, default=1)
             p.add_argument("--exchange", default="tails", choices=["tails", "scores"], help="move tails or scores between workers")
             p.add_argument("--steps", type=int, default=30)
+            p.add_argument("--loss", default="softmax", choices=["softmax", "logsigmoid"],
+                           help="training loss (logsigmoid with adversarial scale 0, the default)")
         else:
             p.add_argument("--queries", type=int, default=2000)
             p.add_argument("--top-k", type=int, default=100)

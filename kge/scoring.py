@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from kge import fused_distance
 from kge.errors import KgeInputError
 
 SCORE_FNS = frozenset({"transe", "transh", "rotate", "distmult", "complex"})
@@ -200,6 +201,21 @@ def _transh_l1_block(q, t, w, wt):
     return diff.abs().sum(-1)
 
 
+def _transe_l1(q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """sum_k |q_bk - t_mk|: q (B, d), t (M, d) -> (B, M), fused (kge.fused_distance)."""
+    return fused_distance.l1_distance(q, t)
+
+
+def _rotate_l1(q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Sum of the d/2 complex moduli |q_j - t_j| ([re | im] halves): (B, d), (M, d) -> (B, M), fused."""
+    return fused_distance.complex_l1_distance(q, t)
+
+
+def _transh_l1(q: torch.Tensor, t: torch.Tensor, w: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+    """sum_k |q_bk - (t_mk - wt_bm w_bk)|: q, w (B, d), t (M, d), wt = w @ t.T (B, M) -> (B, M), fused."""
+    return fused_distance.shifted_l1_distance(q, t, w, wt)
+
+
 def score_queries(score_fn: str, query: torch.Tensor, tails: torch.Tensor, *, p: int = 2,
                   gamma: float = 0.0, normal: torch.Tensor | None = None,
                   tails_sq: torch.Tensor | None = None) -> torch.Tensor:
@@ -229,19 +245,15 @@ def score_queries(score_fn: str, query: torch.Tensor, tails: torch.Tensor, *, p:
             q_sq = (query * query).sum(-1, keepdim=True)
             dist = _sqrt_safe(q_sq + t_sq - wt * wt - 2.0 * qt)
         else:
-            wt = w @ tails.T                                    # (B, M)
-            dist = _chunked_l1(lambda q, t, wt_c: _transh_l1_block(q, t, w, wt_c), query, tails,
-                               (wt,))
+            dist = _transh_l1(query, tails, w, w @ tails.T)
         return gamma - dist
     # transe and rotate: a plain distance between q and t in R^d.
     if p == 2:
         dist = _l2_from_dots(query, tails, query @ tails.T, t_sq)
     elif score_fn == "transe":
-        # cdist's p=1 kernel neither materialises (B, M, d) forward nor on CPU backward, and is
-        # ~15x faster than a broadcast on CPU.
-        dist = torch.cdist(query.unsqueeze(0), tails.unsqueeze(0), p=1).squeeze(0)
+        dist = _transe_l1(query, tails)
     else:
-        dist = _chunked_l1(_rotate_l1_block, query, tails)
+        dist = _rotate_l1(query, tails)
     return gamma - dist
 
 

@@ -20,7 +20,7 @@ from bess_reference import parity_worker, reference_steps
 from kge.config import resolve_model_config
 
 STEPS = 2
-SCORE_FNS = [("transe", 1), ("transh", 2), ("rotate", 1), ("distmult", 2), ("complex", 2)]
+SCORE_FNS = [("transe", 1), ("transh", 1), ("transh", 2), ("rotate", 1), ("distmult", 2), ("complex", 2)]
 
 
 def _configs(workers: int, exchanges=("tails", "scores")) -> list[dict]:

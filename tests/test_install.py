@@ -123,3 +123,13 @@ def test_readme_command_1_installs_what_snakemake_report_imports():
             missing.append(f"{mod} (from {providers[0]})")
     assert not missing, ("README command 1 (`" + " ".join(words) + "`) does not install what `snakemake --report` "
                          f"imports: {', '.join(missing)}; add them to envs/requirements.txt and pyproject dependencies")
+
+
+def test_readme_command_1_installs_what_the_native_kernels_build_with():
+    """kge/fused_distance builds kge/csrc with torch.utils.cpp_extension, which imports setuptools
+    and runs ninja: both must come with command 1 (else every L1 model silently runs the slow eager path)."""
+    installed = closure(installed_requirements(readme_command_1()))
+    assert {"ninja", "setuptools"} <= installed
+    from importlib.resources import files
+
+    assert files("kge").joinpath("csrc/distance.cpp").is_file()  # shipped with the package

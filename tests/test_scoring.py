@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from kge import scoring
+from kge import fused_distance, scoring
 from kge.errors import KgeInputError
 from kge.scoring import (SCORE_FNS, query_vectors, relation_dim, score_matrix, score_queries,
                          score_triples, uses_normal)
@@ -129,13 +129,13 @@ def test_matrix_gradients_equal_reference(score_fn, p):
 
 
 @pytest.mark.parametrize("score_fn,p", [c for c in CASES if c[0] in scoring.DISTANCE_FNS])
-def test_l1_chunked_path_with_checkpointing(monkeypatch, score_fn, p):
-    """Force many tiny chunks (checkpointed under autograd): values and gradients unchanged."""
+def test_l1_chunked_path(monkeypatch, score_fn, p):
+    """Force many tiny chunks of the eager distance path (float64 runs there): values and gradients unchanged."""
     h, r, t, w = make_inputs(score_fn, m=11, requires_grad=True)
     leaves = [x for x in (h, r, t, w) if x is not None]
     full = score_matrix(score_fn, h, r, t, p=p, normal=w)
     g_full = torch.autograd.grad(full.pow(2).sum(), leaves)
-    monkeypatch.setattr(scoring, "L1_CHUNK_ELEMENTS", 5 * 8 * 3)  # 3 tails per chunk, 11 tails
+    monkeypatch.setattr(fused_distance, "CHUNK_ELEMENTS", 5 * 8 * 3)  # 3 tails per chunk, 11 tails
     chunked = score_matrix(score_fn, h, r, t, p=p, normal=w)
     g_chunk = torch.autograd.grad(chunked.pow(2).sum(), leaves)
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-12)

@@ -1,0 +1,270 @@
+"""Fused L1 distances of queries against tails, for training (forward and backward) and top-K.
+
+Three forms, each (B, d) queries q against (M, d) tails t -> (B, M) distances D, summed over k:
+
+- ``l1_distance``:          D[b, m] = sum_k |q_bk - t_mk|                       (TransE L1)
+- ``shifted_l1_distance``:  D[b, m] = sum_k |q_bk - t_mk + c_bm w_bk|           (TransH L1: c = w.t)
+- ``complex_l1_distance``:  D[b, m] = sum_j |z_j|, z = q - t as d/2 complex numbers stored
+  ``[re | im]``                                                                (RotatE L1)
+
+Memory is O(B x M): no (B, M, d) difference is ever formed, forward or backward. Subgradients are
+those of the reference ``scoring.score_triples`` (torch's abs and complex modulus): sign(0) = 0 for
+|x|, and a zero gradient for |z| at z = 0.
+
+Backends, chosen once per process on first use and reported once on stderr:
+
+- ``native``: ``kge/csrc/distance.cpp``, register-tiled C++ built on first use by
+  ``torch.utils.cpp_extension`` (needs a C++ compiler and ninja; -O3 -march=native, cached per CPU
+  model in torch's extension directory, so the build is paid once per machine). CPU float32.
+- ``compile``: ``torch.compile`` of the plain broadcast formulas with dynamic shapes (Triton on CUDA,
+  C++ on CPU): the automatic choice on CUDA.
+- ``eager``: the same formulas in plain torch over chunks of tails, with a hand-written backward that
+  recomputes each chunk (memory O(B x chunk x d), capped): always available, and the fallback when
+  a build or compilation fails.
+
+``KGE_DISTANCE_KERNELS`` = ``auto`` (default) | ``native`` | ``compile`` | ``eager`` overrides the
+choice. Inputs the chosen backend cannot take (float64, half precision, native on a GPU tensor) run
+through ``eager``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ENV_VAR = "KGE_DISTANCE_KERNELS"
+BACKENDS = ("auto", "native", "compile", "eager")
+# Elements of one (B, chunk, d) broadcast block of the eager path (about 128 MiB in float32).
+CHUNK_ELEMENTS = 1 << 25
+FORMS = {"l1": 0, "shifted_l1": 1, "complex_l1": 2}
+SOURCE = Path(__file__).parent / "csrc" / "distance.cpp"
+
+_native = None            # the loaded extension module, or False once a build failed
+_native_error = ""        # why the build failed
+_compiled: dict = {}      # form -> compiled function, or False once compilation failed
+_reported: set = set()    # (device type, backend) pairs already reported
+
+
+# ----- backend choice ---------------------------------------------------------------------------
+def requested_backend() -> str:
+    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"{ENV_VAR}: expected one of {', '.join(BACKENDS)}, got {value!r}")
+    return value
+
+
+def _report(device_type: str, backend: str, detail: str) -> None:
+    if (device_type, backend) not in _reported:
+        _reported.add((device_type, backend))
+        print(f"kge: L1 distance kernels on {device_type}: {backend} ({detail})", file=sys.stderr, flush=True)
+
+
+def _cpu_tag() -> str:
+    """A short hash of the CPU model and its flags: a -march=native build runs only where it was built."""
+    text = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags", "Features", "CPU part")):
+                text += line
+                if line.startswith(("flags", "Features")):
+                    break
+    except OSError:
+        text += platform.processor()
+    return hashlib.sha1((text + torch.__version__).encode()).hexdigest()[:10]
+
+
+def native_module():
+    """The built extension (built on first call, then loaded from torch's cache), or None if it
+    cannot be built here (the reason in ``native_build_error()``)."""
+    global _native, _native_error
+    if _native is None:
+        start = time.perf_counter()
+        name = f"kge_distance_{_cpu_tag()}"
+        last = None
+        for flags in (["-O3", "-march=native"], ["-O3"]):  # some compilers lack -march=native
+            try:
+                from torch.utils import cpp_extension  # imports setuptools
+
+                _native = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
+                _native_error = f"built or loaded in {time.perf_counter() - start:.1f} s"
+                break
+            except Exception as error:  # no compiler, no ninja, or a compiler error: fall back
+                last = error
+        else:
+            _native = False
+            _native_error = f"{type(last).__name__}: {str(last).strip().splitlines()[-1] if str(last).strip() else ''}"
+    return _native or None
+
+
+def native_build_error() -> str:
+    return _native_error
+
+
+def backend_for(x: torch.Tensor) -> str:
+    """The backend that will compute distances of tensors like ``x`` (reported once per device type)."""
+    wanted = requested_backend()
+    fp32 = x.dtype == torch.float32
+    if wanted == "eager" or not fp32:
+        return "eager"
+    if wanted == "auto":
+        wanted = "native" if x.device.type == "cpu" else "compile"
+    if wanted == "native":
+        if x.device.type != "cpu":
+            return "eager"
+        if native_module() is not None:
+            _report("cpu", "native", _native_error)
+            return "native"
+        _report("cpu", "eager", f"the native build failed: {_native_error}")
+        return "eager"
+    _report(x.device.type, "compile", "torch.compile, dynamic shapes")
+    return "compile"
+
+
+# ----- eager reference: chunked broadcast, backward recomputed chunk by chunk --------------------
+def _chunk(b: int, d: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(1, b * d))
+
+
+def _modulus(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(re * re + im * im)
+
+
+def _eager_forward(form: int, q, t, w, c) -> torch.Tensor:
+    B, d = q.shape
+    M = t.shape[0]
+    if form == 0:
+        return torch.cdist(q.unsqueeze(0), t.unsqueeze(0), p=1).squeeze(0)
+    out = q.new_empty(B, M)
+    step = _chunk(B, d)
+    for s in range(0, M, step):
+        e = min(M, s + step)
+        if form == 1:
+            diff = q.unsqueeze(1) - t[s:e].unsqueeze(0) + c[:, s:e, None] * w.unsqueeze(1)
+            out[:, s:e] = diff.abs().sum(-1)
+        else:
+            diff = q.unsqueeze(1) - t[s:e].unsqueeze(0)
+            re, im = diff.chunk(2, dim=-1)
+            out[:, s:e] = _modulus(re, im).sum(-1)
+    return out
+
+
+def _eager_backward(form: int, g, q, t, w, c):
+    B, d = q.shape
+    M = t.shape[0]
+    gq, gt = torch.zeros_like(q), torch.empty_like(t)
+    gw = torch.zeros_like(q) if form == 1 else None
+    gc = torch.empty_like(g) if form == 1 else None
+    step = _chunk(B, d)
+    for s in range(0, M, step):
+        e = min(M, s + step)
+        gg = g[:, s:e].unsqueeze(-1)                                        # (B, c, 1)
+        diff = q.unsqueeze(1) - t[s:e].unsqueeze(0)                          # (B, c, d)
+        if form == 2:
+            re, im = diff.chunk(2, dim=-1)
+            sq = re * re + im * im
+            inv = torch.where(sq > 0, torch.rsqrt(torch.where(sq > 0, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+            part = torch.cat([re * inv, im * inv], dim=-1) * gg
+        else:
+            if form == 1:
+                diff = diff + c[:, s:e, None] * w.unsqueeze(1)
+            sign = torch.sign(diff)
+            part = sign * gg
+            if form == 1:
+                gw += (part * c[:, s:e, None]).sum(1)
+                gc[:, s:e] = (sign * w.unsqueeze(1)).sum(-1) * g[:, s:e]
+        gq += part.sum(1)
+        gt[s:e] = -part.sum(0)
+    return gq, gt, gw, gc
+
+
+# ----- torch.compile of the broadcast formulas ----------------------------------------------------
+def _broadcast(form: int, q, t, w=None, c=None) -> torch.Tensor:
+    diff = q.unsqueeze(1) - t.unsqueeze(0)
+    if form == 0:
+        return diff.abs().sum(-1)
+    if form == 1:
+        return (diff + c.unsqueeze(-1) * w.unsqueeze(1)).abs().sum(-1)
+    re, im = diff.chunk(2, dim=-1)
+    sq = re * re + im * im
+    pos = sq > 0  # double where: a zero (not NaN) gradient at z = 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq)).sum(-1)
+
+
+def _compiled_fn(form: int):
+    fn = _compiled.get(form)
+    if fn is None:
+        fn = torch.compile(lambda q, t, w, c: _broadcast(form, q, t, w, c), dynamic=True)
+        _compiled[form] = fn
+    return fn
+
+
+# ----- the autograd function over native or eager kernels ------------------------------------------
+class _FusedDistance(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, form: int, native: bool, q, t, w, c):
+        if native:
+            out = native_module().forward(form, q, t, w if w is not None else q, c if c is not None else q)
+        else:
+            out = _eager_forward(form, q, t, w, c)
+        ctx.form, ctx.native = form, native
+        ctx.save_for_backward(q, t, w, c)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        q, t, w, c = ctx.saved_tensors
+        grad = grad.contiguous()
+        if ctx.native:
+            grads = native_module().backward(ctx.form, grad, q, t, w if w is not None else q, c if c is not None else q)
+            gq, gt = grads[0], grads[1]
+            gw, gc = (grads[2], grads[3]) if ctx.form == 1 else (None, None)
+        else:
+            gq, gt, gw, gc = _eager_backward(ctx.form, grad, q, t, w, c)
+        return None, None, gq, gt, gw, gc
+
+
+def _distance(form: int, q: torch.Tensor, t: torch.Tensor, w=None, c=None) -> torch.Tensor:
+    if q.ndim != 2 or t.ndim != 2 or q.shape[1] != t.shape[1]:
+        raise ValueError(f"expected q (B, d) and t (M, d), got {tuple(q.shape)} and {tuple(t.shape)}")
+    if form == 1 and (w is None or c is None or w.shape != q.shape or c.shape != (q.shape[0], t.shape[0])):
+        raise ValueError("shifted_l1_distance: expected w (B, d) and c (B, M)")
+    if form == 2 and q.shape[1] % 2:
+        raise ValueError(f"complex_l1_distance: d must be even ([re | im] halves), got {q.shape[1]}")
+    backend = backend_for(q)
+    if backend == "compile":
+        fn = _compiled.get(form)
+        if fn is not False:
+            try:
+                return _compiled_fn(form)(q, t, w, c)
+            except Exception as error:  # no working compiler: eager from here on
+                _compiled[form] = False
+                _report(q.device.type, "eager", f"torch.compile failed: {type(error).__name__}")
+        backend = "eager"
+    args = [x.contiguous() if x is not None else None for x in (q, t, w, c)]
+    return _FusedDistance.apply(form, backend == "native", *args)
+
+
+def l1_distance(q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """sum_k |q_bk - t_mk|: q (B, d), t (M, d) -> (B, M)."""
+    return _distance(0, q, t)
+
+
+def shifted_l1_distance(q: torch.Tensor, t: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """sum_k |q_bk - t_mk + c_bm w_bk|: q (B, d), t (M, d), w (B, d), c (B, M) -> (B, M).
+
+    TransH L1 with w the unit normal of each query's relation and c = w @ t.T (the tails' projection
+    onto it); gradients flow to all four inputs.
+    """
+    return _distance(1, q, t, w, c)
+
+
+def complex_l1_distance(q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """sum_j |q_j - t_j| over the d/2 complex components stored [re | im]: q (B, d), t (M, d) -> (B, M)."""
+    return _distance(2, q, t)
