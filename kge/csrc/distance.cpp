@@ -155,14 +155,20 @@ void forward_rows(const Args& a, float* out, int64_t b_begin, int64_t b_end) {
 }
 
 // ---- backward: gradients of q, t (and w, c) from G = dL/dD (B, M) -------------------------------
-// Queries [b0, b0 + BT) against tails [m_begin, m_end): per vector of components, the query
-// gradients accumulate in registers over the tails and each tail's gradient is updated once.
+// Queries [b0, b0 + BT) against tails [m_begin, m_end) (at most TAIL_BLOCK): per vector of
+// components, the query gradients accumulate in registers over the tails and each tail's gradient
+// is updated once. The shifted form's dL/dc[b, m] = sum_k s_bmk w_bk (s = G sign(diff)) is a
+// reduction over k, the outer loop here: its partial vectors live in a small block that stays in L1.
 template <int BT, int FORM>
-inline void backward_tile(const Args& a, const float* g, float* gq, float* gt, float* gw,
+inline void backward_tile(const Args& a, const float* g, float* gq, float* gt, float* gw, float* gc,
                           int64_t b0, int64_t m_begin, int64_t m_end) {
   const int64_t d = a.d, M = a.M;
   const int64_t width = FORM == 2 ? d / 2 : d;
   const int64_t vec_end = width - width % V;
+  vf acc_c[FORM == 1 ? BT : 1][FORM == 1 ? TAIL_BLOCK : 1];
+  if (FORM == 1)
+    for (int i = 0; i < BT; ++i)
+      for (int64_t m = m_begin; m < m_end; ++m) acc_c[i][m - m_begin] = splat(0.f);
   for (int64_t k = 0; k < vec_end; k += V) {
     if (FORM == 2) {
       vf qr[BT], qi[BT], ar[BT], ai[BT];
@@ -204,7 +210,7 @@ inline void backward_tile(const Args& a, const float* g, float* gq, float* gt, f
           if (FORM == 1) { cs = splat(a.c[(b0 + i) * M + m]); diff += cs * wv[i]; }
           const vf s = signed_by(splat(gbm), diff);
           aq[i] += s; st += s;
-          if (FORM == 1) aw[i] += s * cs;
+          if (FORM == 1) { aw[i] += s * cs; acc_c[i][m - m_begin] += s * wv[i]; }
         }
         store(gt + m * d + k, load(gt + m * d + k) - st);
       }
@@ -214,6 +220,9 @@ inline void backward_tile(const Args& a, const float* g, float* gq, float* gt, f
       }
     }
   }
+  if (FORM == 1)  // every (b, m) pair belongs to exactly one tile: set here, leftovers added below
+    for (int i = 0; i < BT; ++i)
+      for (int64_t m = m_begin; m < m_end; ++m) gc[(b0 + i) * M + m] = hsum(acc_c[i][m - m_begin]);
   // Leftover components (width not a multiple of V), one at a time.
   for (int64_t k = vec_end; k < width; ++k)
     for (int i = 0; i < BT; ++i) {
@@ -230,66 +239,21 @@ inline void backward_tile(const Args& a, const float* g, float* gq, float* gt, f
           const float diff = a.q[b * d + k] - a.t[m * d + k] + (FORM == 1 ? cbm * a.w[b * d + k] : 0.f);
           const float s = signed_by(gbm, diff);
           gq[b * d + k] += s; gt[m * d + k] -= s;
-          if (FORM == 1) gw[b * d + k] += s * cbm;
+          if (FORM == 1) { gw[b * d + k] += s * cbm; gc[b * M + m] += s * a.w[b * d + k]; }
         }
       }
     }
 }
 
 template <int FORM>
-void backward_rows(const Args& a, const float* g, float* gq, float* gt, float* gw, int64_t b_begin, int64_t b_end) {
+void backward_rows(const Args& a, const float* g, float* gq, float* gt, float* gw, float* gc, int64_t b_begin, int64_t b_end) {
   for (int64_t mb = 0; mb < a.M; mb += TAIL_BLOCK) {
     const int64_t m_end = std::min(a.M, mb + TAIL_BLOCK);
-    // The shifted form carries w and its gradient per query too: a smaller tile keeps it in registers.
+    // The shifted form carries w and its gradients per query too: a smaller tile keeps them in registers.
     constexpr int BT = FORM == 1 ? 2 : QUERY_TILE;
     int64_t b = b_begin;
-    for (; b + BT <= b_end; b += BT) backward_tile<BT, FORM>(a, g, gq, gt, gw, b, mb, m_end);
-    for (; b < b_end; ++b) backward_tile<1, FORM>(a, g, gq, gt, gw, b, mb, m_end);
-  }
-}
-
-// dL/dc (B, M) of the shifted form: G[b, m] * sum_k sign(diff[b, m, k]) w[b, k] (a reduction over k,
-// so it runs in the forward's tile order).
-template <int BT, int MT>
-inline void shift_grad_tile(const Args& a, const float* g, float* gc, int64_t b0, int64_t m0) {
-  const int64_t d = a.d, M = a.M, vec_end = d - d % V;
-  vf acc[BT][MT], shift_v[BT][MT];
-  float shift[BT][MT];
-  for (int i = 0; i < BT; ++i)
-    for (int j = 0; j < MT; ++j) {
-      acc[i][j] = splat(0.f);
-      shift[i][j] = a.c[(b0 + i) * M + m0 + j];
-      shift_v[i][j] = splat(shift[i][j]);
-    }
-  for (int64_t k = 0; k < vec_end; k += V) {
-    vf tv[MT];
-    for (int j = 0; j < MT; ++j) tv[j] = load(a.t + (m0 + j) * d + k);
-    for (int i = 0; i < BT; ++i) {
-      const vf qv = load(a.q + (b0 + i) * d + k), wv = load(a.w + (b0 + i) * d + k);
-      for (int j = 0; j < MT; ++j) acc[i][j] += signed_by(wv, qv - tv[j] + shift_v[i][j] * wv);
-    }
-  }
-  for (int i = 0; i < BT; ++i)
-    for (int j = 0; j < MT; ++j) {
-      float s = hsum(acc[i][j]);
-      const int64_t b = b0 + i, m = m0 + j;
-      for (int64_t k = vec_end; k < d; ++k)
-        s += signed_by(a.w[b * d + k], a.q[b * d + k] - a.t[m * d + k] + shift[i][j] * a.w[b * d + k]);
-      gc[b * M + m] = g[b * M + m] * s;
-    }
-}
-
-void shift_grad_rows(const Args& a, const float* g, float* gc, int64_t b_begin, int64_t b_end) {
-  for (int64_t mb = 0; mb < a.M; mb += TAIL_BLOCK) {
-    const int64_t m_end = std::min(a.M, mb + TAIL_BLOCK);
-    int64_t b = b_begin;
-    for (; b + 2 <= b_end; b += 2) {
-      int64_t m = mb;
-      for (; m + TAIL_TILE <= m_end; m += TAIL_TILE) shift_grad_tile<2, TAIL_TILE>(a, g, gc, b, m);
-      for (; m < m_end; ++m) shift_grad_tile<2, 1>(a, g, gc, b, m);
-    }
-    for (; b < b_end; ++b)
-      for (int64_t m = mb; m < m_end; ++m) shift_grad_tile<1, 1>(a, g, gc, b, m);
+    for (; b + BT <= b_end; b += BT) backward_tile<BT, FORM>(a, g, gq, gt, gw, gc, b, mb, m_end);
+    for (; b < b_end; ++b) backward_tile<1, FORM>(a, g, gq, gt, gw, gc, b, mb, m_end);
   }
 }
 
@@ -339,6 +303,7 @@ std::vector<torch::Tensor> distance_backward(int64_t form, torch::Tensor grad, t
   const float* g = grad.data_ptr<float>();
   auto gq = torch::zeros_like(q);
   auto gw = form == 1 ? torch::zeros_like(q) : torch::Tensor();
+  auto gc = form == 1 ? torch::empty({a.B, a.M}, q.options()) : torch::Tensor();
   // Each parallel task sums into its own tail gradient (tasks split the queries, which every
   // tail meets); the partial sums are added at the end.
   const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (a.B + GRAIN - 1) / GRAIN));
@@ -350,16 +315,14 @@ std::vector<torch::Tensor> distance_backward(int64_t form, torch::Tensor grad, t
       if (b0 >= b1) continue;
       float* gt = partial.data_ptr<float>() + task * a.M * a.d;
       float* gwp = form == 1 ? gw.data_ptr<float>() : nullptr;
-      if (form == 0) backward_rows<0>(a, g, gq.data_ptr<float>(), gt, gwp, b0, b1);
-      else if (form == 1) backward_rows<1>(a, g, gq.data_ptr<float>(), gt, gwp, b0, b1);
-      else backward_rows<2>(a, g, gq.data_ptr<float>(), gt, gwp, b0, b1);
+      float* gcp = form == 1 ? gc.data_ptr<float>() : nullptr;
+      if (form == 0) backward_rows<0>(a, g, gq.data_ptr<float>(), gt, gwp, gcp, b0, b1);
+      else if (form == 1) backward_rows<1>(a, g, gq.data_ptr<float>(), gt, gwp, gcp, b0, b1);
+      else backward_rows<2>(a, g, gq.data_ptr<float>(), gt, gwp, gcp, b0, b1);
     }
   });
   auto gt = tasks == 1 ? partial[0] : partial.sum(0);
   if (form != 1) return {gq, gt};
-  auto gc = torch::empty({a.B, a.M}, q.options());
-  float* gcp = gc.data_ptr<float>();
-  at::parallel_for(0, a.B, GRAIN, [&](int64_t begin, int64_t end) { shift_grad_rows(a, g, gcp, begin, end); });
   return {gq, gt, gw, gc};
 }
 
