@@ -62,20 +62,24 @@ def _data(root, shard_dir, scale: float, n_shards: int, tmp: Path) -> tuple[Path
     return _generate(tmp / "data", tmp / "shards", scale, n_shards)
 
 
-def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: int, device: str, exchange: str = "tails") -> dict:
+def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: int, device: str, exchange: str = "tails",
+                  features: bool = True) -> dict:
     from kge.config import resolve_model_config
 
     return resolve_model_config({
         "score_fn": score_fn, "dim": dim, "batch_size": batch, "negatives": negatives, "workers": workers, "exchange": exchange,
         "device": device, "steps": 10**9, "loss": {"type": "softmax", "in_batch_negatives": True},
-        "distance": 2 if score_fn in ("transh", "rotate") else 1,
+        "distance": 2 if score_fn in ("transh", "rotate") else 1, "features": {"use": bool(features)},
     }, where="kge bench")
 
 
 def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: int = 1, steps: int = 30,
                 warmup: int = 3, root=None, shard_dir=None, scale: float = 0.2, n_shards: int = 2, device: str = "auto",
-                comm=None, exchange: str = "tails") -> dict | None:
+                comm=None, exchange: str = "tails", features: bool = True) -> dict | None:
     """Time ``steps`` training steps after ``warmup``; scored pairs are B x (B + N) per step and worker.
+
+    ``features=False`` trains the embeddings alone (no 768-d feature encoder). ``first_step_s`` is
+    the first step's wall time (one-off costs: allocator warm-up, the prefetch thread's start).
 
     With ``comm`` (one of W workers launched by torchrun) every worker times its own steps, the
     matmul rates measured concurrently by all workers are summed (the machine's rate under the
@@ -88,8 +92,12 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
     dev = getattr(comm, "device", None) or resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="kge-bench-") as tmp:
         root, shard_dir = _data(root, shard_dir, scale, n_shards, Path(tmp))
-        trainer = Trainer(_model_config(score_fn, dim, batch, negatives, workers, device, exchange), shard_dir, Path(tmp) / "model", comm)
-        for _ in range(warmup):
+        trainer = Trainer(_model_config(score_fn, dim, batch, negatives, workers, device, exchange, features), shard_dir,
+                          Path(tmp) / "model", comm)
+        first = time.perf_counter()
+        trainer.train_step()
+        first = time.perf_counter() - first
+        for _ in range(warmup - 1):
             trainer.train_step()
         comm.barrier()
         rate = matmul_gflops(dev)
@@ -99,6 +107,7 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
         for _ in range(steps):
             trainer.train_step()
         seconds = time.perf_counter() - start
+        trainer.close()
     if comm.world_size > 1:
         # Sum over workers: matmul rate and seconds (phases averaged below); the slowest worker sets the pace.
         totals = torch.tensor([rate, seconds] + list(trainer.phase_seconds.values()), dtype=torch.float64, device=dev)
@@ -116,7 +125,7 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
     compute = trainer.phase_seconds["compute"]
     return {
         "bench": "train", "score_fn": score_fn, "dim": dim, "batch": batch, "negatives": negatives, "workers": workers, "exchange": exchange,
-        "steps": steps, "device": str(dev), "threads": torch.get_num_threads(),
+        "features": bool(trainer.model.use_features), "steps": steps, "device": str(dev), "threads": torch.get_num_threads(),
         "triples_per_s": batch_all * steps / seconds,
         "scored_pairs_per_s": batch_all * columns * steps / seconds,
         "matmul_gflops": rate,
@@ -124,6 +133,8 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
         "fraction_of_matmul": (scoring_flops + feature_flops) / seconds / 1e9 / rate,
         "compute_fraction_of_matmul": (scoring_flops + feature_flops) / compute / 1e9 / rate if compute else None,
         "phase_share": {k: v / seconds for k, v in trainer.phase_seconds.items()},
+        "step_ms": 1e3 * seconds / steps,
+        "first_step_s": first,
         "seconds": seconds,
     }
 

@@ -257,7 +257,7 @@ def _bench(args) -> None:
                 _launch_workers(args.workers, 0, ("--root", str(root), "--shard-dir", str(shards)))
             comm = _join_workers(args.workers, args.device, args.threads, 0)
         result = bench_train(args.score_fn, args.dim, args.batch, args.negatives, args.workers, args.steps, comm=comm,
-                             exchange=args.exchange, **common)
+                             exchange=args.exchange, features=not args.no_features, **common)
     else:
         result = bench_predict(args.score_fn, args.dim, args.queries, args.top_k, **common)
     if result is not None:
@@ -537,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--workers", type=int, default=1)
             p.add_argument("--exchange", default="tails", choices=["tails", "scores"], help="move tails or scores between workers")
             p.add_argument("--steps", type=int, default=30)
+            p.add_argument("--no-features", action="store_true", help="embeddings only: no feature encoder")
         else:
             p.add_argument("--queries", type=int, default=2000)
             p.add_argument("--top-k", type=int, default=100)
