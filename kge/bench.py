@@ -64,9 +64,9 @@ def _data(root, shard_dir, scale: float, n_shards: int, tmp: Path) -> tuple[Path
 
 
 def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: int, device: str, exchange: str = "tails",
-                  distance: int | None = None, loss: str = "softmax") -> dict:
+                  distance: int | None = None, loss: str = "softmax", features: bool = True) -> dict:
     """A bench model's config; ``distance`` None: L1 for TransE, L2 for TransH and RotatE (the
-    recipe's majority per family)."""
+    recipe's majority per family); ``features`` False: embeddings only."""
     from kge.config import resolve_model_config
 
     if distance is None:
@@ -74,13 +74,18 @@ def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: 
     return resolve_model_config({
         "score_fn": score_fn, "dim": dim, "batch_size": batch, "negatives": negatives, "workers": workers, "exchange": exchange,
         "device": device, "steps": 10**9, "loss": {"type": loss, "in_batch_negatives": True}, "distance": distance,
+        "features": {"use": bool(features)},
     }, where="kge bench")
 
 
 def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: int = 1, steps: int = 30,
                 warmup: int = 3, root=None, shard_dir=None, scale: float = 0.2, n_shards: int = 2, device: str = "auto",
-                comm=None, exchange: str = "tails", distance: int | None = None, loss: str = "softmax") -> dict | None:
+                comm=None, exchange: str = "tails", distance: int | None = None, loss: str = "softmax",
+                features: bool = True) -> dict | None:
     """Time ``steps`` training steps after ``warmup``; scored pairs are B x (B + N) per step and worker.
+
+    ``features=False`` trains the embeddings alone (no 768-d feature encoder). ``first_step_s`` is
+    the first step's wall time (one-off costs: allocator warm-up, the prefetch thread's start).
 
     With ``comm`` (one of W workers launched by torchrun) every worker times its own steps, the
     matmul rates measured concurrently by all workers are summed (the machine's rate under the
@@ -93,12 +98,13 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
     dev = getattr(comm, "device", None) or resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="kge-bench-") as tmp:
         root, shard_dir = _data(root, shard_dir, scale, n_shards, Path(tmp))
-        trainer = Trainer(_model_config(score_fn, dim, batch, negatives, workers, device, exchange, distance, loss),
+        trainer = Trainer(_model_config(score_fn, dim, batch, negatives, workers, device, exchange, distance, loss, features),
                           shard_dir, Path(tmp) / "model", comm)
-        # The first step pays one-off costs (loading or building the native kernels, compilation).
-        start = time.perf_counter()
+        # The first step pays one-off costs (loading or building the native kernels, the prefetch
+        # thread's start, allocator warm-up).
+        first = time.perf_counter()
         trainer.train_step()
-        first_step = time.perf_counter() - start
+        first = time.perf_counter() - first
         for _ in range(warmup - 1):
             trainer.train_step()
         comm.barrier()
@@ -109,6 +115,7 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
         for _ in range(steps):
             trainer.train_step()
         seconds = time.perf_counter() - start
+        trainer.close()
     if comm.world_size > 1:
         # Sum over workers: matmul rate and seconds (phases averaged below); the slowest worker sets the pace.
         totals = torch.tensor([rate, seconds] + list(trainer.phase_seconds.values()), dtype=torch.float64, device=dev)
@@ -127,7 +134,7 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
     return {
         "bench": "train", "score_fn": score_fn, "distance": trainer.config["distance"] if score_fn in scoring.DISTANCE_FNS else None,
         "loss": trainer.config["loss"]["type"], "dim": dim, "batch": batch, "negatives": negatives, "workers": workers,
-        "exchange": exchange, "steps": steps, "first_step_seconds": first_step,
+        "exchange": exchange, "features": bool(trainer.model.use_features), "steps": steps,
         "distance_kernels": fused_distance.backend_for(torch.zeros(1, device=dev)), "device": str(dev), "threads": torch.get_num_threads(),
         "triples_per_s": batch_all * steps / seconds,
         "scored_pairs_per_s": batch_all * columns * steps / seconds,
@@ -136,6 +143,8 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
         "fraction_of_matmul": (scoring_flops + feature_flops) / seconds / 1e9 / rate,
         "compute_fraction_of_matmul": (scoring_flops + feature_flops) / compute / 1e9 / rate if compute else None,
         "phase_share": {k: v / seconds for k, v in trainer.phase_seconds.items()},
+        "step_ms": 1e3 * seconds / steps,
+        "first_step_s": first,
         "seconds": seconds,
     }
 

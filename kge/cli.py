@@ -257,7 +257,7 @@ def _bench(args) -> None:
                 _launch_workers(args.workers, 0, ("--root", str(root), "--shard-dir", str(shards)))
             comm = _join_workers(args.workers, args.device, args.threads, 0)
         result = bench_train(args.score_fn, args.dim, args.batch, args.negatives, args.workers, args.steps, comm=comm,
-                             exchange=args.exchange, distance=args.distance, loss=args.loss, **common)
+                             exchange=args.exchange, distance=args.distance, loss=args.loss, features=not args.no_features, **common)
     else:
         result = bench_predict(args.score_fn, args.dim, args.queries, args.top_k, distance=args.distance, **common)
     if result is not None:
@@ -541,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=int, default=30)
             p.add_argument("--loss", default="softmax", choices=["softmax", "logsigmoid"],
                            help="training loss (logsigmoid with adversarial scale 0, the default)")
+            p.add_argument("--no-features", action="store_true", help="embeddings only: no feature encoder")
         else:
             p.add_argument("--queries", type=int, default=2000)
             p.add_argument("--top-k", type=int, default=100)

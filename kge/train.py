@@ -17,9 +17,12 @@ steps each owned row prunes and regrows blocks; each shard's mask is part of its
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,7 +37,7 @@ from kge.features import FeatureStore
 from kge.model import KGEModel, init_entity_rows
 from kge.optim import SparseRowAdam
 from kge.partition import Partition, locate_rows, owned_shards
-from kge.sampling import BessSampler
+from kge.sampling import Batch, BessSampler
 from kge.shard import read_shard_meta
 
 MODEL_NAME = checkpoint.MODEL_NAME
@@ -46,6 +49,28 @@ PROGRESS_SECONDS = 10.0
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
     """Seed of worker ``rank``'s generators at ``step`` (rank 0 of 1 is the single-worker run)."""
     return (seed * 1_000_003 + step * 7_919 + 12_345 + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
+
+
+class Prepared(NamedTuple):
+    """One step's parameter-free work (``Trainer._prepare``)."""
+
+    step: int
+    negatives: int  # this step's shared negatives N
+    batch: Batch
+    head_local: torch.Tensor  # (B,) the heads' local rows (all ours)
+    requests: torch.Tensor  # (W, c) the local rows asked of each worker, owner-grouped
+    unorder: torch.Tensor | None  # (M,) owner-grouped -> batch column order; None with one worker
+    false_negatives: tuple | None
+    unique: tuple | None  # one worker: torch.unique(local rows, return_inverse=True)
+    features: torch.Tensor | None  # one worker with features: the local rows' features
+
+
+def check_loss(loss: torch.Tensor | float, step: int) -> float:
+    """The loss as a float; FloatingPointError if it is not finite (``step``: the steps done)."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss became {value} at step {step}; lower learning_rate")
+    return value
 
 
 def learning_rate(config: dict, step: int) -> float:
@@ -123,6 +148,10 @@ class Trainer:
             for n in {self.negatives, small or self.negatives}
         }
         self.last_step: dict = {}  # the last step's indices, for parity checks and debugging
+        # Step t + 1's sampling and id routing run in a background thread while step t computes.
+        self._prefetch = os.environ.get("KGE_PREFETCH", "1") != "0"
+        self._executor: ThreadPoolExecutor | None = None
+        self._ahead = None  # (step, future) of the prefetched step
 
     @property
     def is_main(self) -> bool:
@@ -138,33 +167,99 @@ class Trainer:
             self.phase_seconds[name] += now - self._phase_start
         self._phase_start = now
 
-    def train_step(self) -> float:
+    def _prepare(self, step: int) -> Prepared:
+        """Everything of ``step`` that needs no collective and no parameter: the batch (seeded by
+        (seed, step, rank) alone), its rows' owners and local rows, the false-negative pairs and,
+        with one worker (whose requests are its own rows), the unique rows and their features.
+        Pure in ``step``: run ahead in the prefetch thread or inline, it gives the same tensors."""
+        config, W, S = self.config, self.world_size, self.shard_size
+        n_negatives = negatives_at(config, self.n_shards, step)
+        batch = self.sampler.sample(torch.Generator().manual_seed(step_seed(config["seed"], step, self.rank)), n_negatives)
+        _, head_local = locate_rows(self.partition.row_of(batch.head), S, W)  # heads are all ours
+        columns = torch.cat([batch.tail, batch.negatives])
+        owner, target_local = locate_rows(self.partition.row_of(columns), S, W)
+        M = owner.shape[0]
+        # Columns grouped by owner: (W, c); one worker owns them all, in batch order already.
+        order = None if W == 1 else torch.argsort(owner, stable=True)
+        unorder = None if W == 1 else torch.argsort(order)  # back from owner-grouped to batch order
+        requests = (target_local if order is None else target_local[order]).view(W, M // W)
+        # Columns (in batch order, both exchanges) holding query b's own tail id again: not its
+        # negatives. A sparse (rows, cols) list, found on the CPU ids; None with the switch off.
+        false_negatives = None
+        if config["loss"]["mask_false_negatives"]:
+            false_negatives = losses.false_negative_pairs(batch.tail, columns)
+        unique = features = None
+        if W == 1:  # served == requests: the rows to gather are known before any exchange
+            local_rows = torch.cat([head_local, requests.reshape(-1)])
+            unique = torch.unique(local_rows, return_inverse=True)
+            if self.model.use_features:
+                features = self.features.gather(local_rows)
+        return Prepared(step, n_negatives, batch, head_local, requests, unorder, false_negatives, unique, features)
+
+    def _prepared(self) -> Prepared:
+        """This step's ``_prepare``, from the prefetch thread when it ran ahead; queues the next step.
+
+        Only the step's index selects the work, so a resume (which moves ``self.step``) discards a
+        stale prefetch and prepares inline. ``KGE_PREFETCH=0`` in the environment: always inline."""
+        ahead = self._ahead
+        self._ahead = None
+        prepared = None
+        if ahead is not None and ahead[0] == self.step:
+            prepared = ahead[1].result()
+        elif ahead is not None:
+            ahead[1].cancel()
+        if prepared is None:
+            prepared = self._prepare(self.step)
+        if self._prefetch:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kge-prefetch")
+            self._ahead = (self.step + 1, self._executor.submit(self._prepare, self.step + 1))
+        return prepared
+
+    def close(self) -> None:
+        """Stop the prefetch thread (the trainer stays usable: a later step prepares inline and
+        starts a new one)."""
+        if self._ahead is not None:
+            self._ahead[1].cancel()
+            self._ahead = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def _seed_dropout(self, seed: int) -> None:
+        """The step's dropout masks: the default generator of the training device, seeded as
+        torch.manual_seed(seed) seeds it. (torch.manual_seed itself also queues a lazy seed call per
+        uninitialised accelerator backend, each formatting a stack trace: ~0.4 ms a step on CPU,
+        and a queue that grows every step.)"""
+        torch.random.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)  # the current device's generator, as torch.manual_seed seeds it
+
+    def train_step(self, sync: bool = True) -> float | torch.Tensor:
         """One BESS step; returns the loss summed over workers' queries / W (the same on every worker).
+
+        ``sync=False`` returns the loss as a 0-d tensor on the device, unchecked, so the step ends
+        without waiting for the device (the caller checks it with ``check_loss`` when it reads it).
 
         Shapes: B triples and N shared negatives per worker, M = B + N target columns, of which
         c = M / W live on each worker (equal by construction of the sampler).
         """
         config, model, comm, device = self.config, self.model, self.comm, self.device
-        W, S = self.world_size, self.shard_size
+        W = self.world_size
         self._phase(None)
         seed = step_seed(config["seed"], self.step, self.rank)
-        n_negatives = negatives_at(config, self.n_shards, self.step)
-        correction = self.corrections[n_negatives]
-        batch = self.sampler.sample(torch.Generator().manual_seed(seed), n_negatives)
+        prepared = self._prepared()
+        batch, head_local, false_negatives = prepared.batch, prepared.head_local, prepared.false_negatives
+        correction = self.corrections[prepared.negatives]
         self._phase("sample")
-        torch.manual_seed(seed)  # dropout masks
+        self._seed_dropout(seed)  # dropout masks
         B = batch.head.shape[0]
-        _, head_local = locate_rows(self.partition.row_of(batch.head), S, W)  # heads are all ours
-        owner, target_local = locate_rows(self.partition.row_of(torch.cat([batch.tail, batch.negatives])), S, W)
-        M = owner.shape[0]
-        # Columns grouped by owner: (W, c); one worker owns them all, in batch order already.
-        order = None if W == 1 else torch.argsort(owner, stable=True)
-        requests = (target_local if order is None else target_local[order]).view(W, M // W)
-        served = comm.all_to_all_ints(requests.to(device)).cpu()  # (W, c): our rows each worker needs
+        M = prepared.requests.numel()
+        served = comm.all_to_all_ints(prepared.requests.to(device)).cpu()  # (W, c): our rows each worker needs
         self.last_step = {"batch": batch, "served": served}
         self._phase("exchange")
         local_rows = torch.cat([head_local, served.reshape(-1)])
-        unique_rows, inverse = torch.unique(local_rows, return_inverse=True)
+        unique_rows, inverse = prepared.unique if prepared.unique is not None else torch.unique(local_rows, return_inverse=True)
         unique_rows = unique_rows.to(device)
         embedding_rows = model.entity_table.index_select(0, unique_rows).float().requires_grad_(True)
         inverse = inverse.to(device)
@@ -172,7 +267,9 @@ class Trainer:
         # slice gradients zero-filled to (B + M, d) and summed.
         head_s = embedding_rows.index_select(0, inverse[:B])
         tail_s = embedding_rows.index_select(0, inverse[B:])
-        features = self.features.gather(local_rows).to(device) if model.use_features else None
+        features = None
+        if model.use_features:
+            features = (prepared.features if prepared.features is not None else self.features.gather(local_rows)).to(device)
         self._phase("gather")
         head_e, head_f = model.encode(head_s, None if features is None else features[:B], "head")
         # Tails are encoded where they live: (W * c, d), block u = the tails worker u asked for.
@@ -180,15 +277,10 @@ class Trainer:
         relations = batch.relation.to(device)
         served_tails = tail_e.view(W, M // W, -1)
         # Back from owner-grouped to batch column order (one worker: already in order).
-        unorder = None if W == 1 else torch.argsort(order).to(device)
+        unorder = None if prepared.unorder is None else prepared.unorder.to(device)
         loss_cfg = config["loss"]
         adversarial = adversarial_scale(loss_cfg)
         fused = model.score_fn in scoring.DOT_FNS
-        # Columns (in batch order, both exchanges) holding query b's own tail id again: not its
-        # negatives. A sparse (rows, cols) list, found on the CPU ids; None with the switch off.
-        false_negatives = None
-        if loss_cfg["mask_false_negatives"]:
-            false_negatives = losses.false_negative_pairs(batch.tail, torch.cat([batch.tail, batch.negatives]))
         self.last_step["false_negatives"] = false_negatives
         loss = scores = None
         if config["exchange"] == "tails":
@@ -272,10 +364,9 @@ class Trainer:
                                             sparsity.optimizer_state_tensors(self.entity_optimizer))
         self._phase("optimizer")
         self.step += 1
-        value = float(loss_sum)
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {self.step}; lower learning_rate")
-        return value
+        if not sync:
+            return loss_sum.reshape(())
+        return check_loss(loss_sum, self.step)
 
     # ----- checkpoints ----------------------------------------------------------------------
     def _shard_rows(self, k: int) -> slice:
@@ -401,31 +492,47 @@ def train(config: dict, shard_dir: str | Path, model_dir: str | Path, evaluator=
             "workers": trainer.world_size, "updated": time.time(),
         })
 
-    while trainer.step < total:
-        start = time.perf_counter()
-        running.append(trainer.train_step())
-        trainer.train_seconds += time.perf_counter() - start
-        bar.update(1)
-        done = trainer.step == total
-        every = config["validate_every"]
-        evaluate = evaluator is not None and (done or (every and trainer.step % every == 0))
-        if trainer.step % log_every == 0 or done or evaluate:
-            entry = {"step": trainer.step, "loss": float(np.mean(running)), "lr": learning_rate(config, trainer.step - 1)}
-            if config["two_phase"]["fraction"] > 0:  # which pool the last step drew from
-                entry["negatives"] = negatives_at(config, trainer.n_shards, trainer.step - 1)
-            running.clear()
-            if evaluate:
-                entry.update(evaluator(trainer))
-            trainer.history.append(entry)
-            bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "step"})
-        if trainer.is_main and time.monotonic() - last_progress > PROGRESS_SECONDS:
-            write_progress("training")
-            last_progress = time.monotonic()
-        due = trainer.step % config["checkpoint_every"] == 0 or time.monotonic() - last_save > config["checkpoint_seconds"]
-        # Every worker must take the same decision (the save has barriers): rank 0's clock decides.
-        if not done and trainer.comm.broadcast_flag(due):
-            trainer.save_checkpoint()
-            last_save = time.monotonic()
+    def settle() -> None:
+        """Read the losses since the last entry from the device, once, and check each (the step
+        that went non-finite is named as it would have been at once); before any log or save."""
+        pending = [k for k, value in enumerate(running) if torch.is_tensor(value)]
+        if not pending:
+            return
+        values = torch.stack([running[k] for k in pending]).cpu().tolist()
+        first = trainer.step - len(running) + 1
+        for k, value in zip(pending, values):
+            running[k] = check_loss(value, first + k)
+
+    try:
+        while trainer.step < total:
+            start = time.perf_counter()
+            running.append(trainer.train_step(sync=False))  # no host-device sync: read when logged
+            trainer.train_seconds += time.perf_counter() - start
+            bar.update(1)
+            done = trainer.step == total
+            every = config["validate_every"]
+            evaluate = evaluator is not None and (done or (every and trainer.step % every == 0))
+            if trainer.step % log_every == 0 or done or evaluate:
+                settle()
+                entry = {"step": trainer.step, "loss": float(np.mean(running)), "lr": learning_rate(config, trainer.step - 1)}
+                if config["two_phase"]["fraction"] > 0:  # which pool the last step drew from
+                    entry["negatives"] = negatives_at(config, trainer.n_shards, trainer.step - 1)
+                running.clear()
+                if evaluate:
+                    entry.update(evaluator(trainer))
+                trainer.history.append(entry)
+                bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "step"})
+            if trainer.is_main and time.monotonic() - last_progress > PROGRESS_SECONDS:
+                write_progress("training")
+                last_progress = time.monotonic()
+            due = trainer.step % config["checkpoint_every"] == 0 or time.monotonic() - last_save > config["checkpoint_seconds"]
+            # Every worker must take the same decision (the save has barriers): rank 0's clock decides.
+            if not done and trainer.comm.broadcast_flag(due):
+                settle()  # never checkpoint parameters that a non-finite loss has reached
+                trainer.save_checkpoint()
+                last_save = time.monotonic()
+    finally:
+        trainer.close()
     bar.close()
     final = trainer.save_final()
     if trainer.is_main:

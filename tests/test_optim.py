@@ -66,19 +66,30 @@ def _legacy_step(table, m, v, step_count, rows, grad, lr, beta1, beta2, eps):
     table[rows] -= lr * update
 
 
-def test_float32_storage_is_the_original_implementation_bit_for_bit():
+def test_float32_storage_is_the_original_update_within_fp32_rounding():
+    """The 11-pass float32 update (lerp, folded bias corrections, index_add_) changed the order of
+    roundings, not the update: against the original implementation run in float64 it is as close
+    as the original fp32 implementation itself (a few ulps over 30 steps), and m, v agree too."""
     g = torch.Generator().manual_seed(1)
-    table = torch.randn(20, 8, generator=g)
-    ref_table, ref_m, ref_v = table.clone(), torch.zeros(20, 8), torch.zeros(20, 8)
+    rows_n, d = 40, 16
+    table = torch.randn(rows_n, d, generator=g)
+    legacy = [table.clone(), torch.zeros(rows_n, d), torch.zeros(rows_n, d)]  # the original, in fp32
+    exact = [table.double(), torch.zeros(rows_n, d, dtype=torch.float64), torch.zeros(rows_n, d, dtype=torch.float64)]
     adam = SparseRowAdam(table, 0.9, 0.99, 1e-8, storage="float32")
     assert adam.table is table and adam.v is not None and adam.sqrt_v is None
-    for step in range(1, 6):
-        rows = torch.randperm(20, generator=g)[:7]
-        grad = torch.randn(7, 8, generator=g)
+    for step in range(1, 31):
+        rows = torch.randperm(rows_n, generator=g)[:13]
+        grad = torch.randn(13, d, generator=g) * (10.0 ** torch.randint(-4, 2, (13, 1), generator=g))
         adam.step(rows, grad, lr=0.05)
-        _legacy_step(ref_table, ref_m, ref_v, step, rows, grad, 0.05, 0.9, 0.99, 1e-8)
-    assert torch.equal(_bits(table), _bits(ref_table))
-    assert torch.equal(_bits(adam.m), _bits(ref_m)) and torch.equal(_bits(adam.v), _bits(ref_v))
+        _legacy_step(*legacy, step, rows, grad, 0.05, 0.9, 0.99, 1e-8)
+        _legacy_step(*exact, step, rows, grad.double(), 0.05, 0.9, 0.99, 1e-8)
+    for ours, old, ref in zip((table, adam.m, adam.v), legacy, exact):
+        err = (ours.double() - ref).abs().max()
+        old_err = (old.double() - ref).abs().max()
+        scale = ref.abs().max()
+        assert err <= 2e-6 * scale  # a few fp32 ulps of the largest value
+        assert err <= 4 * old_err + 1e-12 * scale  # no worse than the original fp32 rounding, give or take
+        torch.testing.assert_close(ours, old, rtol=1e-5, atol=1e-6 * float(scale))
 
 
 @pytest.mark.parametrize("stochastic", [False, True])
