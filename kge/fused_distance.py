@@ -268,3 +268,45 @@ def shifted_l1_distance(q: torch.Tensor, t: torch.Tensor, w: torch.Tensor, c: to
 def complex_l1_distance(q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """sum_j |q_j - t_j| over the d/2 complex components stored [re | im]: q (B, d), t (M, d) -> (B, M)."""
     return _distance(2, q, t)
+
+
+# ----- L2: matmul expansion with a hand-written backward ----------------------------------------------
+class _L2Distance(torch.autograd.Function):
+    """||q_b - t_m||_2 = sqrt(max(|q|^2 + |t|^2 - 2 q.t, eps)) (B, M), as ``scoring._l2_from_dots``
+    value for value (the same operations in the same order), with a backward of two matmuls and
+    three passes over (B, M) instead of autograd's chain through each elementwise step."""
+
+    @staticmethod
+    def forward(ctx, q, t, t_sq):
+        out = torch.matmul(q, t.T)
+        out.mul_(2.0)                                                    # 2 q.t, exactly
+        scratch = torch.add((q * q).sum(-1, keepdim=True), t_sq.unsqueeze(0))
+        torch.sub(scratch, out, out=out)                                 # |q|^2 + |t|^2 - 2 q.t
+        eps = torch.finfo(out.dtype).eps
+        clamped = out < eps                                              # clamp's gradient is 0 there
+        out.clamp_min_(eps).sqrt_()
+        ctx.save_for_backward(q, t, out, clamped)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        q, t, dist, clamped = ctx.saved_tensors
+        h = torch.div(grad, dist).masked_fill_(clamped, 0.0)            # 2 dL/d(sq) = g / dist
+        grad_q = grad_t = None
+        if ctx.needs_input_grad[0]:
+            grad_q = torch.addmm(q * h.sum(1, keepdim=True), h, t, alpha=-1.0)       # rowsum(h) q - h t
+        if ctx.needs_input_grad[1]:
+            grad_t = torch.addmm(t * h.sum(0).unsqueeze(1), h.T, q, alpha=-1.0)      # colsum(h) t - h^T q
+        return grad_q, grad_t, None
+
+
+def l2_distance(q: torch.Tensor, t: torch.Tensor, t_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """||q_b - t_m||_2 of q (B, d) against t (M, d) -> (B, M), floored at sqrt(eps) (see
+    ``scoring._sqrt_safe``); ``t_sq`` (M,) optionally the tails' squared norms |t_m|^2, precomputed
+    by prediction (the backward differentiates them as |t|^2)."""
+    if q.ndim != 2 or t.ndim != 2 or q.shape[1] != t.shape[1]:
+        raise ValueError(f"expected q (B, d) and t (M, d), got {tuple(q.shape)} and {tuple(t.shape)}")
+    if t_sq is None:
+        t_sq = (t * t).sum(-1).detach()
+    return _L2Distance.apply(q, t, t_sq)

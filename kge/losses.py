@@ -332,6 +332,64 @@ def dot_logsigmoid_loss(query: torch.Tensor, tails: torch.Tensor, adversarial_sc
                                     bool(in_batch_negatives), pairs)
 
 
+class _BatchLogsigmoidLoss(torch.autograd.Function):
+    """``logsigmoid_loss`` on the trainer's (B, M) score matrix, with its gradient in closed form.
+
+    The self-adversarial weights are constants, so d loss / d scores is known once the scores are:
+    -pos_weight * sigma(-s+) / B on the diagonal, neg_weight * w * sigma(s-) / B on a negative.
+    Forward builds that matrix once; backward scales it (no autograd chain through the mask, the
+    masked fill, the softmax, the log-sigmoid and the weighted sum)."""
+
+    @staticmethod
+    def forward(ctx, scores, adversarial_scale: float, pos_weight: float, neg_weight: float, in_batch_negatives: bool,
+                pairs: Pairs | None):
+        B = scores.shape[0]
+        pos = scores.diagonal()
+        neg = scores if in_batch_negatives else scores[:, B:]
+        logits = neg * adversarial_scale
+        if in_batch_negatives:
+            logits.diagonal().fill_(float("-inf"))  # a query's own tail is its positive
+        masked = pairs if in_batch_negatives else _shared_pairs(pairs, B)
+        if masked is not None:  # false negatives: weight exactly 0, so no term and no gradient
+            logits[masked[0], masked[1]] = float("-inf")
+        weights = torch.softmax(logits, dim=1)  # stop-gradient weights; exactly 0 where masked
+        if masked is not None:  # a row with every negative masked: no weights (only masked rows can be)
+            weights[masked[0]] = torch.nan_to_num(weights[masked[0]], nan=0.0)
+        neg_term = (weights * F.logsigmoid(-neg)).sum(dim=1)
+        loss = (-pos_weight * F.logsigmoid(pos) - neg_weight * neg_term).mean()
+        grad = weights.mul_(torch.sigmoid(neg)).mul_(neg_weight / B)  # reuses the weights' memory
+        if not in_batch_negatives:
+            grad = torch.cat([torch.zeros_like(scores[:, :B]), grad], dim=1)
+        grad.diagonal().copy_(torch.sigmoid(-pos).mul_(-pos_weight / B))  # the weights there are 0
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None, None, None, None
+
+
+def batch_logsigmoid_loss(scores: torch.Tensor, adversarial_scale: float = 0.0, pos_weight: float = 0.5,
+                          neg_weight: float = 0.5, in_batch_negatives: bool = True,
+                          false_negatives: Pairs | None = None) -> torch.Tensor:
+    """The trainer's self-adversarial log-sigmoid loss on its (B, M) score matrix (finite scores), fused.
+
+    Column b < B holds query b's own tail (its positive); columns B: are the shared negatives. Equal
+    to ``logsigmoid_loss(scores.diagonal(), scores, mask, ...)`` with mask excluding the diagonal,
+    the in-batch columns when not ``in_batch_negatives``, and the ``false_negatives`` cells
+    (rows, cols) (K,) (value and gradient, to rounding).
+    """
+    if scores.ndim != 2 or scores.shape[0] > scores.shape[1]:
+        raise KgeInputError(f"batch_logsigmoid_loss: expected scores (B, M) with B <= M, got {tuple(scores.shape)}")
+    if not in_batch_negatives and scores.shape[0] == scores.shape[1]:
+        raise KgeInputError("batch_logsigmoid_loss: no negatives (M = B and in_batch_negatives off)")
+    pairs = _pairs(false_negatives, *scores.shape, scores.device)
+    return _BatchLogsigmoidLoss.apply(scores, float(adversarial_scale), float(pos_weight), float(neg_weight),
+                                      bool(in_batch_negatives), pairs)
+
+
 def sampling_correction(num_entities: int, num_negatives: int, weight: float = 1.0) -> float:
     """weight * log((E - 1) / N): each of N uniform negatives stands for (E - 1) / N entities."""
     if num_entities < 2 or num_negatives < 1:

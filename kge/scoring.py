@@ -249,7 +249,7 @@ def score_queries(score_fn: str, query: torch.Tensor, tails: torch.Tensor, *, p:
         return gamma - dist
     # transe and rotate: a plain distance between q and t in R^d.
     if p == 2:
-        dist = _l2_from_dots(query, tails, query @ tails.T, t_sq)
+        dist = fused_distance.l2_distance(query, tails, tails_sq)
     elif score_fn == "transe":
         dist = _transe_l1(query, tails)
     else:

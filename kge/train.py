@@ -310,17 +310,11 @@ class Trainer:
             # One softmax pass over (B, M); the correction only on the shared negatives.
             loss = losses.batch_softmax_loss(scores, correction, loss_cfg["in_batch_negatives"], false_negatives)
         elif loss is None:
-            diagonal = torch.arange(B, device=device)
-            positive = scores[diagonal, diagonal]
-            negative_mask = torch.ones_like(scores, dtype=torch.bool)
-            negative_mask[diagonal, diagonal] = False  # a query's own tail is its positive, not a negative
-            if not loss_cfg["in_batch_negatives"]:
-                negative_mask[:, :B] = False
-            if false_negatives is not None:
-                negative_mask[false_negatives[0].to(device), false_negatives[1].to(device)] = False
-            loss = losses.logsigmoid_loss(
-                positive, scores, negative_mask, adversarial_scale=adversarial,
-                pos_weight=loss_cfg["positive_weight"], neg_weight=loss_cfg["negative_weight"],
+            # Closed-form gradient of the self-adversarial log-sigmoid (equal to losses.logsigmoid_loss
+            # with the diagonal, in-batch columns if off, and false negatives masked).
+            loss = losses.batch_logsigmoid_loss(
+                scores, adversarial, loss_cfg["positive_weight"], loss_cfg["negative_weight"],
+                loss_cfg["in_batch_negatives"], false_negatives,
             )
         # Penalties on heads here and on tails where they are encoded: summed over workers this is
         # every worker's (heads, tails, negatives), as in one process.

@@ -397,3 +397,30 @@ def test_false_negative_pairs_are_checked():
         batch_softmax_loss(torch.zeros(2, 4), 0.0, True, (torch.tensor([1]), torch.tensor([1])))
     with pytest.raises(ValueError):
         dot_softmax_loss(torch.zeros(2, 3), torch.zeros(4, 3), 0.0, True, (torch.tensor([0]), torch.tensor([4])))
+
+
+@pytest.mark.parametrize("in_batch, shared", FN_CASES)
+@pytest.mark.parametrize("adversarial_scale, pos_weight, neg_weight", [(0.0, 0.5, 0.5), (3.0, 0.3, 1.2)])
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+@pytest.mark.parametrize("with_pairs", [False, True])
+def test_batch_logsigmoid_equals_the_masked_composition(in_batch, shared, adversarial_scale, pos_weight, neg_weight, dtype, with_pairs):
+    """The distance models' fused log-sigmoid loss on a (B, M) score matrix: value and gradient equal
+    logsigmoid_loss with the diagonal, the in-batch block when off, and the false negatives masked."""
+    from kge.losses import batch_logsigmoid_loss
+
+    columns = _fn_columns(shared)
+    q0, t0 = _dot_inputs(columns, dtype, 8)
+    base = 4.0 - torch.cdist(q0, t0, p=1)  # distance-like scores
+    s1, s2 = base.clone().requires_grad_(), base.clone().requires_grad_()
+    mask = _fn_mask(columns, in_batch) if with_pairs else torch.ones_like(base, dtype=torch.bool)
+    if not with_pairs:
+        mask.fill_diagonal_(False)
+        if not in_batch:
+            mask[:, :base.shape[0]] = False
+    want = logsigmoid_loss(s1.diagonal(), s1, mask, adversarial_scale, pos_weight, neg_weight)
+    got = batch_logsigmoid_loss(s2, adversarial_scale, pos_weight, neg_weight, in_batch, _fn_pairs(columns) if with_pairs else None)
+    torch.testing.assert_close(got, want)
+    (want * 0.7).backward()
+    (got * 0.7).backward()
+    torch.testing.assert_close(s2.grad, s1.grad)
+    assert s2.grad.abs().sum() > 0
