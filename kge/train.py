@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kge import atomic, checkpoint, losses, scoring, sparsity, subspace
+from kge import atomic, checkpoint, losses, sparsity, subspace
 from kge.comm import LocalComm
 from kge.config import adversarial_scale, config_hash, negatives_at, negatives_per_step
 from kge.device import resolve_device
@@ -183,7 +183,7 @@ class Trainer:
         unorder = None if W == 1 else torch.argsort(order).to(device)
         loss_cfg = config["loss"]
         adversarial = adversarial_scale(loss_cfg)
-        fused = model.score_fn in scoring.DOT_FNS
+        fused = model.scorer.dot  # scores = query @ tails.T: the matmul and the loss in one function
         # Columns (in batch order, both exchanges) holding query b's own tail id again: not its
         # negatives. A sparse (rows, cols) list, found on the CPU ids; None with the switch off.
         false_negatives = None
