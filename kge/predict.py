@@ -130,7 +130,7 @@ class Predictor:
     def block_scorer(self, query: torch.Tensor, normal: torch.Tensor | None):
         """``scores(lo, hi) -> (Q, hi - lo)``: folded queries (Q, dq) against local rows [lo, hi).
 
-        Dot-product scorers' blocks (DistMult, ComplEx) are one matmul into a buffer reused
+        Dot-product scorers' blocks (DistMult, ComplEx, RESCAL) are one matmul into a buffer reused
         across calls (the returned scores are a view of it, valid until the next call); distance
         models go through ``scoring.score_queries`` with the cached squared norms of the L2 paths.
         """

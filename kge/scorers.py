@@ -10,7 +10,7 @@ Model, trainer, prediction, CLI, recipe, bench, inference export and config sche
 fields; ``kge.scoring`` dispatches to them.
 
 Adding a scorer is one entry here (its functions next to its formula) plus its tests
-(tests/test_scoring.py); the config schema's ``score_fn`` enum and the CLI choices are built from
+(tests/test_scorers.py); the config schema's ``score_fn`` enum and the CLI choices are built from
 ``SCORERS``.
 
 Shapes: head/tail/candidates (·, d) entity vectors; relation (B, dr) with dr = ``relation_dim(d)``;
@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from kge.errors import KgeInputError
-from kge.scoring import (_as_complex, _l2_from_dots, _rotate_l1, _rotate_query, _sqrt_safe, _transe_l1,
-                         _transh_l1, _unit)
+from kge.scoring import (_as_complex, _chunked_l1, _l2_from_dots, _pairre_l1, _rotate_l1, _rotate_query,
+                         _sqrt_safe, _transe_l1, _transh_l1, _unit)
 
 # Training FLOPs = 3 x forward: backward computes the gradients of both operands of every product.
 TRAIN_FLOPS_FACTOR = 3
@@ -272,7 +273,113 @@ COMPLEX = Scorer(
 )
 
 
-SCORERS: dict[str, Scorer] = {s.name: s for s in (TRANSE, TRANSH, ROTATE, DISTMULT, COMPLEX)}
+# ------------------------------------------------------------------------------------------ RESCAL
+# score = h^T R_r t with R_r a full (d, d) matrix per relation, stored row-major as a flat row of
+# d*d (R_r[i, j] = relation[i * d + j]). Bilinear, so it folds to a dot product in both directions:
+# tail query q = h^T R_r (q_j = sum_i h_i R_ij), head query q = R_r t (q_i = sum_j R_ij t_j).
+# Folding costs 2 d^2 per query, scoring 2 d per pair. Init: R_r = I / sqrt(d) + N(0, init_scale^2 / d)
+# per entry, i.e. DistMult's start (1/sqrt(d) on the diagonal) with off-diagonal noise whose total
+# contribution to h^T R t has DistMult's noise variance (d^2 entries of variance s^2/d against d of s^2).
+
+def _rescal_matrices(relation: torch.Tensor, d: int) -> torch.Tensor:
+    if relation.shape[-1] != d * d:
+        raise KgeInputError(f"rescal: relation rows must hold d*d = {d * d} values for d = {d}, got {relation.shape[-1]}")
+    return relation.reshape(relation.shape[0], d, d)
+
+
+def _rescal_query(head, relation, normal):
+    return torch.matmul(head.unsqueeze(1), _rescal_matrices(relation, head.shape[-1])).squeeze(1)
+
+
+def _rescal_head_query(tail, relation, normal):
+    return torch.matmul(_rescal_matrices(relation, tail.shape[-1]), tail.unsqueeze(-1)).squeeze(-1)
+
+
+def _rescal_triples(head, relation, tail, *, p, gamma, normal):
+    return torch.einsum("bi,bij,bj->b", head, _rescal_matrices(relation, head.shape[-1]), tail)
+
+
+def _rescal_relations(num_relations, d, scale, generator):
+    noise = torch.randn(num_relations, d * d, generator=generator) * (scale / math.sqrt(d))
+    return noise + (torch.eye(d) / math.sqrt(d)).reshape(1, d * d)
+
+
+RESCAL = Scorer(
+    name="rescal", formula="score = h^T R t with R = r.reshape(d, d) row-major (R[i, j] = r[i * d + j])",
+    relation_dim=lambda d: d * d, init_relation=_rescal_relations,
+    query=_rescal_query, head_query=_rescal_head_query,
+    score=_dot_scores, triples=_rescal_triples,
+    pair_flops=_dot_pair_flops, query_flops=lambda d: 2.0 * d * d,
+    distance=False, dot=True,
+)
+
+
+# ------------------------------------------------------------------------------------------ PairRE
+# PairRE (Chao et al. 2021): score = gamma - || h/|h| o r_H - t/|t| o r_T ||_p, relation row
+# [r_H | r_T] (2d), entities L2-normalised inside the score; p = 1 (the paper) or 2.
+# The candidates are scaled by the query relation's own r_T (r_H for heads), so the query cannot
+# fold into d values: the folded query is (B, 2d) = [a | s] with a the known side already scaled
+# and s the candidates' scaling. Tail query: [h/|h| o r_H | r_T]; head query: [t/|t| o r_T | r_H]
+# (the norm is symmetric, ||a - s o c|| with c the normalised candidate, in both directions).
+# Matrix form: p = 2 by one matmul, ||a - s o c||^2 = |a|^2 + (s o s).(c o c) - 2 (a o s).c;
+# p = 1 by a memory-capped chunked broadcast (scoring._pairre_l1).
+# Init: r_H = r_T = 1 + N(0, init_scale^2): the identity relation (score = gamma - ||h/|h| - t/|t|||),
+# the noise separates the relations.
+
+def _pairre_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    d = x.shape[-1] // 2
+    return x[..., :d], x[..., d:]
+
+
+def _pairre_check(entity: torch.Tensor, relation: torch.Tensor) -> None:
+    if relation.shape[-1] != 2 * entity.shape[-1]:
+        raise KgeInputError(f"pairre: relation rows must hold [r_H | r_T] = 2d = {2 * entity.shape[-1]} values, "
+                            f"got {relation.shape[-1]}")
+
+
+def _pairre_query(head, relation, normal):
+    _pairre_check(head, relation)
+    r_head, r_tail = _pairre_split(relation)
+    return torch.cat([F.normalize(head, p=2, dim=-1) * r_head, r_tail], dim=-1)
+
+
+def _pairre_head_query(tail, relation, normal):
+    _pairre_check(tail, relation)
+    r_head, r_tail = _pairre_split(relation)
+    return torch.cat([F.normalize(tail, p=2, dim=-1) * r_tail, r_head], dim=-1)
+
+
+def _pairre_score(query, candidates, *, p, gamma, normal, tails_sq):
+    a, s = _pairre_split(query)                                  # (B, d) each
+    c = F.normalize(candidates, p=2, dim=-1)                     # (M, d)
+    if p == 2:
+        cross = torch.cat([s * s, -2.0 * (a * s)], dim=1) @ torch.cat([c * c, c], dim=1).T  # (B, M)
+        dist = _sqrt_safe((a * a).sum(-1, keepdim=True) + cross)
+    else:
+        dist = _pairre_l1(a, c, s)
+    return gamma - dist
+
+
+def _pairre_triples(head, relation, tail, *, p, gamma, normal):
+    r_head, r_tail = _pairre_split(relation)
+    h = head / torch.linalg.vector_norm(head, ord=2, dim=-1, keepdim=True)
+    t = tail / torch.linalg.vector_norm(tail, ord=2, dim=-1, keepdim=True)
+    return gamma - torch.linalg.vector_norm(h * r_head - t * r_tail, ord=p, dim=-1)
+
+
+PAIRRE = Scorer(
+    name="pairre", formula="score = gamma - ||h / |h| o r_H - t / |t| o r_T||_p with r = [r_H | r_T] (2d)",
+    relation_dim=lambda d: 2 * d, query_dim=lambda d: 2 * d,
+    init_relation=lambda num_relations, d, scale, generator: torch.randn(num_relations, 2 * d, generator=generator) * scale + 1.0,
+    query=_pairre_query, head_query=_pairre_head_query,
+    score=_pairre_score, triples=_pairre_triples,
+    # p = 2: one (B, 2d) x (2d, M) matmul; p = 1: multiply, subtract, |.|, add per component.
+    pair_flops=lambda d: 4.0 * d,
+    distance=True, dot=False, bench_p=1,
+)
+
+
+SCORERS: dict[str, Scorer] = {s.name: s for s in (TRANSE, TRANSH, ROTATE, DISTMULT, COMPLEX, RESCAL, PAIRRE)}
 
 
 def get_scorer(name) -> Scorer:

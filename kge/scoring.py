@@ -8,11 +8,13 @@ the functions here (``query_vectors``, ``head_query_vectors``, ``score_queries``
 Conventions (all functions; plausibility, higher is better):
 - Entity vectors have width ``d``. Complex vectors (RotatE, ComplEx) store ``d/2`` complex numbers
   as ``[re | im]`` halves of the last axis, so ``d`` must be even for them.
-- Relation vectors have width ``relation_dim(score_fn, d)``: ``d/2`` phases for RotatE, ``d`` else.
+- Relation vectors have width ``relation_dim(score_fn, d)``: ``d/2`` phases for RotatE, ``d*d`` for
+  RESCAL, ``2d`` for PairRE, ``d`` else.
+- Folded query vectors have width ``d``, except PairRE's ``2d`` (see kge/scorers.py).
 - TransH additionally takes ``normal`` (B, d), the unnormalised w_r of each query's relation;
   it is normalised here (w = w_r / ||w_r||).
-- ``gamma`` is the margin of the distance scores (TransE, TransH, RotatE); ignored by the
-  dot-product scores (DistMult, ComplEx).
+- ``gamma`` is the margin of the distance scores (TransE, TransH, RotatE, PairRE); ignored by the
+  dot-product scores (DistMult, ComplEx, RESCAL).
 - RotatE distance: for p = 2 the L2 norm over all d real components (= sqrt(sum_k |z_k|^2));
   for p = 1 the sum over the d/2 complex components of their modulus sum_k |z_k| (the RotatE
   paper's L1), NOT the sum of |re| + |im|.
@@ -21,9 +23,9 @@ Two implementations on purpose:
 - ``score_triples`` is the plain element-wise formula (torch.complex / torch.polar for complex
   models); it is the reference.
 - ``score_matrix`` / ``score_queries`` are the hot path (every query against every tail): the head
-  and relation are folded into one query vector, then matmuls (DistMult, ComplEx, all L2
+  and relation are folded into one query vector, then matmuls (DistMult, ComplEx, RESCAL, all L2
   distances via |q|^2 + |t|^2 - 2 q.t), torch.cdist(p=1) for TransE L1 (``_transe_l1``), and a
-  chunked broadcast for RotatE/TransH L1 (``_rotate_l1``, ``_transh_l1``;
+  chunked broadcast for RotatE/TransH/PairRE L1 (``_rotate_l1``, ``_transh_l1``, ``_pairre_l1``;
   memory capped; with autograd each chunk is checkpointed so backward also holds one chunk only;
   these are memory-bound and the slowest paths by far).
 """
@@ -177,9 +179,21 @@ def _transh_l1(q: torch.Tensor, t: torch.Tensor, w: torch.Tensor, wt: torch.Tens
     return _chunked_l1(lambda q, t, wt_c: _transh_l1_block(q, t, w, wt_c), q, t, (wt,))
 
 
+def _pairre_l1_block(a, t, s):
+    # a - s o t for every (b, m): the tail's scaling s = r_T belongs to the query's relation.
+    diff = a.unsqueeze(1) - s.unsqueeze(1) * t.unsqueeze(0)     # (B, c, d)
+    return diff.abs().sum(-1)
+
+
+def _pairre_l1(a: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """||a_b - s_b o t_m||_1 -> (B, M): a, s (B, d), t (M, d) (PairRE: a = h/|h| o r_H, s = r_T, t = t/|t|)."""
+    return _chunked_l1(lambda a, t: _pairre_l1_block(a, t, s), a, t)
+
+
 def query_vectors(score_fn: str, head: torch.Tensor, relation: torch.Tensor,
                   normal: torch.Tensor | None = None) -> torch.Tensor:
-    """Fold head (B, d) and relation (B, dr) into one query vector q (B, dq) (``Scorer.query_dim``) such that ``score_queries(score_fn, q, tails)`` scores every tail; each scorer's fold is
+    """Fold head (B, d) and relation (B, dr) into one query vector q (B, dq) (dq = d except PairRE's
+    2d) such that ``score_queries(score_fn, q, tails)`` scores every tail; each scorer's fold is
     documented beside its entry in kge/scorers.py (e.g. TransE q = h + r, DistMult q = h * r).
 
     Compute it once per query and pass it to ``score_queries`` for every block of tails.

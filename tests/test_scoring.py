@@ -150,8 +150,13 @@ def test_zero_distance_gradients_finite(score_fn, p):
     if score_fn == "transh":
         wu = w / w.norm(dim=-1, keepdim=True)
         r = r - (r * wu).sum(-1, keepdim=True) * wu            # r perpendicular to w
-    q = query_vectors(score_fn, h, r, w)
-    t = torch.cat([q.detach(), t])                             # tail b equals query b (b < 5)
+    if score_fn == "pairre":
+        # r_T = r_H and t = 2 h: h/|h| o r_H = t/|t| o r_T (the query is [a | r_T], not a tail).
+        r = torch.cat([r[:, :8], r[:, :8]], dim=1)
+        t = torch.cat([2.0 * h, t])
+    else:
+        q = query_vectors(score_fn, h, r, w)
+        t = torch.cat([q.detach(), t])                         # tail b equals query b (b < 5)
     for x in (h, r, t, w):
         if x is not None:
             x.requires_grad_()
