@@ -15,6 +15,7 @@ import torch
 
 from kge import fused_distance, scoring
 from kge.device import resolve_device
+from kge.scorers import get_scorer
 
 FEATURE_FLOPS_PER_ROW = 4  # encoder: forward x @ M.T (2nFd) + weight gradient (2nFd); features need no gradient
 
@@ -70,7 +71,7 @@ def _model_config(score_fn: str, dim: int, batch: int, negatives: int, workers: 
     from kge.config import resolve_model_config
 
     if distance is None:
-        distance = 2 if score_fn in ("transh", "rotate") else 1
+        distance = get_scorer(score_fn).bench_p
     return resolve_model_config({
         "score_fn": score_fn, "dim": dim, "batch_size": batch, "negatives": negatives, "workers": workers, "exchange": exchange,
         "device": device, "steps": 10**9, "loss": {"type": loss, "in_batch_negatives": True}, "distance": distance,
@@ -127,8 +128,9 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
             return None
     batch_all = batch * comm.world_size
     columns = batch + negatives
-    # Forward B x M x d multiply-adds, backward twice that (gradients of queries and of tails).
-    scoring_flops = 6.0 * batch_all * columns * dim * steps
+    # The scorer's forward FLOPs per scored pair (B x M per step; DistMult: a d-wide multiply-add, 2d)
+    # and per folded query (RESCAL's h^T R: 2 d^2), backward twice that (gradients of both operands).
+    scoring_flops = get_scorer(score_fn).train_flops(dim, batch_all * steps, batch_all * columns * steps)
     feature_flops = FEATURE_FLOPS_PER_ROW * (batch + columns) * comm.world_size * trainer.features.dim * dim * steps if trainer.model.use_features else 0.0
     compute = trainer.phase_seconds["compute"]
     return {
@@ -172,7 +174,7 @@ def bench_predict(score_fn: str, dim: int, queries: int = 2000, k: int = 100, ro
         start = time.perf_counter()
         predictor.topk(hr, k, query_batch=query_batch)
         seconds = time.perf_counter() - start
-    flops = 2.0 * queries * trainer.num_entities * dim
+    flops = get_scorer(score_fn).predict_flops(dim, queries, queries * trainer.num_entities)
     return {
         "bench": "predict", "score_fn": score_fn, "distance": trainer.config["distance"] if score_fn in scoring.DISTANCE_FNS else None,
         "dim": dim, "queries": queries, "entities": trainer.num_entities, "k": k,

@@ -178,7 +178,7 @@ def _predict(args) -> None:
     metrics = {
         "model": args.name or model_path.parent.name,
         "score_fn": cfg["score_fn"],
-        "distance": cfg["distance"] if cfg["score_fn"] in ("transe", "transh", "rotate") else None,
+        "distance": cfg["distance"] if model.scorer.distance else None,
         "loss": cfg["loss"]["type"],
         "dim": cfg["dim"],
         "steps": saved["steps"],
@@ -369,6 +369,16 @@ def _resume(args) -> None:
         sys.exit(code)
 
 
+def _score_fn_name(name: str) -> str:
+    """argparse type of --score-fn: a name of the scorer registry (imported only when the option is parsed:
+    it brings in torch, which building the parser does not)."""
+    from kge.scorers import SCORERS
+
+    if name not in SCORERS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(SCORERS)})")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -524,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="throughput benchmarks (one JSON line)").add_subparsers(dest="bench_command", required=True)
     for name, help_text in (("train", "training steps per second"), ("predict", "top-K queries per second")):
         p = bench.add_parser(name, help=help_text)
-        p.add_argument("--score-fn", default="distmult", choices=["transe", "transh", "rotate", "distmult", "complex"])
+        p.add_argument("--score-fn", default="distmult", type=_score_fn_name,
+                       help="a scoring function of the registry kge/scorers.py (default: distmult)")
         p.add_argument("--dim", type=int, default=128)
         p.add_argument("--root", default=None, help="dataset ROOT (with --shard-dir); default: a generated miniature")
         p.add_argument("--shard-dir", default=None)

@@ -12,6 +12,7 @@ import jsonschema
 
 from kge import sparsity
 from kge.errors import KgeInputError
+from kge.scorers import SCORERS
 
 # Defaults follow the submission where it had one setting (Adam betas, cube-root sampling,
 # 0.5/0.5 log-sigmoid halves, linear decay) and the miniature's budget otherwise.
@@ -90,7 +91,11 @@ LATER_KEYS: dict[tuple[str, ...], Any] = {
 
 
 def _schema() -> dict:
-    return json.loads(resources.files("kge").joinpath("schemas/model.schema.json").read_text())
+    """The model schema, with the ``score_fn`` enum taken from the scorer registry (adding a scorer
+    there is all the schema needs)."""
+    schema = json.loads(resources.files("kge").joinpath("schemas/model.schema.json").read_text())
+    schema["properties"]["score_fn"]["enum"] = list(SCORERS)
+    return schema
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -138,7 +138,7 @@ def evaluate_model(model_path, root, shard_dir, out_json, out_arrays, name: str 
     result = {
         "model": name or model_path.parent.name,
         "score_fn": config["score_fn"],
-        "distance": config["distance"] if config["score_fn"] in ("transe", "transh", "rotate") else None,
+        "distance": config["distance"] if model.scorer.distance else None,
         "loss": config["loss"]["type"],
         "dim": config["dim"],
         "protocol": {

@@ -287,17 +287,6 @@ def _list_column(matrix: np.ndarray):
     return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1)))
 
 
-def _scoring_note(score_fn: str) -> str:
-    return {
-        "transe": "score = gamma - ||h + r - t||_p",
-        "transh": "score = gamma - ||h_w + r - t_w||_p with w = normal_r / ||normal_r||, x_w = x - (w.x) w",
-        "rotate": "score = gamma - ||h o exp(i r) - t||_p over complex h = h[:d/2] + i h[d/2:], r the d/2 phases "
-                  "(p=2: L2 over all d real parts; p=1: sum of complex moduli)",
-        "distmult": "score = sum(h * r * t)",
-        "complex": "score = Re(sum(h * r * conj(t))) over complex x = x[:d/2] + i x[d/2:]",
-    }[score_fn]
-
-
 def export_embeddings(trained: TrainedModel, out_dir: str | Path, progress: bool = True) -> Path:
     """Write a trained model's embeddings, by id and label, to ``out_dir`` -> the export.json path.
 
@@ -366,8 +355,8 @@ def export_embeddings(trained: TrainedModel, out_dir: str | Path, progress: bool
         "format": EXPORT_FORMAT,
         "model": str(trained.model_path),
         "score_fn": model.score_fn,
-        "distance": model.p if model.score_fn in ("transe", "transh", "rotate") else None,
-        "gamma": model.gamma if model.score_fn in ("transe", "transh", "rotate") else None,
+        "distance": model.p if model.scorer.distance else None,
+        "gamma": model.gamma if model.scorer.distance else None,
         "dim": d,
         "relation_dim": int(relation.shape[1]),
         "num_entities": E,
@@ -387,7 +376,7 @@ def export_embeddings(trained: TrainedModel, out_dir: str | Path, progress: bool
                              + (" (ids R..2R-1: the reverse of id - R)" if trained.inverse_relations else ""),
             **({"relations_normal.npy": f"({count}, d) float32: TransH normals w_r (unnormalised)"} if model.normal is not None else {}),
         },
-        "scoring": (f"{_scoring_note(model.score_fn)}; h = entities.npy[head], t = entities_tail.npy[tail], "
+        "scoring": (f"{model.scorer.formula}; h = entities.npy[head], t = entities_tail.npy[tail], "
                     f"r = relations.npy[relation]"
                     + (", normal = relations_normal.npy[relation]" if model.normal is not None else "")
                     + "; kge.scoring.score_triples(score_fn, h, r, t, p=distance, gamma=gamma, normal=normal) computes it"),

@@ -246,7 +246,7 @@ class _DotSoftmaxLoss(torch.autograd.Function):
 def dot_softmax_loss(query: torch.Tensor, tails: torch.Tensor, correction: float = 0.0,
                      in_batch_negatives: bool = True, false_negatives: Pairs | None = None) -> torch.Tensor:
     """``batch_softmax_loss(query @ tails.T, correction, in_batch_negatives)`` for dot-product scores
-    (DistMult, ComplEx: query (B, d) from ``scoring.query_vectors``, tails (M, d), B <= M), fused.
+    (the dot scorers, ``Scorer.dot``: query (B, d) from ``scoring.query_vectors``, tails (M, d), B <= M), fused.
 
     Without in-batch negatives the B x B in-batch block is never computed (positives are row dots).
     ``false_negatives`` (rows, cols) (K,), columns in [0, M): cells excluded as in ``batch_softmax_loss``.

@@ -21,6 +21,7 @@ from torch import nn
 from kge import scoring, sparsity
 from kge.config import with_defaults
 from kge.errors import KgeInputError
+from kge.scorers import get_scorer
 
 PROXY_POINTS = 256  # quasi-Gaussian points per channel of the Proxy Normalization proxy
 NORM_EPS = 1e-5  # of BatchNorm, LayerNorm and Proxy Normalization
@@ -167,20 +168,15 @@ class KGEModel(nn.Module):
         self.config = config
         d = config["dim"]
         self.score_fn = config["score_fn"]
+        self.scorer = get_scorer(self.score_fn)  # its formula, relation width and init (kge/scorers.py)
         self.p = config["distance"]
         self.gamma = float(config["gamma"])
-        scale = config["init_scale"]
         self.entity_table = torch.zeros(0, d)  # set by the trainer / loader: this worker's rows
-        rel_dim = scoring.relation_dim(self.score_fn, d)
-        if self.score_fn == "rotate":
-            # Relations are phases: uniform over the circle.
-            rel = (torch.rand(num_relations, rel_dim, generator=generator) * 2 - 1) * math.pi
-        else:
-            rel = torch.randn(num_relations, rel_dim, generator=generator) * scale
-            if self.score_fn in ("distmult", "complex"):
-                rel = rel + 1.0 / math.sqrt(d)  # start near a useful product instead of near zero
-        self.relation = nn.Parameter(rel)
-        self.normal = nn.Parameter(torch.randn(num_relations, d, generator=generator)) if scoring.uses_normal(self.score_fn) else None
+        scoring.relation_dim(self.score_fn, d)  # checks d (even for [re | im] halves)
+        self.relation = nn.Parameter(self.scorer.init_relation(num_relations, d, config["init_scale"], generator))
+        # TransH's per-relation normals w_r (drawn after the relations: the generator's order is kept).
+        init_normal = self.scorer.init_normal
+        self.normal = nn.Parameter(init_normal(num_relations, d, generator)) if init_normal is not None else None
         features = config["features"]
         self.use_features = features["use"]
         self.share_projection = features["share_projection"]
@@ -285,18 +281,19 @@ class KGEModel(nn.Module):
         )
 
     def query(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
-        """heads (B, d) encoded, relations (B,) ids -> query vectors (B, d) (scoring.query_vectors)."""
+        """heads (B, d) encoded, relations (B,) ids -> query vectors (B, dq) (scoring.query_vectors; dq =
+        ``Scorer.query_dim(d)``)."""
         normal = self.normal.index_select(0, relations) if self.normal is not None else None
         return scoring.query_vectors(self.score_fn, heads, self.relation.index_select(0, relations), normal)
 
     def head_query(self, tails: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
-        """tails (B, d) encoded (tail role), relations (B,) ids -> query vectors (B, d) that score
+        """tails (B, d) encoded (tail role), relations (B,) ids -> query vectors (B, dq) that score
         candidate heads (encoded in the head role) with ``score_queries`` (scoring.head_query_vectors)."""
         normal = self.normal.index_select(0, relations) if self.normal is not None else None
         return scoring.head_query_vectors(self.score_fn, tails, self.relation.index_select(0, relations), normal)
 
     def score_queries(self, query: torch.Tensor, relations: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
-        """query (B, d) from ``query``, relations (B,) ids, tails (M, d) encoded -> (B, M) scores."""
+        """query (B, dq) from ``query``, relations (B,) ids, tails (M, d) encoded -> (B, M) scores."""
         normal = self.normal.index_select(0, relations) if self.normal is not None else None
         return scoring.score_queries(self.score_fn, query, tails, p=self.p, gamma=self.gamma, normal=normal)
 

@@ -86,7 +86,7 @@ class Predictor:
             for s in range(0, self.num_rows, block_rows):
                 self._tail_cache[s:s + block_rows] = self._tail_block(s, min(s + block_rows, self.num_rows))
         # Squared tail norms for the L2 distance paths (|q|^2 + |t|^2 - 2 q.t), computed once.
-        self._l2 = model.score_fn == "transh" or (model.score_fn in ("transe", "rotate") and model.p == 2)
+        self._l2 = model.p in model.scorer.tails_sq
         self._tails_sq = (self._tail_cache * self._tail_cache).sum(-1) if self._l2 and self._tail_cache is not None else None
 
     @torch.no_grad()
@@ -121,23 +121,24 @@ class Predictor:
 
     @torch.no_grad()
     def query_vectors(self, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hr (Q, 2) -> (folded query vectors q (Q, d), TransH normals (Q, d) or None), see scoring.query_vectors."""
+        """hr (Q, 2) -> (folded query vectors q (Q, dq), TransH normals (Q, d) or None), see scoring.query_vectors."""
         anchors, relations = self.encode_queries(hr)
         normal = self.model.normal[relations] if self.model.normal is not None else None
         fold = scoring.query_vectors if self.direction == "tail" else scoring.head_query_vectors
         return fold(self.model.score_fn, anchors, self.model.relation[relations], normal), normal
 
     def block_scorer(self, query: torch.Tensor, normal: torch.Tensor | None):
-        """``scores(lo, hi) -> (Q, hi - lo)``: folded queries (Q, d) against local rows [lo, hi).
+        """``scores(lo, hi) -> (Q, hi - lo)``: folded queries (Q, dq) against local rows [lo, hi).
 
-        DistMult/ComplEx blocks are one matmul into a buffer reused across calls (the returned
-        scores are a view of it, valid until the next call); distance models go through
-        ``scoring.score_queries`` with the cached squared norms of the L2 paths.
+        Dot-product scorers' blocks (DistMult, ComplEx, RESCAL) are one matmul into a buffer reused
+        across calls (the returned scores are a view of it, valid until the next call); distance
+        models go through ``scoring.score_queries`` with the cached squared norms of the L2 paths.
         """
         model = self.model
-        # TransE/RotatE L2 with cached norms: in place into two reused buffers (l2_distance_scores_into).
-        in_place_l2 = model.score_fn in ("transe", "rotate") and model.p == 2 and self._tails_sq is not None
-        if model.score_fn in scoring.DOT_FNS or in_place_l2:
+        dot = model.scorer.dot
+        # Plain L2 (TransE/RotatE) with cached norms: in place into two reused buffers (l2_distance_scores_into).
+        in_place_l2 = model.scorer.plain_l2 and model.p == 2 and self._tails_sq is not None
+        if dot or in_place_l2:
             rows = min(self.block_rows, self.num_rows)
             if self._buffer is None or self._buffer.shape[0] < len(query) or self._buffer.dtype != query.dtype:
                 self._buffer = torch.empty(len(query), rows, device=query.device, dtype=query.dtype)
@@ -146,7 +147,7 @@ class Predictor:
 
         def scores(lo: int, hi: int) -> torch.Tensor:
             tails = self._tail_cache[lo:hi] if self._tail_cache is not None else self._tail_block(lo, hi)
-            if model.score_fn in scoring.DOT_FNS:
+            if dot:
                 return torch.matmul(query, tails.T, out=self._buffer[: len(query), : hi - lo])
             if in_place_l2:
                 n = len(query)
@@ -158,8 +159,8 @@ class Predictor:
         return scores
 
     def score_rows(self, query: torch.Tensor, normal: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-        """Folded queries (Q, d) against arbitrary local rows (n,) -> (Q, n) scores, computed like a
-        ``block_scorer`` block (a matmul for DistMult/ComplEx, the cached squared norms for L2), so that
+        """Folded queries (Q, dq) against arbitrary local rows (n,) -> (Q, n) scores, computed like a
+        ``block_scorer`` block (a matmul for dot-product scorers, the cached squared norms for L2), so that
         a target's score read here is normally bit-identical to the same entry of its block."""
         model = self.model
         rows = rows.to(self.device)
@@ -170,7 +171,7 @@ class Predictor:
             embedding = model.entity_table.index_select(0, rows).float()
             features = self.features.gather(rows.cpu()).to(self.device) if model.use_features else None
             tails, tails_sq = model.encode(embedding, features, self.candidate_role)[0], None
-        if model.score_fn in scoring.DOT_FNS:
+        if model.scorer.dot:
             return query @ tails.T
         return scoring.score_queries(model.score_fn, query, tails, p=model.p, gamma=model.gamma, normal=normal, tails_sq=tails_sq)
 

@@ -18,6 +18,7 @@ import yaml
 
 from kge import atomic
 from kge.errors import KgeInputError
+from kge.scorers import recipe_scorer
 
 # The submission's common settings: 16 workers on 16 shards, fp16 storage, Adam (0.9, 0.999, 1e-8).
 SHARDS = 16
@@ -73,9 +74,10 @@ def model_name(index: int, entry: dict) -> str:
 def entry_settings(entry: dict) -> dict:
     """One model's JSON fields ({key: value}) -> kge model settings, every setting the recipe fixes
     written out explicitly (JSON nulls filled from NULL_FILLS)."""
-    score_fn = entry["config.model.score_fn"].lower()
+    scorer = recipe_scorer(entry["config.model.score_fn"])  # rejects a name no registry entry maps
+    score_fn = scorer.name
     distance = entry["config.model.distance_fn"]
-    if (distance == "MatMul") != (score_fn in ("distmult", "complex")):
+    if (distance == "MatMul") != scorer.dot:
         raise KgeInputError(f"{score_fn} with distance_fn {distance}: not a combination of the recipe")
     loss_type = _fill(entry["config.training.loss.type"], "config.training.loss.type")
     loss = {"type": loss_type, "correction_weight": float(_fill(entry.get("config.training.loss.correction_weight"),

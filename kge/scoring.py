@@ -1,13 +1,20 @@
-"""Scoring functions of the recipe (RECIPE.md): plausibility, higher is better.
+"""Shared numerics of the scoring functions, and the public entry points that dispatch to them.
 
-Conventions (all functions):
+What each scoring function *is* (its formula, relation width, query folding, matrix scoring,
+reference formula, initialisation, cost) lives in one entry of the registry ``kge.scorers.SCORERS``;
+the functions here (``query_vectors``, ``head_query_vectors``, ``score_queries``, ``score_matrix``,
+``score_triples``, ``relation_dim``, ``uses_normal``) check their arguments and call that entry.
+
+Conventions (all functions; plausibility, higher is better):
 - Entity vectors have width ``d``. Complex vectors (RotatE, ComplEx) store ``d/2`` complex numbers
   as ``[re | im]`` halves of the last axis, so ``d`` must be even for them.
-- Relation vectors have width ``relation_dim(score_fn, d)``: ``d/2`` phases for RotatE, ``d`` else.
+- Relation vectors have width ``relation_dim(score_fn, d)``: ``d/2`` phases for RotatE, ``d*d`` for
+  RESCAL, ``2d`` for PairRE, ``d`` else.
+- Folded query vectors have width ``d``, except PairRE's ``2d`` (see kge/scorers.py).
 - TransH additionally takes ``normal`` (B, d), the unnormalised w_r of each query's relation;
   it is normalised here (w = w_r / ||w_r||).
-- ``gamma`` is the margin of the distance scores (TransE, TransH, RotatE); ignored for DistMult and
-  ComplEx.
+- ``gamma`` is the margin of the distance scores (TransE, TransH, RotatE, PairRE); ignored by the
+  dot-product scores (DistMult, ComplEx, RESCAL).
 - RotatE distance: for p = 2 the L2 norm over all d real components (= sqrt(sum_k |z_k|^2));
   for p = 1 the sum over the d/2 complex components of their modulus sum_k |z_k| (the RotatE
   paper's L1), NOT the sum of |re| + |im|.
@@ -16,10 +23,11 @@ Two implementations on purpose:
 - ``score_triples`` is the plain element-wise formula (torch.complex / torch.polar for complex
   models); it is the reference.
 - ``score_matrix`` / ``score_queries`` are the hot path (every query against every tail): the head
-  and relation are folded into one query vector, then matmuls (DistMult, ComplEx, all L2 distances via
-  |q|^2 + |t|^2 - 2 q.t), torch.cdist(p=1) for TransE L1, and a chunked broadcast for RotatE/TransH
-  L1 (memory capped; with autograd each chunk is checkpointed so backward also holds one chunk only;
-  these two are memory-bound and the slowest paths by far).
+  and relation are folded into one query vector, then matmuls (DistMult, ComplEx, RESCAL, all L2
+  distances via |q|^2 + |t|^2 - 2 q.t), torch.cdist(p=1) for TransE L1 (``_transe_l1``), and a
+  chunked broadcast for RotatE/TransH/PairRE L1 (``_rotate_l1``, ``_transh_l1``, ``_pairre_l1``;
+  memory capped; with autograd each chunk is checkpointed so backward also holds one chunk only;
+  these are memory-bound and the slowest paths by far).
 """
 from __future__ import annotations
 
@@ -30,42 +38,54 @@ from torch.utils.checkpoint import checkpoint
 from kge import fused_distance
 from kge.errors import KgeInputError
 
-SCORE_FNS = frozenset({"transe", "transh", "rotate", "distmult", "complex"})
-DISTANCE_FNS = frozenset({"transe", "transh", "rotate"})
-COMPLEX_FNS = frozenset({"rotate", "complex"})
-# Scores are query_vectors(...) @ tails.T: a plain matmul (the trainer fuses it with the softmax loss).
-DOT_FNS = frozenset({"distmult", "complex"})
-
 # Elements of one (B, chunk, d) broadcast block of the L1 paths (about 128 MiB in float32).
 L1_CHUNK_ELEMENTS = 1 << 25
 
+# Name sets derived from the registry, kept for callers that test membership (module __getattr__:
+# kge.scorers imports this module, so they are built on first use, not at import).
+_DERIVED = {
+    "SCORE_FNS": lambda s: True,
+    "DISTANCE_FNS": lambda s: s.distance,
+    "COMPLEX_FNS": lambda s: s.complex,
+    # Scores are query_vectors(...) @ tails.T: a plain matmul (the trainer fuses it with its loss).
+    "DOT_FNS": lambda s: s.dot,
+}
 
-def _check_fn(score_fn: str) -> None:
-    if score_fn not in SCORE_FNS:
-        raise KgeInputError(f"score_fn: expected one of {sorted(SCORE_FNS)}, got {score_fn!r}")
+
+def __getattr__(name: str):
+    if name in _DERIVED:
+        from kge.scorers import SCORERS
+
+        return frozenset(n for n, s in SCORERS.items() if _DERIVED[name](s))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _check_p(score_fn: str, p) -> None:
-    if score_fn in DISTANCE_FNS and p not in (1, 2):
-        raise KgeInputError(f"p: expected 1 or 2 for {score_fn}, got {p!r}")
+def _scorer(score_fn: str):
+    from kge.scorers import get_scorer  # kge.scorers imports this module's helpers
+
+    return get_scorer(score_fn)
 
 
-def _check_dims(score_fn: str, d: int) -> None:
-    if score_fn in COMPLEX_FNS and d % 2:
-        raise KgeInputError(f"dim: {score_fn} stores [re | im] halves and needs an even d, got {d}")
+def _check_p(scorer, p) -> None:
+    if scorer.distance and p not in (1, 2):
+        raise KgeInputError(f"p: expected 1 or 2 for {scorer.name}, got {p!r}")
+
+
+def _check_dims(scorer, d: int) -> None:
+    if scorer.complex and d % 2:
+        raise KgeInputError(f"dim: {scorer.name} stores [re | im] halves and needs an even d, got {d}")
 
 
 def relation_dim(score_fn: str, d: int) -> int:
-    """Width of a relation embedding: d/2 phases for RotatE, d otherwise."""
-    _check_fn(score_fn)
-    _check_dims(score_fn, d)
-    return d // 2 if score_fn == "rotate" else d
+    """Width of a relation embedding for entity width d (the registry's ``relation_dim``)."""
+    scorer = _scorer(score_fn)
+    _check_dims(scorer, d)
+    return scorer.relation_dim(d)
 
 
 def uses_normal(score_fn: str) -> bool:
     """True when the score function needs a per-relation normal vector (TransH)."""
-    _check_fn(score_fn)
-    return score_fn == "transh"
+    return _scorer(score_fn).init_normal is not None
 
 
 def _unit(normal: torch.Tensor | None, score_fn: str) -> torch.Tensor:
@@ -97,64 +117,6 @@ def _rotate_query(head: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     hr, hi = head.chunk(2, dim=-1)
     c, s = torch.cos(phase), torch.sin(phase)
     return torch.cat([hr * c - hi * s, hr * s + hi * c], dim=-1)
-
-
-def query_vectors(score_fn: str, head: torch.Tensor, relation: torch.Tensor,
-                  normal: torch.Tensor | None = None) -> torch.Tensor:
-    """Fold head and relation into one query vector q (B, d), so that for every tail t:
-
-    - transe:   score = gamma - ||q - t||_p,            q = h + r
-    - transh:   score = gamma - ||q - (t - (w.t) w)||_p, q = (h - (w.h) w) + r
-    - rotate:   score = gamma - ||q - t||_p (complex),  q = h * exp(i r)  as [re | im]
-    - distmult: score = q . t,                          q = h * r
-    - complex:  score = q . t (real dot),               q = [Re(h r) | Im(h r)]
-      since Re(sum h r conj(t)) = sum Re(hr) Re(t) + Im(hr) Im(t).
-
-    Compute it once per query and pass it to ``score_queries`` for every block of tails.
-    """
-    _check_fn(score_fn)
-    _check_dims(score_fn, head.shape[-1])
-    if score_fn == "transe":
-        return head + relation
-    if score_fn == "transh":
-        w = _unit(normal, score_fn)
-        return head - (head * w).sum(-1, keepdim=True) * w + relation
-    if score_fn == "rotate":
-        return _rotate_query(head, relation)
-    if score_fn == "distmult":
-        return head * relation
-    hr, hi = head.chunk(2, dim=-1)
-    rr, ri = relation.chunk(2, dim=-1)
-    return torch.cat([hr * rr - hi * ri, hr * ri + hi * rr], dim=-1)
-
-
-def head_query_vectors(score_fn: str, tail: torch.Tensor, relation: torch.Tensor,
-                       normal: torch.Tensor | None = None) -> torch.Tensor:
-    """Fold tail and relation into one query vector q (B, d) for head prediction (?, r, t), so that
-    ``score_queries(score_fn, q, heads, ...)`` equals ``score_triples(score_fn, h, r, t)`` for every
-    candidate head h (encoded in the head role), with the same ``p``, ``gamma`` and ``normal``:
-
-    - transe:   ||h + r - t||                 = ||h - q||,                 q = t - r
-    - transh:   ||h_w + r - t_w||             = ||q - h_w||,               q = t_w - r  (x_w = x - (w.x) w)
-    - rotate:   |h_k e^{i r_k} - t_k|         = |h_k - t_k e^{-i r_k}|,    q = t * exp(-i r)  (per complex
-      component, so both the L1 sum of moduli and the L2 norm are unchanged)
-    - distmult: sum h r t                     = q . h,                     q = r * t
-    - complex:  Re(sum h r conj(t)) = Re(sum h u) = q . h with u = r conj(t), q = [Re u | -Im u]
-    """
-    _check_fn(score_fn)
-    _check_dims(score_fn, tail.shape[-1])
-    if score_fn == "transe":
-        return tail - relation
-    if score_fn == "transh":
-        w = _unit(normal, score_fn)
-        return tail - (tail * w).sum(-1, keepdim=True) * w - relation
-    if score_fn == "rotate":
-        return _rotate_query(tail, -relation)
-    if score_fn == "distmult":
-        return tail * relation
-    tr, ti = tail.chunk(2, dim=-1)
-    rr, ri = relation.chunk(2, dim=-1)
-    return torch.cat([rr * tr + ri * ti, rr * ti - ri * tr], dim=-1)
 
 
 def _l2_from_dots(q: torch.Tensor, tails: torch.Tensor, qt: torch.Tensor,
@@ -216,45 +178,57 @@ def _transh_l1(q: torch.Tensor, t: torch.Tensor, w: torch.Tensor, wt: torch.Tens
     return fused_distance.shifted_l1_distance(q, t, w, wt)
 
 
+def _pairre_l1_block(a, t, s):
+    # a - s o t for every (b, m): the tail's scaling s = r_T belongs to the query's relation.
+    diff = a.unsqueeze(1) - s.unsqueeze(1) * t.unsqueeze(0)     # (B, c, d)
+    return diff.abs().sum(-1)
+
+
+def _pairre_l1(a: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """||a_b - s_b o t_m||_1 -> (B, M): a, s (B, d), t (M, d) (PairRE: a = h/|h| o r_H, s = r_T, t = t/|t|)."""
+    return _chunked_l1(lambda a, t: _pairre_l1_block(a, t, s), a, t)
+
+
+def query_vectors(score_fn: str, head: torch.Tensor, relation: torch.Tensor,
+                  normal: torch.Tensor | None = None) -> torch.Tensor:
+    """Fold head (B, d) and relation (B, dr) into one query vector q (B, dq) (dq = d except PairRE's
+    2d) such that ``score_queries(score_fn, q, tails)`` scores every tail; each scorer's fold is
+    documented beside its entry in kge/scorers.py (e.g. TransE q = h + r, DistMult q = h * r).
+
+    Compute it once per query and pass it to ``score_queries`` for every block of tails.
+    """
+    scorer = _scorer(score_fn)
+    _check_dims(scorer, head.shape[-1])
+    return scorer.query(head, relation, normal)
+
+
+def head_query_vectors(score_fn: str, tail: torch.Tensor, relation: torch.Tensor,
+                       normal: torch.Tensor | None = None) -> torch.Tensor:
+    """Fold tail (B, d) and relation (B, dr) into one query vector q (B, dq) for head prediction
+    (?, r, t), so that ``score_queries(score_fn, q, heads, ...)`` equals ``score_triples(score_fn, h,
+    r, t)`` for every candidate head h (encoded in the head role), with the same ``p``, ``gamma`` and
+    ``normal`` (e.g. TransE q = t - r, RotatE q = t * exp(-i r); each beside its entry in kge/scorers.py).
+    """
+    scorer = _scorer(score_fn)
+    _check_dims(scorer, tail.shape[-1])
+    return scorer.head_query(tail, relation, normal)
+
+
 def score_queries(score_fn: str, query: torch.Tensor, tails: torch.Tensor, *, p: int = 2,
                   gamma: float = 0.0, normal: torch.Tensor | None = None,
                   tails_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """Scores (B, M) of query vectors (B, d) from ``query_vectors`` against tails (M, d).
+    """Scores (B, M) of query vectors (B, dq) from ``query_vectors`` against tails (M, d).
 
     ``normal`` (B, d) is required for TransH. ``tails_sq`` (M,) optionally supplies the precomputed
-    squared norms of the tails for the L2 paths (inference reuses it per entity block).
+    squared norms of the tails for the scorers whose L2 path uses them (``Scorer.tails_sq``;
+    inference reuses it per entity block); the others ignore it.
     """
-    _check_fn(score_fn)
-    _check_p(score_fn, p)
-    if query.ndim != 2 or tails.ndim != 2 or query.shape[1] != tails.shape[1]:
-        raise KgeInputError(f"score_queries: expected query (B, d) and tails (M, d), got "
-                            f"{tuple(query.shape)} and {tuple(tails.shape)}")
-    if score_fn in ("distmult", "complex"):
-        return query @ tails.T
-    t_sq = None if tails_sq is None else tails_sq.unsqueeze(0)
-    if score_fn == "transh":
-        w = _unit(normal, score_fn)
-        if p == 2:
-            # ||q - t'||^2 with t' = t - (w.t) w and |w| = 1:
-            #   = |q|^2 + |t|^2 - (w.t)^2 - 2 (q - (q.w) w).t
-            q_perp = query - (query * w).sum(-1, keepdim=True) * w
-            dots = torch.cat([q_perp, w], dim=0) @ tails.T      # one matmul for both (2B, M)
-            qt, wt = dots.split(query.shape[0], dim=0)
-            if t_sq is None:
-                t_sq = (tails * tails).sum(-1).unsqueeze(0)
-            q_sq = (query * query).sum(-1, keepdim=True)
-            dist = _sqrt_safe(q_sq + t_sq - wt * wt - 2.0 * qt)
-        else:
-            dist = _transh_l1(query, tails, w, w @ tails.T)
-        return gamma - dist
-    # transe and rotate: a plain distance between q and t in R^d.
-    if p == 2:
-        dist = fused_distance.l2_distance(query, tails, tails_sq)
-    elif score_fn == "transe":
-        dist = _transe_l1(query, tails)
-    else:
-        dist = _rotate_l1(query, tails)
-    return gamma - dist
+    scorer = _scorer(score_fn)
+    _check_p(scorer, p)
+    if query.ndim != 2 or tails.ndim != 2 or query.shape[1] != scorer.query_dim(tails.shape[1]):
+        raise KgeInputError(f"score_queries: expected query (B, {scorer.query_dim(tails.shape[-1])}) and tails (M, d) "
+                            f"for {score_fn}, got {tuple(query.shape)} and {tuple(tails.shape)}")
+    return scorer.score(query, tails, p=p, gamma=gamma, normal=normal, tails_sq=tails_sq)
 
 
 def l2_distance_scores_into(query: torch.Tensor, tails: torch.Tensor, tails_sq: torch.Tensor, gamma: float,
@@ -280,7 +254,7 @@ def score_matrix(score_fn: str, head: torch.Tensor, relation: torch.Tensor, tail
 
     ``normal`` (B, d) is the TransH normal w_r of each query's relation (required for TransH).
     """
-    _check_fn(score_fn)
+    _scorer(score_fn)
     if head.shape[0] != relation.shape[0]:
         raise KgeInputError(f"score_matrix: head {tuple(head.shape)} and relation "
                             f"{tuple(relation.shape)} must have the same batch size")
@@ -297,25 +271,10 @@ def score_triples(score_fn: str, head: torch.Tensor, relation: torch.Tensor, tai
                   p: int = 2, gamma: float = 0.0, normal: torch.Tensor | None = None) -> torch.Tensor:
     """Scores (B,) of aligned triples: head (B, d), relation (B, dr), tail (B, d).
 
-    The direct element-wise formula of RECIPE.md (the reference for ``score_matrix``).
+    The direct element-wise formula of each scorer (RECIPE.md for the recipe's five): the reference
+    for ``score_matrix``.
     """
-    _check_fn(score_fn)
-    _check_p(score_fn, p)
-    _check_dims(score_fn, head.shape[-1])
-    if score_fn == "transe":
-        return gamma - torch.linalg.vector_norm(head + relation - tail, ord=p, dim=-1)
-    if score_fn == "transh":
-        if normal is None:
-            raise KgeInputError("normal: transh needs the relation normal vectors w_r")
-        w = normal / torch.linalg.vector_norm(normal, ord=2, dim=-1, keepdim=True)
-        hp = head - (w * head).sum(-1, keepdim=True) * w
-        tp = tail - (w * tail).sum(-1, keepdim=True) * w
-        return gamma - torch.linalg.vector_norm(hp + relation - tp, ord=p, dim=-1)
-    if score_fn == "rotate":
-        z = _as_complex(head) * torch.polar(torch.ones_like(relation), relation) - _as_complex(tail)
-        # p=2: sqrt(sum |z_k|^2) over all real components; p=1: sum of complex moduli.
-        return gamma - torch.linalg.vector_norm(z, ord=p, dim=-1)
-    if score_fn == "distmult":
-        return (head * relation * tail).sum(-1)
-    prod = _as_complex(head) * _as_complex(relation) * torch.conj(_as_complex(tail))
-    return prod.real.sum(-1)
+    scorer = _scorer(score_fn)
+    _check_p(scorer, p)
+    _check_dims(scorer, head.shape[-1])
+    return scorer.triples(head, relation, tail, p=p, gamma=gamma, normal=normal)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kge import atomic, checkpoint, losses, scoring, sparsity, subspace
+from kge import atomic, checkpoint, losses, sparsity, subspace
 from kge.comm import LocalComm
 from kge.config import adversarial_scale, config_hash, negatives_at, negatives_per_step
 from kge.device import resolve_device
@@ -280,7 +280,7 @@ class Trainer:
         unorder = None if prepared.unorder is None else prepared.unorder.to(device)
         loss_cfg = config["loss"]
         adversarial = adversarial_scale(loss_cfg)
-        fused = model.score_fn in scoring.DOT_FNS
+        fused = model.scorer.dot  # scores = query @ tails.T: the matmul and the loss in one function
         self.last_step["false_negatives"] = false_negatives
         loss = scores = None
         if config["exchange"] == "tails":

@@ -119,7 +119,7 @@ def test_kge_import_stays_cheap():
 
 
 @pytest.mark.parametrize("score_fn,p", [("distmult", 1), ("complex", 1), ("transe", 1), ("transe", 2),
-                                        ("transh", 2), ("rotate", 1)])
+                                        ("transh", 2), ("rotate", 1), ("rescal", 1), ("pairre", 1), ("pairre", 2)])
 def test_tails_and_direct_heads_equal_brute_force(graph, tmp_path, score_fn, p):
     model = kge.load_model(trained(graph, score_fn, p=p))
     arrays = _reference(model, tmp_path)
@@ -129,6 +129,22 @@ def test_tails_and_direct_heads_equal_brute_force(graph, tmp_path, score_fn, p):
     for relation, tail in (("likes", "e11"), ("knows", "e00")):
         r, t = model.relation_id(relation), model.entity_id(tail)
         _check_against(model.predict_heads(relation, tail, k=7), _brute(model, arrays, t, r, "head"), 7)
+
+
+@pytest.mark.parametrize("score_fn,p,distance,relation_dim", [("rescal", 1, None, DIM * DIM), ("pairre", 1, 1, 2 * DIM),
+                                                              ("transh", 2, 2, DIM)])
+def test_export_describes_the_scorer(graph, tmp_path, score_fn, p, distance, relation_dim):
+    """export.json carries the registry's formula, p and gamma of distance scorers, and the relation width."""
+    from kge.inference import export_embeddings
+    from kge.scorers import get_scorer
+
+    model = kge.load_model(trained(graph, score_fn, p=p))
+    meta = json.loads(export_embeddings(model, tmp_path / "export", progress=False).read_text())
+    assert meta["score_fn"] == score_fn and meta["distance"] == distance and meta["relation_dim"] == relation_dim
+    assert meta["gamma"] == (None if distance is None else model.model.gamma)
+    assert meta["scoring"].startswith(get_scorer(score_fn).formula + "; h = entities.npy[head]")
+    assert np.load(tmp_path / "export" / "relations.npy").shape == (model.model.relation.shape[0], relation_dim)
+    assert (tmp_path / "export" / "relations_normal.npy").exists() == (score_fn == "transh")
 
 
 def test_exported_entities_are_the_model_rows_by_id(graph, distmult, tmp_path):

@@ -55,7 +55,8 @@ def brute_force(model, features, partition, hr, k):
 
 
 @pytest.mark.parametrize("score_fn,p", [("distmult", 1), ("complex", 1), ("transe", 1), ("transe", 2),
-                                        ("transh", 1), ("transh", 2), ("rotate", 1), ("rotate", 2)])
+                                        ("transh", 1), ("transh", 2), ("rotate", 1), ("rotate", 2),
+                                        ("rescal", 1), ("pairre", 1), ("pairre", 2)])
 @pytest.mark.parametrize("use_features", [False, True])
 def test_predictor_topk_equals_full_matrix(score_fn, p, use_features):
     model, features, partition = build(score_fn, p, use_features)

@@ -136,6 +136,7 @@ def test_l1_chunked_path(monkeypatch, score_fn, p):
     full = score_matrix(score_fn, h, r, t, p=p, normal=w)
     g_full = torch.autograd.grad(full.pow(2).sum(), leaves)
     monkeypatch.setattr(fused_distance, "CHUNK_ELEMENTS", 5 * 8 * 3)  # 3 tails per chunk, 11 tails
+    monkeypatch.setattr(scoring, "L1_CHUNK_ELEMENTS", 5 * 8 * 3)
     chunked = score_matrix(score_fn, h, r, t, p=p, normal=w)
     g_chunk = torch.autograd.grad(chunked.pow(2).sum(), leaves)
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-12)
@@ -150,8 +151,13 @@ def test_zero_distance_gradients_finite(score_fn, p):
     if score_fn == "transh":
         wu = w / w.norm(dim=-1, keepdim=True)
         r = r - (r * wu).sum(-1, keepdim=True) * wu            # r perpendicular to w
-    q = query_vectors(score_fn, h, r, w)
-    t = torch.cat([q.detach(), t])                             # tail b equals query b (b < 5)
+    if score_fn == "pairre":
+        # r_T = r_H and t = 2 h: h/|h| o r_H = t/|t| o r_T (the query is [a | r_T], not a tail).
+        r = torch.cat([r[:, :8], r[:, :8]], dim=1)
+        t = torch.cat([2.0 * h, t])
+    else:
+        q = query_vectors(score_fn, h, r, w)
+        t = torch.cat([q.detach(), t])                         # tail b equals query b (b < 5)
     for x in (h, r, t, w):
         if x is not None:
             x.requires_grad_()
