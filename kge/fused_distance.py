@@ -6,6 +6,7 @@ Three forms, each (B, d) queries q against (M, d) tails t -> (B, M) distances D,
 - ``shifted_l1_distance``:  D[b, m] = sum_k |q_bk - t_mk + c_bm w_bk|           (TransH L1: c = w.t)
 - ``complex_l1_distance``:  D[b, m] = sum_j |z_j|, z = q - t as d/2 complex numbers stored
   ``[re | im]``                                                                (RotatE L1)
+- ``scaled_l1_distance``:   D[b, m] = sum_k |q_bk - s_bk t_mk|                   (PairRE L1: s = r_T)
 
 Memory is O(B x M): no (B, M, d) difference is ever formed, forward or backward. Subgradients are
 those of the reference ``scoring.score_triples`` (torch's abs and complex modulus): sign(0) = 0 for
@@ -42,7 +43,7 @@ ENV_VAR = "KGE_DISTANCE_KERNELS"
 BACKENDS = ("auto", "native", "compile", "eager")
 # Elements of one (B, chunk, d) broadcast block of the eager path (about 128 MiB in float32).
 CHUNK_ELEMENTS = 1 << 25
-FORMS = {"l1": 0, "shifted_l1": 1, "complex_l1": 2}
+FORMS = {"l1": 0, "shifted_l1": 1, "complex_l1": 2, "scaled_l1": 3}
 SOURCE = Path(__file__).parent / "csrc" / "distance.cpp"
 
 _native = None            # the loaded extension module, or False once a build failed
@@ -147,6 +148,8 @@ def _eager_forward(form: int, q, t, w, c) -> torch.Tensor:
         if form == 1:
             diff = q.unsqueeze(1) - t[s:e].unsqueeze(0) + c[:, s:e, None] * w.unsqueeze(1)
             out[:, s:e] = diff.abs().sum(-1)
+        elif form == 3:
+            out[:, s:e] = (q.unsqueeze(1) - w.unsqueeze(1) * t[s:e].unsqueeze(0)).abs().sum(-1)
         else:
             diff = q.unsqueeze(1) - t[s:e].unsqueeze(0)
             re, im = diff.chunk(2, dim=-1)
@@ -158,12 +161,18 @@ def _eager_backward(form: int, g, q, t, w, c):
     B, d = q.shape
     M = t.shape[0]
     gq, gt = torch.zeros_like(q), torch.empty_like(t)
-    gw = torch.zeros_like(q) if form == 1 else None
+    gw = torch.zeros_like(q) if form in (1, 3) else None
     gc = torch.empty_like(g) if form == 1 else None
     step = _chunk(B, d)
     for s in range(0, M, step):
         e = min(M, s + step)
         gg = g[:, s:e].unsqueeze(-1)                                        # (B, c, 1)
+        if form == 3:  # d/dq = u, d/ds = -u t, d/dt = -u s with u = g sign(q - s t)
+            u = torch.sign(q.unsqueeze(1) - w.unsqueeze(1) * t[s:e].unsqueeze(0)) * gg
+            gq += u.sum(1)
+            gw -= (u * t[s:e].unsqueeze(0)).sum(1)
+            gt[s:e] = -(u * w.unsqueeze(1)).sum(0)
+            continue
         diff = q.unsqueeze(1) - t[s:e].unsqueeze(0)                          # (B, c, d)
         if form == 2:
             re, im = diff.chunk(2, dim=-1)
@@ -185,6 +194,8 @@ def _eager_backward(form: int, g, q, t, w, c):
 
 # ----- torch.compile of the broadcast formulas ----------------------------------------------------
 def _broadcast(form: int, q, t, w=None, c=None) -> torch.Tensor:
+    if form == 3:
+        return (q.unsqueeze(1) - w.unsqueeze(1) * t.unsqueeze(0)).abs().sum(-1)
     diff = q.unsqueeze(1) - t.unsqueeze(0)
     if form == 0:
         return diff.abs().sum(-1)
@@ -224,7 +235,8 @@ class _FusedDistance(torch.autograd.Function):
         if ctx.native:
             grads = native_module().backward(ctx.form, grad, q, t, w if w is not None else q, c if c is not None else q)
             gq, gt = grads[0], grads[1]
-            gw, gc = (grads[2], grads[3]) if ctx.form == 1 else (None, None)
+            gw = grads[2] if ctx.form in (1, 3) else None
+            gc = grads[3] if ctx.form == 1 else None
         else:
             gq, gt, gw, gc = _eager_backward(ctx.form, grad, q, t, w, c)
         return None, None, gq, gt, gw, gc
@@ -235,6 +247,8 @@ def _distance(form: int, q: torch.Tensor, t: torch.Tensor, w=None, c=None) -> to
         raise ValueError(f"expected q (B, d) and t (M, d), got {tuple(q.shape)} and {tuple(t.shape)}")
     if form == 1 and (w is None or c is None or w.shape != q.shape or c.shape != (q.shape[0], t.shape[0])):
         raise ValueError("shifted_l1_distance: expected w (B, d) and c (B, M)")
+    if form == 3 and (w is None or w.shape != q.shape):
+        raise ValueError("scaled_l1_distance: expected s (B, d)")
     if form == 2 and q.shape[1] % 2:
         raise ValueError(f"complex_l1_distance: d must be even ([re | im] halves), got {q.shape[1]}")
     backend = backend_for(q)
@@ -272,9 +286,9 @@ def complex_l1_distance(q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 # ----- L2: matmul expansion with a hand-written backward ----------------------------------------------
 class _L2Distance(torch.autograd.Function):
-    """||q_b - t_m||_2 = sqrt(max(|q|^2 + |t|^2 - 2 q.t, eps)) (B, M), as ``scoring._l2_from_dots``
-    value for value (the same operations in the same order), with a backward of two matmuls and
-    three passes over (B, M) instead of autograd's chain through each elementwise step."""
+    """||q_b - t_m||_2 = sqrt(max(|q|^2 + |t|^2 - 2 q.t, eps)) (B, M), value for value as
+    ``scoring.l2_distance_scores_into`` (the same operations in the same order), with a backward of
+    two matmuls and three passes over (B, M) instead of autograd's chain through each elementwise step."""
 
     @staticmethod
     def forward(ctx, q, t, t_sq):
@@ -310,3 +324,9 @@ def l2_distance(q: torch.Tensor, t: torch.Tensor, t_sq: torch.Tensor | None = No
     if t_sq is None:
         t_sq = (t * t).sum(-1).detach()
     return _L2Distance.apply(q, t, t_sq)
+
+
+def scaled_l1_distance(q: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """sum_k |q_bk - s_bk t_mk|: q, s (B, d), t (M, d) -> (B, M) (PairRE L1: q = h/|h| o r_H, s = r_T,
+    t = t/|t|); gradients flow to all three inputs."""
+    return _distance(3, q, t, s)

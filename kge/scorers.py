@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from kge import fused_distance
 from kge.errors import KgeInputError
-from kge.scoring import (_as_complex, _chunked_l1, _l2_from_dots, _pairre_l1, _rotate_l1, _rotate_query,
+from kge.scoring import (_as_complex, _pairre_l1, _rotate_l1, _rotate_query,
                          _sqrt_safe, _transe_l1, _transh_l1, _unit)
 
 # Training FLOPs = 3 x forward: backward computes the gradients of both operands of every product.
@@ -323,7 +323,7 @@ RESCAL = Scorer(
 # and s the candidates' scaling. Tail query: [h/|h| o r_H | r_T]; head query: [t/|t| o r_T | r_H]
 # (the norm is symmetric, ||a - s o c|| with c the normalised candidate, in both directions).
 # Matrix form: p = 2 by one matmul, ||a - s o c||^2 = |a|^2 + (s o s).(c o c) - 2 (a o s).c;
-# p = 1 by a memory-capped chunked broadcast (scoring._pairre_l1).
+# p = 1 by the fused scaled-L1 kernel (scoring._pairre_l1, kge.fused_distance).
 # Init: r_H = r_T = 1 + N(0, init_scale^2): the identity relation (score = gamma - ||h/|h| - t/|t|||),
 # the noise separates the relations.
 

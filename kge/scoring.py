@@ -24,22 +24,18 @@ Two implementations on purpose:
   models); it is the reference.
 - ``score_matrix`` / ``score_queries`` are the hot path (every query against every tail): the head
   and relation are folded into one query vector, then matmuls (DistMult, ComplEx, RESCAL, all L2
-  distances via |q|^2 + |t|^2 - 2 q.t), torch.cdist(p=1) for TransE L1 (``_transe_l1``), and a
-  chunked broadcast for RotatE/TransH/PairRE L1 (``_rotate_l1``, ``_transh_l1``, ``_pairre_l1``;
-  memory capped; with autograd each chunk is checkpointed so backward also holds one chunk only;
-  these are memory-bound and the slowest paths by far).
+  distances via |q|^2 + |t|^2 - 2 q.t, with ``fused_distance.l2_distance``'s two-matmul backward
+  where the query is folded), and the fused L1 kernels of ``kge.fused_distance`` for TransE,
+  TransH, RotatE and PairRE L1 (``_transe_l1``, ``_transh_l1``, ``_rotate_l1``, ``_pairre_l1``:
+  memory O(B x M), forward and backward).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from kge import fused_distance
 from kge.errors import KgeInputError
-
-# Elements of one (B, chunk, d) broadcast block of the L1 paths (about 128 MiB in float32).
-L1_CHUNK_ELEMENTS = 1 << 25
 
 # Name sets derived from the registry, kept for callers that test membership (module __getattr__:
 # kge.scorers imports this module, so they are built on first use, not at import).
@@ -105,62 +101,11 @@ def _sqrt_safe(sq: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(torch.clamp(sq, min=torch.finfo(sq.dtype).eps))
 
 
-def _modulus(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
-    """|re + i im| with a zero (not NaN) gradient at 0 (double-where trick)."""
-    sq = re * re + im * im
-    pos = sq > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
-
-
 def _rotate_query(head: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     """h * exp(i r) as [re | im]: head (B, d), phase (B, d/2) -> (B, d)."""
     hr, hi = head.chunk(2, dim=-1)
     c, s = torch.cos(phase), torch.sin(phase)
     return torch.cat([hr * c - hi * s, hr * s + hi * c], dim=-1)
-
-
-def _l2_from_dots(q: torch.Tensor, tails: torch.Tensor, qt: torch.Tensor,
-                  t_sq: torch.Tensor | None = None) -> torch.Tensor:
-    q_sq = (q * q).sum(-1, keepdim=True)                        # (B, 1)
-    if t_sq is None:
-        t_sq = (tails * tails).sum(-1).unsqueeze(0)             # (1, M)
-    return _sqrt_safe(q_sq + t_sq - 2.0 * qt)
-
-
-def _chunked_l1(fn, q: torch.Tensor, tails: torch.Tensor, extra: tuple = ()) -> torch.Tensor:
-    """Apply ``fn(q, tail_chunk, *extra_chunk) -> (B, c)`` over chunks of tails and concatenate.
-
-    ``extra`` are (B, M) tensors sliced along M together with the tails. Each chunk materialises a
-    (B, c, d) block; under autograd the chunk is checkpointed so that backward recomputes it rather
-    than keeping every block alive.
-    """
-    b, d = q.shape
-    m = tails.shape[0]
-    chunk = max(1, L1_CHUNK_ELEMENTS // max(1, b * d))
-    grad = torch.is_grad_enabled() and (q.requires_grad or tails.requires_grad
-                                        or any(e.requires_grad for e in extra))
-    outs = []
-    for start in range(0, m, chunk):
-        args = (q, tails[start:start + chunk]) + tuple(e[:, start:start + chunk] for e in extra)
-        if grad and m > chunk:
-            outs.append(checkpoint(fn, *args, use_reentrant=False))
-        else:
-            outs.append(fn(*args))
-    if not outs:
-        return q.new_zeros((b, 0))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-
-
-def _rotate_l1_block(q, t):
-    diff = q.unsqueeze(1) - t.unsqueeze(0)                      # (B, c, d)
-    re, im = diff.chunk(2, dim=-1)
-    return _modulus(re, im).sum(-1)
-
-
-def _transh_l1_block(q, t, w, wt):
-    # q - (t - (w.t) w) for every (b, m): the tail projection depends on the query's relation.
-    diff = q.unsqueeze(1) - t.unsqueeze(0) + wt.unsqueeze(-1) * w.unsqueeze(1)
-    return diff.abs().sum(-1)
 
 
 def _transe_l1(q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -178,15 +123,9 @@ def _transh_l1(q: torch.Tensor, t: torch.Tensor, w: torch.Tensor, wt: torch.Tens
     return fused_distance.shifted_l1_distance(q, t, w, wt)
 
 
-def _pairre_l1_block(a, t, s):
-    # a - s o t for every (b, m): the tail's scaling s = r_T belongs to the query's relation.
-    diff = a.unsqueeze(1) - s.unsqueeze(1) * t.unsqueeze(0)     # (B, c, d)
-    return diff.abs().sum(-1)
-
-
 def _pairre_l1(a: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """||a_b - s_b o t_m||_1 -> (B, M): a, s (B, d), t (M, d) (PairRE: a = h/|h| o r_H, s = r_T, t = t/|t|)."""
-    return _chunked_l1(lambda a, t: _pairre_l1_block(a, t, s), a, t)
+    """||a_b - s_b o t_m||_1 -> (B, M): a, s (B, d), t (M, d) (PairRE: a = h/|h| o r_H, s = r_T, t = t/|t|), fused."""
+    return fused_distance.scaled_l1_distance(a, t, s)
 
 
 def query_vectors(score_fn: str, head: torch.Tensor, relation: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Fused L1 distance kernels (kge.fused_distance) against plain broadcast formulas in float64.
+"""Fused distance kernels (kge.fused_distance) against plain broadcast formulas in float64.
 
 Each backend (native C++, eager chunks, torch.compile) computes values and gradients of the three
 forms; the references below are written out here with torch's own abs / sqrt autograd, so the
@@ -25,6 +25,8 @@ def ref_distance(form, q, t, w=None, c=None):
         return diff.abs().sum(-1)
     if form == "shifted_l1":
         return (diff + c[:, :, None] * w[:, None, :]).abs().sum(-1)
+    if form == "scaled_l1":
+        return (q[:, None, :] - w[:, None, :] * t[None, :, :]).abs().sum(-1)
     half = q.shape[1] // 2
     re, im = diff[..., :half], diff[..., half:]
     sq = re * re + im * im
@@ -37,11 +39,13 @@ def call(form, q, t, w=None, c=None):
         return fd.l1_distance(q, t)
     if form == "shifted_l1":
         return fd.shifted_l1_distance(q, t, w, c)
+    if form == "scaled_l1":
+        return fd.scaled_l1_distance(q, t, w)
     return fd.complex_l1_distance(q, t)
 
 
 def inputs(form, B, M, d, seed=0, integer=False):
-    """q, t, w, c in float64 (w, c None unless shifted); ``integer``: small integers, so many
+    """q, t, w, c in float64 (w, c None unless shifted; w = s and c None when scaled); ``integer``: small integers, so many
     components tie exactly (|q - t| = 0) and float32 sums are exact."""
     if form == "complex_l1" and d % 2:
         d += 1
@@ -49,6 +53,8 @@ def inputs(form, B, M, d, seed=0, integer=False):
     draw = (lambda *s: torch.randint(-2, 3, s, generator=g).double()) if integer else (lambda *s: torch.randn(*s, generator=g, dtype=torch.float64))
     q, t = draw(B, d), draw(M, d)
     w, c = (draw(B, d), draw(B, M)) if form == "shifted_l1" else (None, None)
+    if form == "scaled_l1":
+        w = draw(B, d)
     return q, t, w, c
 
 
@@ -86,7 +92,8 @@ def test_subgradient_at_ties_is_torchs(backend, form):
     """Small-integer inputs: many |q_k - t_k| (and complex z) are exactly 0, where the kernels must
     take sign(0) = 0 (abs) and gradient 0 (modulus). Integer weights keep float32 sums exact."""
     tensors = inputs(form, 7, 11, 10, seed=3, integer=True)
-    diff = tensors[0][:, None] - tensors[1][None]
+    scale = tensors[2][:, None] if form == "scaled_l1" else 1.0
+    diff = tensors[0][:, None] - scale * tensors[1][None]
     assert (diff == 0).float().mean() > 0.1  # the ties are really there
     weights = torch.randint(-3, 4, (7, 11), generator=torch.Generator().manual_seed(1)).double()
     got, got_grads = values_and_grads(call, form, tensors, weights, torch.float32)
@@ -200,10 +207,11 @@ def _reference_loss(score_fn, p, loss, h, r, t, w, correction):
 
 
 @pytest.mark.parametrize("loss", ["softmax", "logsigmoid"])
-@pytest.mark.parametrize("score_fn,p", [(fn, p) for fn in ("transe", "transh", "rotate") for p in (1, 2)])
+@pytest.mark.parametrize("score_fn,p", [(fn, p) for fn in ("transe", "transh", "rotate", "pairre") for p in (1, 2)])
 def test_training_losses_equal_elementwise_reference(score_fn, p, loss):
-    """The trainer's path for the six distance variants (float32, fused kernels for L1) against the
-    float64 element-wise reference: loss and gradients of head, relation, tails and normal."""
+    """The trainer's path for the distance variants (float32: fused L1 kernels, the fused L2 distance,
+    the fused losses) against the float64 element-wise reference (score_triples, then the generic
+    masked losses): loss and gradients of head, relation, tails and normal."""
     B, M, d = 12, 40, 16
     g = torch.Generator().manual_seed(5)
     h = torch.randn(B, d, generator=g, dtype=torch.float64)
@@ -219,8 +227,7 @@ def test_training_losses_equal_elementwise_reference(score_fn, p, loss):
             if loss == "softmax":
                 value = losses.batch_softmax_loss(scores, correction)
             else:
-                mask = ~torch.eye(B, M, dtype=torch.bool)
-                value = losses.logsigmoid_loss(scores.diagonal(), scores, mask, adversarial_scale=1.0)
+                value = losses.batch_logsigmoid_loss(scores, adversarial_scale=1.0)
         else:
             value = _reference_loss(score_fn, p, loss, *leaves, correction)
         value.backward()

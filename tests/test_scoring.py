@@ -136,7 +136,6 @@ def test_l1_chunked_path(monkeypatch, score_fn, p):
     full = score_matrix(score_fn, h, r, t, p=p, normal=w)
     g_full = torch.autograd.grad(full.pow(2).sum(), leaves)
     monkeypatch.setattr(fused_distance, "CHUNK_ELEMENTS", 5 * 8 * 3)  # 3 tails per chunk, 11 tails
-    monkeypatch.setattr(scoring, "L1_CHUNK_ELEMENTS", 5 * 8 * 3)
     chunked = score_matrix(score_fn, h, r, t, p=p, normal=w)
     g_chunk = torch.autograd.grad(chunked.pow(2).sum(), leaves)
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-12)

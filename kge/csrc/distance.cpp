@@ -5,6 +5,7 @@
 //   l1:          D[b, m] = sum_k |q[b, k] - t[m, k]|                           (TransE L1)
 //   shifted l1:  D[b, m] = sum_k |q[b, k] - t[m, k] + c[b, m] w[b, k]|         (TransH L1, c = w.t)
 //   complex l1:  D[b, m] = sum_j |z_j|, z_j = (qr - tr) + i (qi - ti), j < d/2 (RotatE L1, [re | im])
+//   scaled l1:   D[b, m] = sum_k |q[b, k] - s[b, k] t[m, k]|                  (PairRE L1, s = r_T)
 // Subgradients as torch's abs and the reference score_triples: sign(0) = 0 for |x|, and a zero
 // gradient for |z| at z = 0.
 //
@@ -71,13 +72,13 @@ constexpr int64_t QUERY_TILE = 4;   // queries per register tile
 constexpr int64_t TAIL_TILE = 2;    // tails per register tile of the forward
 
 struct Args {
-  const float* q; const float* t; const float* w; const float* c;
+  const float* q; const float* t; const float* w; const float* c;  // w: the shifted form's w, the scaled form's s
   int64_t B, M, d;
 };
 
 // ---- forward: D (B, M) ------------------------------------------------------------------------
 // One register tile: queries [b0, b0 + BT) x tails [m0, m0 + MT).
-template <int BT, int MT, int FORM>  // FORM 0: l1, 1: shifted l1, 2: complex l1
+template <int BT, int MT, int FORM>  // FORM 0: l1, 1: shifted l1, 2: complex l1, 3: scaled l1
 inline void forward_tile(const Args& a, float* out, int64_t b0, int64_t m0) {
   const int64_t d = a.d;
   const int64_t width = FORM == 2 ? d / 2 : d;  // components summed: d reals, or d/2 complex
@@ -112,6 +113,9 @@ inline void forward_tile(const Args& a, float* out, int64_t b0, int64_t m0) {
         if (FORM == 1) {
           const vf wv = load(a.w + (b0 + i) * d + k);
           for (int j = 0; j < MT; ++j) acc[i][j] += vabs(qv - tv[j] + shift_v[i][j] * wv);
+        } else if (FORM == 3) {
+          const vf sv = load(a.w + (b0 + i) * d + k);
+          for (int j = 0; j < MT; ++j) acc[i][j] += vabs(qv - sv * tv[j]);
         } else {
           for (int j = 0; j < MT; ++j) acc[i][j] += vabs(qv - tv[j]);
         }
@@ -129,6 +133,8 @@ inline void forward_tile(const Args& a, float* out, int64_t b0, int64_t m0) {
           s += std::sqrt(zr * zr + zi * zi);
         } else if (FORM == 1) {
           s += std::fabs(q[k] - t[k] + shift[i][j] * a.w[(b0 + i) * d + k]);
+        } else if (FORM == 3) {
+          s += std::fabs(q[k] - a.w[(b0 + i) * d + k] * t[k]);
         } else {
           s += std::fabs(q[k] - t[k]);
         }
@@ -198,13 +204,18 @@ inline void backward_tile(const Args& a, const float* g, float* gq, float* gt, f
       for (int i = 0; i < BT; ++i) {
         qv[i] = load(a.q + (b0 + i) * d + k);
         aq[i] = splat(0.f);
-        if (FORM == 1) { wv[i] = load(a.w + (b0 + i) * d + k); aw[i] = splat(0.f); }
+        if (FORM == 1 || FORM == 3) { wv[i] = load(a.w + (b0 + i) * d + k); aw[i] = splat(0.f); }
       }
       for (int64_t m = m_begin; m < m_end; ++m) {
         const vf tv = load(a.t + m * d + k);
         vf st = splat(0.f);
         for (int i = 0; i < BT; ++i) {
           const float gbm = g[(b0 + i) * M + m];
+          if (FORM == 3) {  // d/dq = u, d/ds = -u t, d/dt = -u s with u = G sign(q - s t)
+            const vf u = signed_by(splat(gbm), qv[i] - wv[i] * tv);
+            aq[i] += u; aw[i] -= u * tv; st += u * wv[i];
+            continue;
+          }
           vf diff = qv[i] - tv;
           vf cs;
           if (FORM == 1) { cs = splat(a.c[(b0 + i) * M + m]); diff += cs * wv[i]; }
@@ -216,7 +227,7 @@ inline void backward_tile(const Args& a, const float* g, float* gq, float* gt, f
       }
       for (int i = 0; i < BT; ++i) {
         store(gq + (b0 + i) * d + k, load(gq + (b0 + i) * d + k) + aq[i]);
-        if (FORM == 1) store(gw + (b0 + i) * d + k, load(gw + (b0 + i) * d + k) + aw[i]);
+        if (FORM == 1 || FORM == 3) store(gw + (b0 + i) * d + k, load(gw + (b0 + i) * d + k) + aw[i]);
       }
     }
   }
@@ -234,6 +245,10 @@ inline void backward_tile(const Args& a, const float* g, float* gq, float* gt, f
           const float scale = gbm * inv_or_zero(zr * zr + zi * zi);
           gq[b * d + k] += zr * scale; gq[b * d + width + k] += zi * scale;
           gt[m * d + k] -= zr * scale; gt[m * d + width + k] -= zi * scale;
+        } else if (FORM == 3) {
+          const float sk = a.w[b * d + k], tk = a.t[m * d + k];
+          const float u = signed_by(gbm, a.q[b * d + k] - sk * tk);
+          gq[b * d + k] += u; gw[b * d + k] -= u * tk; gt[m * d + k] -= u * sk;
         } else {
           const float cbm = FORM == 1 ? a.c[b * M + m] : 0.f;
           const float diff = a.q[b * d + k] - a.t[m * d + k] + (FORM == 1 ? cbm * a.w[b * d + k] : 0.f);
@@ -250,7 +265,7 @@ void backward_rows(const Args& a, const float* g, float* gq, float* gt, float* g
   for (int64_t mb = 0; mb < a.M; mb += TAIL_BLOCK) {
     const int64_t m_end = std::min(a.M, mb + TAIL_BLOCK);
     // The shifted form carries w and its gradients per query too: a smaller tile keeps them in registers.
-    constexpr int BT = FORM == 1 ? 2 : QUERY_TILE;
+    constexpr int BT = FORM == 1 || FORM == 3 ? 2 : QUERY_TILE;
     int64_t b = b_begin;
     for (; b + BT <= b_end; b += BT) backward_tile<BT, FORM>(a, g, gq, gt, gw, gc, b, mb, m_end);
     for (; b < b_end; ++b) backward_tile<1, FORM>(a, g, gq, gt, gw, gc, b, mb, m_end);
@@ -268,11 +283,14 @@ Args make_args(int form, const torch::Tensor& q, const torch::Tensor& t, const t
   check(q, "q", -1, -1);
   check(t, "t", -1, q.size(1));
   Args a{q.data_ptr<float>(), t.data_ptr<float>(), nullptr, nullptr, q.size(0), t.size(0), q.size(1)};
+  TORCH_CHECK(form >= 0 && form <= 3, "form: expected 0..3, got ", form);
   TORCH_CHECK(form != 2 || a.d % 2 == 0, "complex l1: d must be even, got ", a.d);
-  if (form == 1) {
+  if (form == 1 || form == 3) {
     check(w, "w", a.B, a.d);
-    check(c, "c", a.B, a.M);
     a.w = w.data_ptr<float>();
+  }
+  if (form == 1) {
+    check(c, "c", a.B, a.M);
     a.c = c.data_ptr<float>();
   }
   return a;
@@ -290,19 +308,21 @@ torch::Tensor distance_forward(int64_t form, torch::Tensor q, torch::Tensor t, t
   at::parallel_for(0, a.B, GRAIN, [&](int64_t begin, int64_t end) {
     if (form == 0) forward_rows<0>(a, o, begin, end);
     else if (form == 1) forward_rows<1>(a, o, begin, end);
-    else forward_rows<2>(a, o, begin, end);
+    else if (form == 2) forward_rows<2>(a, o, begin, end);
+    else forward_rows<3>(a, o, begin, end);
   });
   return out;
 }
 
-// Returns [grad_q (B, d), grad_t (M, d)] and, for the shifted form, [grad_w (B, d), grad_c (B, M)].
+// Returns [grad_q (B, d), grad_t (M, d)], then for the shifted form [grad_w (B, d), grad_c (B, M)],
+// for the scaled form [grad_s (B, d)].
 std::vector<torch::Tensor> distance_backward(int64_t form, torch::Tensor grad, torch::Tensor q, torch::Tensor t,
                                              torch::Tensor w, torch::Tensor c) {
   const Args a = make_args(form, q, t, w, c);
   check(grad, "grad", a.B, a.M);
   const float* g = grad.data_ptr<float>();
   auto gq = torch::zeros_like(q);
-  auto gw = form == 1 ? torch::zeros_like(q) : torch::Tensor();
+  auto gw = form == 1 || form == 3 ? torch::zeros_like(q) : torch::Tensor();
   auto gc = form == 1 ? torch::empty({a.B, a.M}, q.options()) : torch::Tensor();
   // Each parallel task sums into its own tail gradient (tasks split the queries, which every
   // tail meets); the partial sums are added at the end.
@@ -314,19 +334,21 @@ std::vector<torch::Tensor> distance_backward(int64_t form, torch::Tensor grad, t
       const int64_t b0 = task * per_task, b1 = std::min(a.B, b0 + per_task);
       if (b0 >= b1) continue;
       float* gt = partial.data_ptr<float>() + task * a.M * a.d;
-      float* gwp = form == 1 ? gw.data_ptr<float>() : nullptr;
+      float* gwp = form == 1 || form == 3 ? gw.data_ptr<float>() : nullptr;
       float* gcp = form == 1 ? gc.data_ptr<float>() : nullptr;
       if (form == 0) backward_rows<0>(a, g, gq.data_ptr<float>(), gt, gwp, gcp, b0, b1);
       else if (form == 1) backward_rows<1>(a, g, gq.data_ptr<float>(), gt, gwp, gcp, b0, b1);
-      else backward_rows<2>(a, g, gq.data_ptr<float>(), gt, gwp, gcp, b0, b1);
+      else if (form == 2) backward_rows<2>(a, g, gq.data_ptr<float>(), gt, gwp, gcp, b0, b1);
+      else backward_rows<3>(a, g, gq.data_ptr<float>(), gt, gwp, gcp, b0, b1);
     }
   });
   auto gt = tasks == 1 ? partial[0] : partial.sum(0);
-  if (form != 1) return {gq, gt};
-  return {gq, gt, gw, gc};
+  if (form == 1) return {gq, gt, gw, gc};
+  if (form == 3) return {gq, gt, gw};
+  return {gq, gt};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &distance_forward, "L1 distances (B, M): form 0 l1, 1 shifted l1, 2 complex l1");
+  m.def("forward", &distance_forward, "L1 distances (B, M): form 0 l1, 1 shifted l1, 2 complex l1, 3 scaled l1");
   m.def("backward", &distance_backward, "gradients of the L1 distances");
 }
