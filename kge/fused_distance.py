@@ -220,7 +220,7 @@ class _FusedDistance(torch.autograd.Function):
     @staticmethod
     def forward(ctx, form: int, native: bool, q, t, w, c):
         if native:
-            out = native_module().forward(form, q, t, w if w is not None else q, c if c is not None else q)
+            out = native_module().forward(form, q, t, w if w is not None else q, c if c is not None else q, q.new_empty(0))
         else:
             out = _eager_forward(form, q, t, w, c)
         ctx.form, ctx.native = form, native
@@ -330,3 +330,18 @@ def scaled_l1_distance(q: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> tor
     """sum_k |q_bk - s_bk t_mk|: q, s (B, d), t (M, d) -> (B, M) (PairRE L1: q = h/|h| o r_H, s = r_T,
     t = t/|t|); gradients flow to all three inputs."""
     return _distance(3, q, t, s)
+
+
+@torch.no_grad()
+def distance_scores_into(form: str, q: torch.Tensor, t: torch.Tensor, gamma: float, out: torch.Tensor,
+                         w: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
+    """gamma - D of ``form`` ("l1", "shifted_l1", "complex_l1", "scaled_l1") into ``out`` (B, M), without
+    autograd: prediction's blocks, written into a reused buffer (a view with unit column stride is
+    fine) rather than two fresh (B, M) tensors per block, whose page faults cost more than the scan."""
+    code = FORMS[form]
+    if backend_for(q) == "native" and out.dtype == torch.float32 and out.device.type == "cpu":
+        args = [x.contiguous() if x is not None else q for x in (q, t, w, c)]
+        native_module().forward(code, *args, out)
+    else:
+        out.copy_(_distance(code, q, t, w, c))
+    return out.neg_().add_(gamma)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kge import scoring
+from kge import fused_distance, scoring
 from kge.checkpoint import load_entity_rows, read_model
 from kge.comm import LocalComm
 from kge.device import resolve_device
@@ -131,14 +131,17 @@ class Predictor:
         """``scores(lo, hi) -> (Q, hi - lo)``: folded queries (Q, dq) against local rows [lo, hi).
 
         Dot-product scorers' blocks (DistMult, ComplEx, RESCAL) are one matmul into a buffer reused
-        across calls (the returned scores are a view of it, valid until the next call); distance
-        models go through ``scoring.score_queries`` with the cached squared norms of the L2 paths.
+        across calls (the returned scores are a view of it, valid until the next call), and so are
+        TransE/RotatE blocks (the fused L1 kernel or the in-place L2 expansion write into it); other
+        distance models go through ``scoring.score_queries`` with the cached squared norms of the L2 paths.
         """
         model = self.model
         dot = model.scorer.dot
         # Plain L2 (TransE/RotatE) with cached norms: in place into two reused buffers (l2_distance_scores_into).
         in_place_l2 = model.scorer.plain_l2 and model.p == 2 and self._tails_sq is not None
-        if dot or in_place_l2:
+        # Plain L1 (TransE/RotatE): the fused kernel writes into the same reused buffer.
+        in_place_l1 = model.scorer.plain_l1 is not None and model.p == 1
+        if dot or in_place_l2 or in_place_l1:
             rows = min(self.block_rows, self.num_rows)
             if self._buffer is None or self._buffer.shape[0] < len(query) or self._buffer.dtype != query.dtype:
                 self._buffer = torch.empty(len(query), rows, device=query.device, dtype=query.dtype)
@@ -149,6 +152,9 @@ class Predictor:
             tails = self._tail_cache[lo:hi] if self._tail_cache is not None else self._tail_block(lo, hi)
             if dot:
                 return torch.matmul(query, tails.T, out=self._buffer[: len(query), : hi - lo])
+            if in_place_l1:
+                return fused_distance.distance_scores_into(model.scorer.plain_l1, query, tails, model.gamma,
+                                                           self._buffer[: len(query), : hi - lo])
             if in_place_l2:
                 n = len(query)
                 return scoring.l2_distance_scores_into(query, tails, self._tails_sq[lo:hi], model.gamma,

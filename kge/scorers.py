@@ -64,7 +64,9 @@ class Scorer:
     query . candidate: fused dot losses, matmul prediction buffers); ``complex`` ([re | im] halves,
     even d); ``tails_sq`` (the p for which ``score`` reads the candidates' squared norms, which
     prediction caches); ``plain_l2`` (at p = 2 the score is gamma - ||q - t||_2 of the folded query,
-    so prediction may use ``scoring.l2_distance_scores_into``). ``bench_p``: the p ``kge bench`` uses.
+    so prediction may use ``scoring.l2_distance_scores_into``); ``plain_l1`` (the ``kge.fused_distance``
+    form whose D makes the score gamma - D of the folded query at p = 1, so prediction scores its blocks
+    in place with ``fused_distance.distance_scores_into``; None otherwise). ``bench_p``: the p ``kge bench`` uses.
     ``recipe_name``: the name in the submission's configs JSON (``config.model.score_fn``), None when
     the recipe has none. ``formula``: one line for export.json.
     """
@@ -85,6 +87,7 @@ class Scorer:
     init_normal: Callable[[int, int, torch.Generator], torch.Tensor] | None = None
     tails_sq: tuple[int, ...] = ()
     plain_l2: bool = False
+    plain_l1: str | None = None
     query_flops: Callable[[int], float] = _no_query_flops
     bench_p: int = 1
     recipe_name: str | None = None
@@ -144,7 +147,7 @@ TRANSE = Scorer(
     query=lambda head, relation, normal: head + relation,
     head_query=lambda tail, relation, normal: tail - relation,
     score=_transe_score, triples=_transe_triples, pair_flops=_dot_pair_flops,
-    distance=True, dot=False, tails_sq=(2,), plain_l2=True, bench_p=1, recipe_name="TransE",
+    distance=True, dot=False, tails_sq=(2,), plain_l2=True, plain_l1="l1", bench_p=1, recipe_name="TransE",
 )
 
 
@@ -226,7 +229,7 @@ ROTATE = Scorer(
     query=lambda head, relation, normal: _rotate_query(head, relation),
     head_query=lambda tail, relation, normal: _rotate_query(tail, -relation),
     score=_rotate_score, triples=_rotate_triples, pair_flops=_dot_pair_flops,
-    distance=True, dot=False, complex=True, tails_sq=(2,), plain_l2=True, bench_p=2, recipe_name="RotatE",
+    distance=True, dot=False, complex=True, tails_sq=(2,), plain_l2=True, plain_l1="complex_l1", bench_p=2, recipe_name="RotatE",
 )
 
 

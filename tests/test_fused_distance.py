@@ -236,3 +236,16 @@ def test_training_losses_equal_elementwise_reference(score_fn, p, loss):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for a, b in zip(got_grads, want_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("form", list(fd.FORMS))
+def test_scores_into_a_reused_buffer_view(backend, form):
+    """Prediction's in-place blocks: gamma - D written into a column slice of a wider buffer equals the
+    autograd path bit for bit, and nothing outside the slice is touched."""
+    q, t, w, c = [x.float() if x is not None else None for x in inputs(form, 9, 37, 20)]
+    buffer = torch.full((12, 50), 7.0)
+    view = buffer[:9, :37]
+    got = fd.distance_scores_into(form, q, t, 2.5, view, w, c)
+    assert got.data_ptr() == buffer.data_ptr()
+    assert torch.equal(view, 2.5 - call(form, q, t, w, c))
+    assert (buffer[9:] == 7.0).all() and (buffer[:, 37:] == 7.0).all()

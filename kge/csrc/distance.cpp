@@ -74,6 +74,7 @@ constexpr int64_t TAIL_TILE = 2;    // tails per register tile of the forward
 struct Args {
   const float* q; const float* t; const float* w; const float* c;  // w: the shifted form's w, the scaled form's s
   int64_t B, M, d;
+  int64_t ldo;  // row stride of the forward's output (M, or a wider reused buffer's)
 };
 
 // ---- forward: D (B, M) ------------------------------------------------------------------------
@@ -139,7 +140,7 @@ inline void forward_tile(const Args& a, float* out, int64_t b0, int64_t m0) {
           s += std::fabs(q[k] - t[k]);
         }
       }
-      out[(b0 + i) * a.M + m0 + j] = s;
+      out[(b0 + i) * a.ldo + m0 + j] = s;
     }
 }
 
@@ -282,7 +283,7 @@ void check(const torch::Tensor& x, const char* name, int64_t rows, int64_t cols)
 Args make_args(int form, const torch::Tensor& q, const torch::Tensor& t, const torch::Tensor& w, const torch::Tensor& c) {
   check(q, "q", -1, -1);
   check(t, "t", -1, q.size(1));
-  Args a{q.data_ptr<float>(), t.data_ptr<float>(), nullptr, nullptr, q.size(0), t.size(0), q.size(1)};
+  Args a{q.data_ptr<float>(), t.data_ptr<float>(), nullptr, nullptr, q.size(0), t.size(0), q.size(1), t.size(0)};
   TORCH_CHECK(form >= 0 && form <= 3, "form: expected 0..3, got ", form);
   TORCH_CHECK(form != 2 || a.d % 2 == 0, "complex l1: d must be even, got ", a.d);
   if (form == 1 || form == 3) {
@@ -301,9 +302,15 @@ constexpr int64_t GRAIN = 4 * QUERY_TILE;
 
 }  // namespace
 
-torch::Tensor distance_forward(int64_t form, torch::Tensor q, torch::Tensor t, torch::Tensor w, torch::Tensor c) {
-  const Args a = make_args(form, q, t, w, c);
-  auto out = torch::empty({a.B, a.M}, q.options());
+// out: (B, M) float32 with unit column stride (a view of a reused, wider buffer is fine), or an
+// empty tensor to allocate one.
+torch::Tensor distance_forward(int64_t form, torch::Tensor q, torch::Tensor t, torch::Tensor w, torch::Tensor c,
+                               torch::Tensor out) {
+  Args a = make_args(form, q, t, w, c);
+  if (out.numel() == 0 && !(a.B == 0 || a.M == 0)) out = torch::empty({a.B, a.M}, q.options());
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == torch::kFloat32 && out.dim() == 2 && out.size(0) == a.B &&
+              out.size(1) == a.M && (a.M <= 1 || out.stride(1) == 1), "out: expected a (B, M) float32 CPU tensor with unit column stride");
+  a.ldo = out.stride(0);
   float* o = out.data_ptr<float>();
   at::parallel_for(0, a.B, GRAIN, [&](int64_t begin, int64_t end) {
     if (form == 0) forward_rows<0>(a, o, begin, end);
