@@ -32,3 +32,17 @@ def test_bench_train_with_two_workers_counts_both(mini_root, mini_shards):
     assert r["workers"] == 2
     assert abs(r["triples_per_s"] * r["seconds"] - 2 * 64 * 4) < 1e-6 * 2 * 64 * 4
     assert r["phase_share"]["exchange"] > 0  # the AllToAll and all-reduce were timed
+
+
+def test_bench_distance_and_loss_options(mini_root, mini_shards):
+    """--distance and --loss reach the trained model (every variant of the recipe can be measured), and
+    the JSON names the distance kernels' backend and the first step's time."""
+    common = ["--score-fn", "rotate", "--dim", "16", "--root", str(mini_root), "--shard-dir", str(mini_shards), "--threads", "1"]
+    run = subprocess.run([sys.executable, "-m", "kge", "bench", "train", *common, "--distance", "1", "--loss", "logsigmoid",
+                          "--batch", "32", "--negatives", "32", "--steps", "2"], capture_output=True, text=True, check=True)
+    r = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (r["score_fn"], r["distance"], r["loss"]) == ("rotate", 1, "logsigmoid")
+    assert r["distance_kernels"] == "native" and r["first_step_s"] > 0
+    run = subprocess.run([sys.executable, "-m", "kge", "bench", "predict", *common, "--distance", "2", "--queries", "50", "--top-k", "5"],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(run.stdout)["distance"] == 2

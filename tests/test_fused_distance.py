@@ -249,3 +249,23 @@ def test_scores_into_a_reused_buffer_view(backend, form):
     assert got.data_ptr() == buffer.data_ptr()
     assert torch.equal(view, 2.5 - call(form, q, t, w, c))
     assert (buffer[9:] == 7.0).all() and (buffer[:, 37:] == 7.0).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the compile backend's Triton kernels)")
+@pytest.mark.parametrize("form", list(fd.FORMS))
+def test_cuda_values_and_gradients_equal_reference(form, monkeypatch):
+    """On a GPU the automatic choice is torch.compile of the broadcast formulas: values and gradients
+    against the float64 reference on the CPU, at two shapes (no recompilation needed for either)."""
+    monkeypatch.setenv(fd.ENV_VAR, "auto")
+    assert fd.backend_for(torch.zeros(1, device="cuda")) == "compile"
+    for shape in ((9, 13, 20), (64, 300, 64)):
+        tensors = inputs(form, *shape)
+        weights = torch.randn(shape[0], shape[1], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        leaves = [x.float().cuda().requires_grad_(True) if x is not None else None for x in tensors]
+        out = call(form, *leaves)
+        out.backward(weights.float().cuda())
+        want, want_grads = values_and_grads(ref_distance, form, tensors, weights, torch.float64)
+        scale = max(1.0, shape[2] ** 0.5)
+        torch.testing.assert_close(out.double().cpu(), want, rtol=1e-5, atol=1e-5 * scale)
+        for a, b in zip([x.grad.double().cpu() for x in leaves if x is not None], want_grads):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4 * scale)
