@@ -258,6 +258,32 @@ def dot_softmax_loss(query: torch.Tensor, tails: torch.Tensor, correction: float
     return _DotSoftmaxLoss.apply(query, tails, float(correction), bool(in_batch_negatives), pairs)
 
 
+def _logsigmoid_terms(pos: torch.Tensor, neg: torch.Tensor, adversarial_scale: float, pos_weight: float,
+                      neg_weight: float, in_batch_negatives: bool, pairs: Pairs | None):
+    """The self-adversarial log-sigmoid loss of positives pos (B,) and negative scores neg (B, M) (the
+    in-batch columns first) or (B, N) (shared ones only), with its closed-form gradient.
+
+    Returns (loss scalar, d loss / d neg (B, M or N) with 0 on the masked cells, d loss / d pos (B,)).
+    The weights softmax(a s) are constants, so once the scores are known the gradient is
+    neg_weight * w * sigma(s-) / B on a negative and -pos_weight * sigma(-s+) / B on a positive.
+    """
+    B = pos.shape[0]
+    logits = neg * adversarial_scale
+    if in_batch_negatives:
+        logits.diagonal().fill_(float("-inf"))  # a query's own tail is its positive
+    masked = pairs if in_batch_negatives else _shared_pairs(pairs, B)
+    if masked is not None:  # false negatives: weight exactly 0, so no term and no gradient
+        logits[masked[0], masked[1]] = float("-inf")
+    weights = torch.softmax(logits, dim=1)  # stop-gradient weights; exactly 0 where masked
+    if masked is not None:  # a row with every negative masked: no weights (only masked rows can be)
+        weights[masked[0]] = torch.nan_to_num(weights[masked[0]], nan=0.0)
+    neg_term = (weights * F.logsigmoid(-neg)).sum(dim=1)
+    loss = (-pos_weight * F.logsigmoid(pos) - neg_weight * neg_term).mean()
+    grad = weights.mul_(torch.sigmoid(neg)).mul_(neg_weight / B)  # reuses the weights' memory
+    pos_grad = torch.sigmoid(-pos).mul_(-pos_weight / B)
+    return loss, grad, pos_grad
+
+
 class _DotLogsigmoidLoss(torch.autograd.Function):
     """``logsigmoid_loss`` on dot-product scores ``query @ tails.T`` with the matmuls inside.
 
@@ -273,19 +299,8 @@ class _DotLogsigmoidLoss(torch.autograd.Function):
         pos = (query * tails[:B]).sum(dim=1)  # (B,)
         neg_tails = tails if in_batch_negatives else tails[B:]
         scores = query @ neg_tails.T  # (B, M) or (B, N)
-        logits = scores * adversarial_scale
-        if in_batch_negatives:
-            logits.diagonal().fill_(float("-inf"))  # a query's own tail is its positive
-        masked = pairs if in_batch_negatives else _shared_pairs(pairs, B)
-        if masked is not None:  # false negatives: weight exactly 0, so no term and no gradient
-            logits[masked[0], masked[1]] = float("-inf")
-        weights = torch.softmax(logits, dim=1)  # stop-gradient weights; exactly 0 on the diagonal
-        if masked is not None:  # a row with every negative masked: no weights (only masked rows can be)
-            weights[masked[0]] = torch.nan_to_num(weights[masked[0]], nan=0.0)
-        neg_term = (weights * F.logsigmoid(-scores)).sum(dim=1)
-        loss = (-pos_weight * F.logsigmoid(pos) - neg_weight * neg_term).mean()
-        grad = weights.mul_(torch.sigmoid(scores)).mul_(neg_weight / B)  # reuses the weights' memory
-        pos_grad = torch.sigmoid(-pos).mul_(-pos_weight / B)  # (B,)
+        loss, grad, pos_grad = _logsigmoid_terms(pos, scores, adversarial_scale, pos_weight, neg_weight,
+                                                 in_batch_negatives, pairs)
         if in_batch_negatives:
             grad.diagonal().copy_(pos_grad)
         ctx.save_for_backward(query, tails, grad, pos_grad)
@@ -346,21 +361,11 @@ class _BatchLogsigmoidLoss(torch.autograd.Function):
         B = scores.shape[0]
         pos = scores.diagonal()
         neg = scores if in_batch_negatives else scores[:, B:]
-        logits = neg * adversarial_scale
-        if in_batch_negatives:
-            logits.diagonal().fill_(float("-inf"))  # a query's own tail is its positive
-        masked = pairs if in_batch_negatives else _shared_pairs(pairs, B)
-        if masked is not None:  # false negatives: weight exactly 0, so no term and no gradient
-            logits[masked[0], masked[1]] = float("-inf")
-        weights = torch.softmax(logits, dim=1)  # stop-gradient weights; exactly 0 where masked
-        if masked is not None:  # a row with every negative masked: no weights (only masked rows can be)
-            weights[masked[0]] = torch.nan_to_num(weights[masked[0]], nan=0.0)
-        neg_term = (weights * F.logsigmoid(-neg)).sum(dim=1)
-        loss = (-pos_weight * F.logsigmoid(pos) - neg_weight * neg_term).mean()
-        grad = weights.mul_(torch.sigmoid(neg)).mul_(neg_weight / B)  # reuses the weights' memory
+        loss, grad, pos_grad = _logsigmoid_terms(pos, neg, adversarial_scale, pos_weight, neg_weight,
+                                                 in_batch_negatives, pairs)
         if not in_batch_negatives:
             grad = torch.cat([torch.zeros_like(scores[:, :B]), grad], dim=1)
-        grad.diagonal().copy_(torch.sigmoid(-pos).mul_(-pos_weight / B))  # the weights there are 0
+        grad.diagonal().copy_(pos_grad)  # the weights there are 0
         ctx.save_for_backward(grad)
         return loss
 
