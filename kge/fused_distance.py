@@ -80,6 +80,19 @@ def _cpu_tag() -> str:
     return hashlib.sha1((text + torch.__version__).encode()).hexdigest()[:10]
 
 
+def _ninja_on_path() -> None:
+    """torch runs the ``ninja`` on PATH; the ninja package's own binary sits in the environment's bin
+    directory, which is not on PATH when that environment's python is called without activating it."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    directory = getattr(ninja, "BIN_DIR", None)
+    path = os.environ.get("PATH", "")
+    if directory and directory not in path.split(os.pathsep):
+        os.environ["PATH"] = directory + (os.pathsep + path if path else "")
+
+
 def native_module():
     """The built extension (built on first call, then loaded from torch's cache), or None if it
     cannot be built here (the reason in ``native_build_error()``)."""
@@ -91,6 +104,8 @@ def native_module():
         for flags in (["-O3", "-march=native"], ["-O3"]):  # some compilers lack -march=native
             try:
                 from torch.utils import cpp_extension  # imports setuptools
+
+                _ninja_on_path()
 
                 _native = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
                 _native_error = f"built or loaded in {time.perf_counter() - start:.1f} s"
