@@ -147,10 +147,6 @@ def _chunk(b: int, d: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, b * d))
 
 
-def _modulus(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
-    return torch.sqrt(re * re + im * im)
-
-
 def _eager_forward(form: int, q, t, w, c) -> torch.Tensor:
     B, d = q.shape
     M = t.shape[0]
@@ -158,17 +154,9 @@ def _eager_forward(form: int, q, t, w, c) -> torch.Tensor:
         return torch.cdist(q.unsqueeze(0), t.unsqueeze(0), p=1).squeeze(0)
     out = q.new_empty(B, M)
     step = _chunk(B, d)
-    for s in range(0, M, step):
+    for s in range(0, M, step):  # the broadcast formulas, one capped chunk of tails at a time
         e = min(M, s + step)
-        if form == 1:
-            diff = q.unsqueeze(1) - t[s:e].unsqueeze(0) + c[:, s:e, None] * w.unsqueeze(1)
-            out[:, s:e] = diff.abs().sum(-1)
-        elif form == 3:
-            out[:, s:e] = (q.unsqueeze(1) - w.unsqueeze(1) * t[s:e].unsqueeze(0)).abs().sum(-1)
-        else:
-            diff = q.unsqueeze(1) - t[s:e].unsqueeze(0)
-            re, im = diff.chunk(2, dim=-1)
-            out[:, s:e] = _modulus(re, im).sum(-1)
+        out[:, s:e] = _broadcast(form, q, t[s:e], w, c[:, s:e] if c is not None else None)
     return out
 
 
@@ -231,11 +219,17 @@ def _compiled_fn(form: int):
 
 
 # ----- the autograd function over native or eager kernels ------------------------------------------
+def _native_forward(form: int, q, t, w, c, out: torch.Tensor) -> torch.Tensor:
+    """The C++ forward into ``out`` (an empty tensor: allocated there); q stands in for unused w, c."""
+    return native_module().forward(form, q, t, w if w is not None else q, c if c is not None else q, out)
+
+
+
 class _FusedDistance(torch.autograd.Function):
     @staticmethod
     def forward(ctx, form: int, native: bool, q, t, w, c):
         if native:
-            out = native_module().forward(form, q, t, w if w is not None else q, c if c is not None else q, q.new_empty(0))
+            out = _native_forward(form, q, t, w, c, q.new_empty(0))
         else:
             out = _eager_forward(form, q, t, w, c)
         ctx.form, ctx.native = form, native
@@ -300,17 +294,26 @@ def complex_l1_distance(q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 # ----- L2: matmul expansion with a hand-written backward ----------------------------------------------
+def squared_l2_into(q: torch.Tensor, t: torch.Tensor, t_sq: torch.Tensor, out: torch.Tensor,
+                    scratch: torch.Tensor) -> torch.Tensor:
+    """|q_b|^2 + |t_m|^2 - 2 q_b.t_m into ``out`` (B, M), with ``scratch`` (B, M) and t_sq (M,): the one
+    order of operations that training (``l2_distance``) and prediction
+    (``scoring.l2_distance_scores_into``) share, so their scores agree bit for bit."""
+    torch.matmul(q, t.T, out=out)
+    out.mul_(2.0)                                                        # 2 q.t, exactly
+    torch.add((q * q).sum(-1, keepdim=True), t_sq.unsqueeze(0), out=scratch)
+    return torch.sub(scratch, out, out=out)
+
+
+
 class _L2Distance(torch.autograd.Function):
     """||q_b - t_m||_2 = sqrt(max(|q|^2 + |t|^2 - 2 q.t, eps)) (B, M), value for value as
-    ``scoring.l2_distance_scores_into`` (the same operations in the same order), with a backward of
+    ``scoring.l2_distance_scores_into`` (both through ``squared_l2_into``), with a backward of
     two matmuls and three passes over (B, M) instead of autograd's chain through each elementwise step."""
 
     @staticmethod
     def forward(ctx, q, t, t_sq):
-        out = torch.matmul(q, t.T)
-        out.mul_(2.0)                                                    # 2 q.t, exactly
-        scratch = torch.add((q * q).sum(-1, keepdim=True), t_sq.unsqueeze(0))
-        torch.sub(scratch, out, out=out)                                 # |q|^2 + |t|^2 - 2 q.t
+        out = squared_l2_into(q, t, t_sq, q.new_empty(q.shape[0], t.shape[0]), q.new_empty(q.shape[0], t.shape[0]))
         eps = torch.finfo(out.dtype).eps
         clamped = out < eps                                              # clamp's gradient is 0 there
         out.clamp_min_(eps).sqrt_()
@@ -355,8 +358,7 @@ def distance_scores_into(form: str, q: torch.Tensor, t: torch.Tensor, gamma: flo
     fine) rather than two fresh (B, M) tensors per block, whose page faults cost more than the scan."""
     code = FORMS[form]
     if backend_for(q) == "native" and out.dtype == torch.float32 and out.device.type == "cpu":
-        args = [x.contiguous() if x is not None else q for x in (q, t, w, c)]
-        native_module().forward(code, *args, out)
+        _native_forward(code, *[x.contiguous() if x is not None else None for x in (q, t, w, c)], out)
     else:
         out.copy_(_distance(code, q, t, w, c))
     return out.neg_().add_(gamma)
