@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kge import fused_distance, scoring
+from kge import fused_distance
 from kge.device import resolve_device
 from kge.scorers import get_scorer
 
@@ -134,7 +134,7 @@ def bench_train(score_fn: str, dim: int, batch: int, negatives: int, workers: in
     feature_flops = FEATURE_FLOPS_PER_ROW * (batch + columns) * comm.world_size * trainer.features.dim * dim * steps if trainer.model.use_features else 0.0
     compute = trainer.phase_seconds["compute"]
     return {
-        "bench": "train", "score_fn": score_fn, "distance": trainer.config["distance"] if score_fn in scoring.DISTANCE_FNS else None,
+        "bench": "train", "score_fn": score_fn, "distance": trainer.config["distance"] if trainer.model.scorer.distance else None,
         "loss": trainer.config["loss"]["type"], "dim": dim, "batch": batch, "negatives": negatives, "workers": workers,
         "exchange": exchange, "features": bool(trainer.model.use_features), "steps": steps,
         "distance_kernels": fused_distance.backend_for(torch.zeros(1, device=dev)), "device": str(dev), "threads": torch.get_num_threads(),
@@ -176,7 +176,7 @@ def bench_predict(score_fn: str, dim: int, queries: int = 2000, k: int = 100, ro
         seconds = time.perf_counter() - start
     flops = get_scorer(score_fn).predict_flops(dim, queries, queries * trainer.num_entities)
     return {
-        "bench": "predict", "score_fn": score_fn, "distance": trainer.config["distance"] if score_fn in scoring.DISTANCE_FNS else None,
+        "bench": "predict", "score_fn": score_fn, "distance": trainer.config["distance"] if trainer.model.scorer.distance else None,
         "dim": dim, "queries": queries, "entities": trainer.num_entities, "k": k,
         "device": str(dev), "threads": torch.get_num_threads(),
         "queries_per_s": queries / seconds,
