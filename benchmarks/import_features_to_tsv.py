@@ -3,6 +3,7 @@ measurements of benchmarks/import_features.md.
 
     python benchmarks/import_features_to_tsv.py MINI OUT     # OUT/train.tsv, valid.tsv, test.tsv (Q<id> P<id> Q<id>)
 """
+
 import sys
 from pathlib import Path
 

@@ -49,7 +49,7 @@ def _kill_everything(proc: subprocess.Popen) -> int:
     """SIGKILL the run's process group, then every snakemake/kge/torchrun process still working in this
     directory: torchrun starts its workers in sessions of their own, so they outlive a group kill.
     Returns how many such orphans there were."""
-    from kge.resume import live_workers
+    from kge.report.resume import live_workers
 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -112,7 +112,9 @@ class Moments:
         return started is not None and not done and time.time() - started > 2, "ensemble", started
 
 
-def lost_seconds(results: Path, models: list[str], kill_time: float, moments: Moments, what: str, started: float) -> dict:
+def lost_seconds(
+    results: Path, models: list[str], kill_time: float, moments: Moments, what: str, started: float
+) -> dict:
     """Seconds of work the kill threw away, per job that was running."""
     lost = {}
     for log, first_seen in moments.seen.items():
@@ -139,7 +141,11 @@ def lost_seconds(results: Path, models: list[str], kill_time: float, moments: Mo
 def compare(reference: Path, results: Path) -> dict:
     """{file: "identical" | what differs} over the final arrays and metrics."""
     out = {}
-    files = sorted(p.relative_to(reference) for sub in ("predictions", "ensemble", "submission") for p in (reference / sub).glob("*.npz"))
+    files = sorted(
+        p.relative_to(reference)
+        for sub in ("predictions", "ensemble", "submission")
+        for p in (reference / sub).glob("*.npz")
+    )
     for rel in files:
         a, b = np.load(reference / rel), np.load(results / rel) if (results / rel).exists() else None
         if b is None:
@@ -193,10 +199,19 @@ def main() -> None:
         kill_time = time.time()
         lost = lost_seconds(results, models, kill_time, moments, what, started)
         orphans = _kill_everything(proc)
-        print(f"kill_resume: SIGKILL during {what} at {kill_time - start:.0f} s; lost {lost}; {orphans} orphaned workers killed too",
-              file=sys.stderr)
-        record["kills"].append({"moment": moment, "job": what, "at_seconds": round(kill_time - start, 1), "lost_seconds": lost,
-                                "orphans_killed": orphans})
+        print(
+            f"kill_resume: SIGKILL during {what} at {kill_time - start:.0f} s; lost {lost}; {orphans} orphaned workers killed too",
+            file=sys.stderr,
+        )
+        record["kills"].append(
+            {
+                "moment": moment,
+                "job": what,
+                "at_seconds": round(kill_time - start, 1),
+                "lost_seconds": lost,
+                "orphans_killed": orphans,
+            }
+        )
         moments.seen.clear()
         record["kills"][-1]["stale_lock_left"] = any((Path(".snakemake") / "locks").glob("*"))
         proc = _start(["kge", "resume", *config_args], log)

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from kge.losses import dot_logsigmoid_loss, logsigmoid_loss
+from kge.nn.losses import dot_logsigmoid_loss, logsigmoid_loss
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ The miniature's training triples feed both (PBG with dynamic relations, one enti
 from __future__ import annotations
 
 import argparse
-import warnings
 import datetime
 import json
 import os
@@ -33,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ WORKLOADS = [
 
 
 def load_triples(shard_dir: Path) -> tuple[np.ndarray, int, int]:
-    from kge.shard import read_shard_meta, triples_dataset
+    from kge.bess.shard import read_shard_meta, triples_dataset
 
     meta = read_shard_meta(shard_dir)
     table = triples_dataset(shard_dir).to_table(columns=["h", "r", "t"])
@@ -63,8 +63,18 @@ def load_triples(shard_dir: Path) -> tuple[np.ndarray, int, int]:
 class PbgSide:
     """PyTorch-BigGraph's own model, loss and optimisers, driven batch by batch."""
 
-    def __init__(self, operator: str, comparator: str, hrt: np.ndarray, num_entities: int, num_relations: int,
-                 dim: int, batch: int, negatives: int, tmp: Path):
+    def __init__(
+        self,
+        operator: str,
+        comparator: str,
+        hrt: np.ndarray,
+        num_entities: int,
+        num_relations: int,
+        dim: int,
+        batch: int,
+        negatives: int,
+        tmp: Path,
+    ):
         import warnings
 
         with warnings.catch_warnings():
@@ -78,12 +88,22 @@ class PbgSide:
             from torchbiggraph.types import Partition, Side
         (tmp / "dynamic_rel_count.txt").write_text(str(num_relations))
         self.config = {
-            "entity_path": str(tmp), "edge_paths": [], "checkpoint_path": str(tmp / "checkpoints"),
+            "entity_path": str(tmp),
+            "edge_paths": [],
+            "checkpoint_path": str(tmp / "checkpoints"),
             "entities": {"all": {"num_partitions": 1}},
             "relations": [{"name": "all", "lhs": "all", "rhs": "all", "operator": operator}],
-            "dynamic_relations": True, "global_emb": False, "dimension": dim, "comparator": comparator,
-            "loss_fn": "softmax", "lr": 0.1, "batch_size": batch, "num_batch_negs": batch, "num_uniform_negs": negatives,
-            "disable_lhs_negs": True, "workers": 1,
+            "dynamic_relations": True,
+            "global_emb": False,
+            "dimension": dim,
+            "comparator": comparator,
+            "loss_fn": "softmax",
+            "lr": 0.1,
+            "batch_size": batch,
+            "num_batch_negs": batch,
+            "num_uniform_negs": negatives,
+            "disable_lhs_negs": True,
+            "workers": 1,
         }
         config = parse_config(self.config)
         self.model = make_model(config)
@@ -91,22 +111,29 @@ class PbgSide:
         embeddings = torch.nn.Parameter(torch.randn(num_entities, dim, generator=generator) * 1e-3)
         self.model.set_embeddings("all", embeddings, Side.LHS)
         self.model.set_embeddings("all", embeddings, Side.RHS)
-        self.trainer = Trainer(global_optimizer=torch.optim.Adagrad(list(self.model.parameters()), lr=0.1),
-                               loss_fn="softmax", margin=0.1, relations=config.relations)
+        self.trainer = Trainer(
+            global_optimizer=torch.optim.Adagrad(list(self.model.parameters()), lr=0.1),
+            loss_fn="softmax",
+            margin=0.1,
+            relations=config.relations,
+        )
         self.trainer.entity_optimizers[("all", Partition(0))] = RowAdagrad([embeddings], lr=0.1)
         order = np.random.default_rng(0).permutation(len(hrt))
         self.edges = torch.from_numpy(hrt[order])
         self.batch = batch
         self.offset = 0
-        self._edge_list = lambda e: EdgeList(EntityList.from_tensor(e[:, 0].contiguous()), EntityList.from_tensor(e[:, 2].contiguous()),
-                                             e[:, 1].contiguous())
+        self._edge_list = lambda e: EdgeList(
+            EntityList.from_tensor(e[:, 0].contiguous()),
+            EntityList.from_tensor(e[:, 2].contiguous()),
+            e[:, 1].contiguous(),
+        )
 
     def batches(self, n: int) -> list:
         out = []
         for _ in range(n):
             if self.offset + self.batch > len(self.edges):
                 self.offset = 0
-            out.append(self._edge_list(self.edges[self.offset:self.offset + self.batch]))
+            out.append(self._edge_list(self.edges[self.offset : self.offset + self.batch]))
             self.offset += self.batch
         return out
 
@@ -120,10 +147,19 @@ class PbgSide:
 
 
 class OurSide:
-    def __init__(self, score_fn: str, distance: int | None, features: bool, shard_dir: Path, dim: int, batch: int,
-                 negatives: int, tmp: Path):
-        from kge.bench import _model_config
-        from kge.train import Trainer
+    def __init__(
+        self,
+        score_fn: str,
+        distance: int | None,
+        features: bool,
+        shard_dir: Path,
+        dim: int,
+        batch: int,
+        negatives: int,
+        tmp: Path,
+    ):
+        from kge.report.bench import _model_config
+        from kge.train.trainer import Trainer
 
         config = _model_config(score_fn, dim, batch, negatives, 1, "cpu", "tails", distance=distance, features=features)
         self.trainer = Trainer(config, shard_dir, tmp / "model")
@@ -161,13 +197,13 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=10, help="steps per side per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--scale", type=float, default=0.2, help="miniature scale (kge.bench.cached_data)")
+    p.add_argument("--scale", type=float, default=0.2, help="miniature scale (kge.report.bench.cached_data)")
     p.add_argument("--only", nargs="*", default=None, help="workload names to run (default: all)")
     p.add_argument("--json", default=None, help="append the result as one JSON line here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", module="torchbiggraph")  # float(loss) on a tensor needing grad, sparse COO
-    from kge.bench import cached_data
+    from kge.report.bench import cached_data
 
     _, shard_dir = cached_data(args.scale, 2)
     hrt, num_entities, num_relations = load_triples(shard_dir)
@@ -192,7 +228,9 @@ def main(argv=None) -> None:
                 bounds.append(B / scoring_matmuls(B, B + N, d, args.steps))
             ours.trainer.close()
             row = {
-                "workload": name, "pbg": f"{operator}/{comparator}" if pbg else None, "ours": score_fn + (f" L{distance}" if distance else "") + (" + 768-d features" if features else ""),
+                "workload": name,
+                "pbg": f"{operator}/{comparator}" if pbg else None,
+                "ours": score_fn + (f" L{distance}" if distance else "") + (" + 768-d features" if features else ""),
                 "pbg_positives_per_s": statistics.median(pbg_rates) if pbg else None,
                 "our_positives_per_s": statistics.median(our_rates),
                 "matmul_bound_positives_per_s": statistics.median(bounds),
@@ -204,21 +242,36 @@ def main(argv=None) -> None:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "rounds"}), file=sys.stderr, flush=True)
     result = {
-        "bench": "pbg", "date": datetime.datetime.now().isoformat(timespec="minutes"), "dim": d, "batch": B, "negatives": N,
-        "columns_per_positive": B + N, "entities": num_entities, "relations": num_relations, "triples": len(hrt),
-        "threads": torch.get_num_threads(), "cpus": sorted(os.sched_getaffinity(0)), "torch": torch.__version__,
-        "steps": args.steps, "rounds": args.rounds, "rows": rows,
+        "bench": "pbg",
+        "date": datetime.datetime.now().isoformat(timespec="minutes"),
+        "dim": d,
+        "batch": B,
+        "negatives": N,
+        "columns_per_positive": B + N,
+        "entities": num_entities,
+        "relations": num_relations,
+        "triples": len(hrt),
+        "threads": torch.get_num_threads(),
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "rows": rows,
     }
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(result) + "\n")
-    print("| workload | PBG | PBG positives/s | ours | ours positives/s | ours / PBG | scoring-matmul bound | ours / bound |")
+    print(
+        "| workload | PBG | PBG positives/s | ours | ours positives/s | ours / PBG | scoring-matmul bound | ours / bound |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         pbg_rate = f"{r['pbg_positives_per_s']:,.0f}" if r["pbg"] else "n/a (no features)"
         ratio = f"{r['ours_over_pbg']:.2f}" if r["pbg"] else "n/a"
-        print(f"| {r['workload']} | {r['pbg'] or '-'} | {pbg_rate} | {r['ours']} | {r['our_positives_per_s']:,.0f} | {ratio} | "
-              f"{r['matmul_bound_positives_per_s']:,.0f} | {r['ours_over_bound']:.2f} |")
+        print(
+            f"| {r['workload']} | {r['pbg'] or '-'} | {pbg_rate} | {r['ours']} | {r['our_positives_per_s']:,.0f} | {ratio} | "
+            f"{r['matmul_bound_positives_per_s']:,.0f} | {r['ours_over_bound']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

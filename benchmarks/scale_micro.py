@@ -25,21 +25,23 @@ def _time(fn, repeat: int) -> float:
 
 
 def l2() -> None:
-    from kge import scoring
+    from kge.nn import scoring
 
     q, t = torch.randn(1000, 128), torch.randn(65536, 128)
     t_sq = (t * t).sum(-1)
     out, scratch = torch.empty(1000, 65536), torch.empty(1000, 65536)
     fresh = _time(lambda: scoring.score_queries("transe", q, t, p=2, gamma=8.0, tails_sq=t_sq), 3)
     reused = _time(lambda: scoring.l2_distance_scores_into(q, t, t_sq, 8.0, out, scratch), 3)
-    same = torch.equal(scoring.score_queries("transe", q, t, p=2, gamma=8.0, tails_sq=t_sq),
-                       scoring.l2_distance_scores_into(q, t, t_sq, 8.0, out, scratch))
+    same = torch.equal(
+        scoring.score_queries("transe", q, t, p=2, gamma=8.0, tails_sq=t_sq),
+        scoring.l2_distance_scores_into(q, t, t_sq, 8.0, out, scratch),
+    )
     print(f"score_queries {fresh:.2f} s a block; l2_distance_scores_into {reused:.2f} s; bit-identical: {same}")
 
 
 def gather(shard_dir: str) -> None:
-    import kge.features as features
-    from kge.partition import Partition
+    import kge.bess.features as features
+    from kge.bess.partition import Partition
 
     n_shards = Partition.load(f"{shard_dir}/partition.npz").n_shards
     rng = np.random.default_rng(0)
@@ -47,7 +49,7 @@ def gather(shard_dir: str) -> None:
         features.IN_MEMORY_LIMIT_BYTES = limit
         store = features.FeatureStore(shard_dir, n_shards, shards=[0, 2])
         rows = [torch.from_numpy(np.sort(rng.integers(0, store.num_rows, 1536))) for _ in range(300)]
-        seconds = _time(lambda: [store.gather(r) for r in rows], 1) / len(rows)
+        seconds = _time(lambda: [store.gather(r) for r in rows], 1) / len(rows)  # noqa: B023 (called here)
         print(f"{name}: {seconds * 1e3:.2f} ms per 1,536-row gather")
 
 

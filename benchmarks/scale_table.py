@@ -25,7 +25,11 @@ STAGES = [  # (stage, benchmark file pattern, output paths whose bytes count for
     ("train distmult_softmax (1 worker)", "train/distmult_softmax.tsv", ["{results}/models/distmult_softmax"]),
     ("train transe_l2_softmax (2 workers)", "train/transe_l2_softmax.tsv", ["{results}/models/transe_l2_softmax"]),
     ("predict distmult_softmax", "predict/distmult_softmax.tsv", ["{results}/predictions/distmult_softmax.npz"]),
-    ("predict transe_l2_softmax (2 workers)", "predict/transe_l2_softmax.tsv", ["{results}/predictions/transe_l2_softmax.npz"]),
+    (
+        "predict transe_l2_softmax (2 workers)",
+        "predict/transe_l2_softmax.tsv",
+        ["{results}/predictions/transe_l2_softmax.npz"],
+    ),
     ("evaluate distmult_softmax", "evaluate/distmult_softmax.tsv", ["{results}/evaluation/distmult_softmax.npz"]),
     ("evaluate transe_l2_softmax", "evaluate/transe_l2_softmax.tsv", ["{results}/evaluation/transe_l2_softmax.npz"]),
     ("ensemble", "ensemble.tsv", ["{results}/ensemble"]),
@@ -79,7 +83,16 @@ def main() -> None:
             data = Path(args.data_dir) / f"scaled-f{fraction:g}-s0"
             disk = sum(_bytes(Path(o.format(results=results, data=data))) for o in outputs) / 1e9
             entities = round(REAL_ENTITIES / fraction)
-            rows.append({"stage": stage, "F": fraction, "entities": entities, "seconds": measured[0], "peak_rss_gb": measured[1], "disk_gb": disk})
+            rows.append(
+                {
+                    "stage": stage,
+                    "F": fraction,
+                    "entities": entities,
+                    "seconds": measured[0],
+                    "peak_rss_gb": measured[1],
+                    "disk_gb": disk,
+                }
+            )
             print(f"| {stage} | {fraction:g} | {entities:,} | {measured[0]:.0f} | {measured[1]:.2f} | {disk:.2f} |")
     print()
     print("| stage | time ~ E^a: a | peak RSS ~ E^b: b |")

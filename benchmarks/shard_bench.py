@@ -1,4 +1,4 @@
-"""Benchmark kge.shard.shard_dataset on synthetic WikiKG90Mv2-layout inputs.
+"""Benchmark kge.bess.shard.shard_dataset on synthetic WikiKG90Mv2-layout inputs.
 
 For each triple count T: generate ROOT/wikikg90m-v2 under --work (train_hrt (T,3) int64 with
 power-law-ish entity and relation ids, written chunk by chunk into an open_memmap), then shard it in
@@ -88,11 +88,19 @@ def _child(args: argparse.Namespace) -> None:
     """Runs in the subprocess: shard once, print one JSON line."""
     import torch  # noqa: F401 - import cost is part of a real run's baseline RSS
 
-    from kge.shard import shard_dataset
+    from kge.bess.shard import shard_dataset
 
     base_rss = _vm_hwm_mb()
     t0 = time.perf_counter()
-    out = shard_dataset(args.root, args.shard_out, n_shards=args.shards, seed=0, chunk_rows=args.chunk_rows, progress=False, writer=args.writer)
+    out = shard_dataset(
+        args.root,
+        args.shard_out,
+        n_shards=args.shards,
+        seed=0,
+        chunk_rows=args.chunk_rows,
+        progress=False,
+        writer=args.writer,
+    )
     wall = time.perf_counter() - t0
     meta = json.loads((out / "shard_meta.json").read_text())
     size = lambda p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())  # noqa: E731
@@ -153,12 +161,30 @@ def main() -> None:
             for d in args.shards:
                 for writer in args.writer:
                     shard_out = args.work / f"shards_{t}_{d}_{writer}"
-                    cmd = [sys.executable, __file__, "--child", "--root", str(root), "--shard-out", str(shard_out),
-                           "--shards", str(d), "--writer", writer, "--chunk-rows", str(args.chunk_rows)]
-                    res = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        "--root",
+                        str(root),
+                        "--shard-out",
+                        str(shard_out),
+                        "--shards",
+                        str(d),
+                        "--writer",
+                        writer,
+                        "--chunk-rows",
+                        str(args.chunk_rows),
+                    ]
+                    res = subprocess.run(
+                        cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}
+                    )
                     rec = json.loads(res.stdout.strip().splitlines()[-1])
                     rec.update(
-                        num_triples=t, n_shards=d, writer=writer, train_hrt_bytes=in_bytes,
+                        num_triples=t,
+                        n_shards=d,
+                        writer=writer,
+                        train_hrt_bytes=in_bytes,
                         triples_rows_per_s=round(t / rec["triples_phase_s"]),
                         overall_rows_per_s=round(t / rec["wall_s"]),
                     )
@@ -169,7 +195,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
     result = {
-        "benchmark": "kge.shard.shard_dataset",
+        "benchmark": "kge.bess.shard.shard_dataset",
         "command": "PYTHONPATH=. python " + " ".join([sys.argv[0]] + sys.argv[1:]),
         "machine": {
             "cpus": os.cpu_count(),
@@ -180,9 +206,13 @@ def main() -> None:
             "pyarrow": __import__("pyarrow").__version__,
         },
         "params": {
-            "num_entities": args.entities, "num_relations": args.relations, "feat_dim": args.feat_dim,
-            "features_bytes": args.entities * args.feat_dim * 2, "chunk_rows": args.chunk_rows,
-            "compression": "snappy", "id_distribution": "h, t ~ E*u^3; r ~ R*u^5",
+            "num_entities": args.entities,
+            "num_relations": args.relations,
+            "feat_dim": args.feat_dim,
+            "features_bytes": args.entities * args.feat_dim * 2,
+            "chunk_rows": args.chunk_rows,
+            "compression": "snappy",
+            "id_distribution": "h, t ~ E*u^3; r ~ R*u^5",
         },
         "runs": runs,
     }

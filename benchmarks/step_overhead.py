@@ -61,8 +61,8 @@ def main(argv=None) -> None:
     p.add_argument("--json", default=None, help="append the result as one JSON line here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    from kge.bench import _model_config, cached_data
-    from kge.train import Trainer
+    from kge.report.bench import _model_config, cached_data
+    from kge.train.trainer import Trainer
 
     _, shards = cached_data(0.2, 2)
     config = _model_config(args.score_fn, args.dim, args.batch, args.negatives, 1, "cpu", "tails", not args.no_features)
@@ -86,9 +86,19 @@ def main(argv=None) -> None:
                 times[name].append(1e3 * (time.perf_counter() - start) / args.steps)
         for t, _ in trainers.values():
             t.close()
-    result = {"bench": "step_overhead", "score_fn": args.score_fn, "dim": args.dim, "batch": args.batch, "negatives": args.negatives,
-              "features": not args.no_features, "threads": 1, "steps": args.steps, "rounds": args.rounds,
-              "ms_per_step": {k: statistics.median(v) for k, v in times.items()}, "all": times}
+    result = {
+        "bench": "step_overhead",
+        "score_fn": args.score_fn,
+        "dim": args.dim,
+        "batch": args.batch,
+        "negatives": args.negatives,
+        "features": not args.no_features,
+        "threads": 1,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "ms_per_step": {k: statistics.median(v) for k, v in times.items()},
+        "all": times,
+    }
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(result) + "\n")

@@ -8,10 +8,8 @@ previous stage, then bytes per owned entity row of each increase.
 """
 
 import argparse
-import json
 import time
 
-import numpy as np
 import torch
 
 
@@ -43,8 +41,8 @@ def main() -> None:
         last = now
 
     mark("interpreter + torch")
-    from kge.cli import _load_model_config
-    from kge.train import Trainer
+    from kge.cli.main import _load_model_config
+    from kge.train.trainer import Trainer
 
     config = _load_model_config(args.config)
     mark("kge imported")
@@ -58,7 +56,7 @@ def main() -> None:
     mark("one checkpoint written")
     if args.validate:
         from kge.data.layout import open_dataset
-        from kge.predict import curve_evaluator
+        from kge.predict.predictor import curve_evaluator
 
         ds = open_dataset(args.root, check=False)
         evaluator = curve_evaluator(ds.val_hr, ds.val_t, ds.train_hrt, config["validate_queries"], seed=config["seed"])
@@ -68,8 +66,10 @@ def main() -> None:
     n = len(trainer.owned) * trainer.shard_size
     print(f"owned entity rows: {n:,}; dim {config['dim']}; peak RSS (VmHWM) {rss()['VmHWM'] / 1e9:.2f} GB")
     for stage, now, delta in rows:
-        print(f"{stage:60s} RSS {now['VmRSS'] / 1e9:6.2f} GB (anon {now['RssAnon'] / 1e9:5.2f}, file {now['RssFile'] / 1e9:5.2f})"
-              f"  +{delta['VmRSS'] / 1e9:6.2f} GB = {delta['VmRSS'] / n:7.0f} B/row; peak so far {now['VmHWM'] / 1e9:5.2f} GB")
+        print(
+            f"{stage:60s} RSS {now['VmRSS'] / 1e9:6.2f} GB (anon {now['RssAnon'] / 1e9:5.2f}, file {now['RssFile'] / 1e9:5.2f})"
+            f"  +{delta['VmRSS'] / 1e9:6.2f} GB = {delta['VmRSS'] / n:7.0f} B/row; peak so far {now['VmHWM'] / 1e9:5.2f} GB"
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 import sys
 
-from kge.cli import main
+from kge.cli.main import main
 
 sys.exit(main())

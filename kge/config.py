@@ -10,9 +10,9 @@ from typing import Any
 
 import jsonschema
 
-from kge import sparsity
-from kge.errors import KgeInputError
-from kge.scorers import SCORERS
+from kge.common.errors import KgeInputError
+from kge.nn.scorers import SCORERS
+from kge.table import sparsity
 
 # Defaults follow the submission where it had one setting (Adam betas, cube-root sampling,
 # 0.5/0.5 log-sigmoid halves, linear decay) and the miniature's budget otherwise.
@@ -44,15 +44,31 @@ MODEL_DEFAULTS: dict[str, Any] = {
         "feature": {"weight": 0.0, "power": 3.0},
     },
     "features": {
-        "use": True, "share_projection": False, "dropout": 0.0, "bias": False, "weight": False, "gated": False,
-        "projection": "dense", "groups": 4,
-        "mlp": {"hidden": 0, "squeeze": False, "residual": False, "concat_embeddings": False, "glu": False, "norm": "none"},
+        "use": True,
+        "share_projection": False,
+        "dropout": 0.0,
+        "bias": False,
+        "weight": False,
+        "gated": False,
+        "projection": "dense",
+        "groups": 4,
+        "mlp": {
+            "hidden": 0,
+            "squeeze": False,
+            "residual": False,
+            "concat_embeddings": False,
+            "glu": False,
+            "norm": "none",
+        },
     },
     "learning_rate": 1e-3,
     "lr_decay": "linear",
     "lr_modifiers": {
-        "entity_embedding": 1.0, "feature_projection": 1.0, "relation": 1.0,
-        "head_feature_projection": None, "tail_feature_projection": None,
+        "entity_embedding": 1.0,
+        "feature_projection": 1.0,
+        "relation": 1.0,
+        "head_feature_projection": None,
+        "tail_feature_projection": None,
     },
     "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
     "subspace": {"dim": 0},
@@ -135,28 +151,44 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
     validate(config, schema, where)
     for key in ("batch_size", "negatives"):
         if config[key] % config["workers"]:
-            raise KgeInputError(f"{where}: key '{key}' = {config[key]} must be a multiple of workers = {config['workers']}")
+            raise KgeInputError(
+                f"{where}: key '{key}' = {config[key]} must be a multiple of workers = {config['workers']}"
+            )
     loss = overrides.get("loss", {})
     if loss.get("adversarial_temperature") is not None and loss.get("adversarial_scale"):
-        raise KgeInputError(f"{where}: set one of 'loss.adversarial_scale' and 'loss.adversarial_temperature', not both")
+        raise KgeInputError(
+            f"{where}: set one of 'loss.adversarial_scale' and 'loss.adversarial_temperature', not both"
+        )
     features = config["features"]
     mlp = features["mlp"]
     if mlp["hidden"] and mlp["residual"] and not mlp["squeeze"]:
-        raise KgeInputError(f"{where}: key 'features.mlp.residual' needs 'features.mlp.squeeze' (the residual is M e_F)")
+        raise KgeInputError(
+            f"{where}: key 'features.mlp.residual' needs 'features.mlp.squeeze' (the residual is M e_F)"
+        )
     if features["projection"] != "dense" and mlp["hidden"] and not mlp["squeeze"]:
-        raise KgeInputError(f"{where}: key 'features.projection' = {features['projection']} needs a projection M, but an MLP "
-                            "without 'features.mlp.squeeze' reads the raw feature e_F; set squeeze or projection: dense")
+        raise KgeInputError(
+            f"{where}: key 'features.projection' = {features['projection']} needs a projection M, but an MLP "
+            "without 'features.mlp.squeeze' reads the raw feature e_F; set squeeze or projection: dense"
+        )
     if features["projection"] == "grouped" and config["dim"] % features["groups"]:
-        raise KgeInputError(f"{where}: key 'features.groups' = {features['groups']} must divide dim = {config['dim']} "
-                            "(each group maps F / groups inputs to dim / groups outputs)")
+        raise KgeInputError(
+            f"{where}: key 'features.groups' = {features['groups']} must divide dim = {config['dim']} "
+            "(each group maps F / groups inputs to dim / groups outputs)"
+        )
     two_phase = config["two_phase"]
     if two_phase["fraction"] > 0 and not two_phase["negatives"]:
-        raise KgeInputError(f"{where}: key 'two_phase.fraction' = {two_phase['fraction']} needs 'two_phase.negatives' (phase one's pool)")
+        raise KgeInputError(
+            f"{where}: key 'two_phase.fraction' = {two_phase['fraction']} needs 'two_phase.negatives' (phase one's pool)"
+        )
     if two_phase["fraction"] > 0 and two_phase["negatives"] % config["workers"]:
-        raise KgeInputError(f"{where}: key 'two_phase.negatives' = {two_phase['negatives']} must be a multiple of workers = {config['workers']}")
+        raise KgeInputError(
+            f"{where}: key 'two_phase.negatives' = {two_phase['negatives']} must be a multiple of workers = {config['workers']}"
+        )
     sparsity.check_config(config, where)
     if mlp["norm"] != "none" and not mlp["hidden"]:
-        raise KgeInputError(f"{where}: key 'features.mlp.norm' = {mlp['norm']} normalises the MLP's hidden layer; set 'features.mlp.hidden' > 0")
+        raise KgeInputError(
+            f"{where}: key 'features.mlp.norm' = {mlp['norm']} normalises the MLP's hidden layer; set 'features.mlp.hidden' > 0"
+        )
     return config
 
 
@@ -236,7 +268,15 @@ def config_hash(config: dict) -> str:
     """Stable digest of the settings that change training (used to refuse a stale checkpoint)."""
     # Workers and the exchange variant change how a step is computed, not what is trained: a
     # checkpoint resumes under another worker count (shards are owned by shard index).
-    ignored = ("checkpoint_every", "checkpoint_seconds", "device", "predict_batch", "predict_block", "workers", "exchange")
+    ignored = (
+        "checkpoint_every",
+        "checkpoint_seconds",
+        "device",
+        "predict_batch",
+        "predict_block",
+        "workers",
+        "exchange",
+    )
     relevant = {k: v for k, v in config.items() if k not in ignored}
     relevant = copy.deepcopy(relevant)
     for (*parents, key), default in LATER_KEYS.items():  # at their default: the hash they had before these keys existed

@@ -3,27 +3,28 @@
 The reference holds the whole entity table and simulates the W workers in one autograd graph:
 every worker's tail embeddings are encoded by their owner into a [source, destination, c, d]
 send tensor, and the AllToAll is its transpose (received[dst][src] = send[src][dst]). It shares
-only the building blocks with kge.train (encoder, scoring functions, losses, sparse Adam, each
+only the building blocks with kge.train.trainer (encoder, scoring functions, losses, sparse Adam, each
 tested on its own against hand computations), not the exchange logic under test.
 """
 
 from __future__ import annotations
 
 import os
-
-import numpy as np
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from kge import losses, sparsity, subspace
+from kge.bess.features import FeatureStore
+from kge.bess.partition import Partition
+from kge.bess.shard import read_shard_meta
 from kge.config import adversarial_scale, negatives_at
-from kge.features import FeatureStore
-from kge.model import KGEModel, init_entity_rows
-from kge.optim import SparseRowAdam
-from kge.partition import Partition
-from kge.shard import read_shard_meta
-from kge.train import learning_rate
+from kge.nn import losses
+from kge.nn.model import KGEModel, init_entity_rows
+from kge.table import sparsity
+from kge.table.sparse_adam import SparseRowAdam
+from kge.train import subspace
+from kge.train.trainer import learning_rate
 
 
 def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
@@ -41,15 +42,19 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
     table = init_entity_rows(config, list(range(D)), S)
     adam = config["adam"]
     sparse = SparseRowAdam(table, adam["beta1"], adam["beta2"], adam["eps"])
-    # Block sparsity: one mask over all D shards (kge.sparsity, tested on its own in test_sparsity).
+    # Block sparsity: one mask over all D shards (kge.table.sparsity, tested on its own in test_sparsity).
     blocks = sparsity.BlockSparsity(config, list(range(D)), S, "cpu") if sparsity.is_sparse(config) else None
     if blocks is not None:
         blocks.zero_inactive_([table])
-    dense_opt = torch.optim.Adam(model.dense_param_groups(), lr=config["learning_rate"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"])
+    dense_opt = torch.optim.Adam(
+        model.dense_param_groups(), lr=config["learning_rate"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"]
+    )
     out = {"losses": [], "dense_grads": []}
     for step, worker_batches in enumerate(batches):
         # The pool of this step (two-phase schedules draw a smaller one first).
-        correction = losses.sampling_correction(int(meta["num_entities"]), negatives_at(config, D, step), config["loss"]["correction_weight"])
+        correction = losses.sampling_correction(
+            int(meta["num_entities"]), negatives_at(config, D, step), config["loss"]["correction_weight"]
+        )
         leaf = table.clone().requires_grad_(True)
         touched = []
         # Targets of every worker and their owners.
@@ -102,17 +107,28 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
                 loss = losses.softmax_loss(scores[diag, diag], scores + shift, mask)
             else:
                 lc = config["loss"]
-                loss = losses.logsigmoid_loss(scores[diag, diag], scores, mask, adversarial_scale(lc), lc["positive_weight"], lc["negative_weight"])
+                loss = losses.logsigmoid_loss(
+                    scores[diag, diag],
+                    scores,
+                    mask,
+                    adversarial_scale(lc),
+                    lc["positive_weight"],
+                    lc["negative_weight"],
+                )
             total = total + loss
         reg = config["regularisation"]
         for key, part in (("entity", "e"), ("embedding", "s"), ("feature", "f")):
             if reg[key]["weight"] > 0:
-                total = total + losses.l3_penalty(head_parts[part] + tail_parts[part], reg[key]["weight"], reg[key]["power"])
+                total = total + losses.l3_penalty(
+                    head_parts[part] + tail_parts[part], reg[key]["weight"], reg[key]["power"]
+                )
         total = total / W
         dense_opt.zero_grad(set_to_none=True)
         total.backward()
-        # The same projection as kge.train (one kge function): what is under test here is the exchange.
-        subspace.project_gradients_([p for g in dense_opt.param_groups for p in g["params"]], config["subspace"]["dim"], config["seed"], step)
+        # The same projection as kge.train.trainer (one kge function): what is under test here is the exchange.
+        subspace.project_gradients_(
+            [p for g in dense_opt.param_groups for p in g["params"]], config["subspace"]["dim"], config["seed"], step
+        )
         out["losses"].append(float(total.detach()))
         out["dense_grads"].append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         lr = learning_rate(config, step)
@@ -134,7 +150,7 @@ def _join_gloo(rank: int, world_size: int, init_file: str):
     """A spawned test worker joins the gloo group (file rendezvous) -> its communicator."""
     import torch.distributed as dist
 
-    from kge.comm import ProcessGroupComm
+    from kge.dist.comm import ProcessGroupComm
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
@@ -149,9 +165,11 @@ def _save_and_leave(results, path: str) -> None:
     dist.destroy_process_group()
 
 
-def parity_worker(rank: int, world_size: int, init_file: str, configs: list[dict], shard_dir: str, out_dir: str, steps: int) -> None:
+def parity_worker(
+    rank: int, world_size: int, init_file: str, configs: list[dict], shard_dir: str, out_dir: str, steps: int
+) -> None:
     """One spawned worker: run ``steps`` distributed steps of every config, save what it saw."""
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     comm = _join_gloo(rank, world_size, init_file)
     results = []
@@ -161,9 +179,13 @@ def parity_worker(rank: int, world_size: int, init_file: str, configs: list[dict
         for _ in range(steps):
             record["losses"].append(trainer.train_step())
             record["batches"].append(trainer.last_step["batch"])
-            record["dense_grads"].append({name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None})
+            record["dense_grads"].append(
+                {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+            )
             pairs = trainer.last_step["false_negatives"]  # (rows, cols) masked this step, or None
-            record.setdefault("false_negatives", []).append(None if pairs is None else (pairs[0].clone(), pairs[1].clone()))
+            record.setdefault("false_negatives", []).append(
+                None if pairs is None else (pairs[0].clone(), pairs[1].clone())
+            )
         record["owned"] = trainer.owned
         record["table"] = trainer.model.entity_table.clone()
         record["mask"] = None if trainer.sparsity is None else trainer.sparsity.mask.clone()
@@ -195,16 +217,25 @@ def reference_topk(config: dict, shard_dir: Path, hr: torch.Tensor, k: int) -> t
     return row_entity[top_rows], top_s
 
 
-def topk_worker(rank: int, world_size: int, init_file: str, configs: list[dict], shard_dir: str, out_dir: str, hr, k: int) -> None:
+def topk_worker(
+    rank: int, world_size: int, init_file: str, configs: list[dict], shard_dir: str, out_dir: str, hr, k: int
+) -> None:
     """One spawned worker: sharded top-K of every config's initial model for queries ``hr``."""
-    from kge.predict import Predictor
-    from kge.train import Trainer
+    from kge.predict.predictor import Predictor
+    from kge.train.trainer import Trainer
 
     comm = _join_gloo(rank, world_size, init_file)
     results = []
     for n, config in enumerate(configs):
         trainer = Trainer(config, shard_dir, Path(out_dir) / f"model{n}", comm)
-        predictor = Predictor(trainer.model, trainer.features, trainer.partition, trainer.device, block_rows=97,
-                              owned=trainer.owned, comm=comm)
+        predictor = Predictor(
+            trainer.model,
+            trainer.features,
+            trainer.partition,
+            trainer.device,
+            block_rows=97,
+            owned=trainer.owned,
+            comm=comm,
+        )
         results.append(predictor.topk(hr.numpy(), k, query_batch=64))
     _save_and_leave(results, os.path.join(out_dir, f"topk{rank}.pt"))

@@ -21,7 +21,7 @@ def mini_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def mini_shards(mini_root, tmp_path_factory) -> Path:
-    from kge.shard import shard_dataset
+    from kge.bess.shard import shard_dataset
 
     out = tmp_path_factory.mktemp("shards") / "shards"
     shard_dataset(mini_root, out, 2, seed=0, progress=False)

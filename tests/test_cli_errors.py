@@ -19,7 +19,8 @@ def _dataset(root, **override):
         train_hrt=np.stack([rng.integers(0, E, 400), rng.integers(0, R, 400), rng.integers(0, E, 400)], 1),
         entity_feat=rng.normal(size=(E, 16)).astype(np.float16),
         relation_feat=rng.normal(size=(R, 16)).astype(np.float16),
-        val_hr=np.stack([rng.integers(0, E, 20), rng.integers(0, R, 20)], 1), val_t=rng.integers(0, E, 20),
+        val_hr=np.stack([rng.integers(0, E, 20), rng.integers(0, R, 20)], 1),
+        val_t=rng.integers(0, E, 20),
         test_dev_hr=np.stack([rng.integers(0, E, 15), rng.integers(0, R, 15)], 1),
         test_challenge_hr=np.stack([rng.integers(0, E, 10), rng.integers(0, R, 10)], 1),
     )
@@ -70,11 +71,31 @@ def test_empty_split(tmp_path):
 
 def test_mistyped_model_key_and_bad_json(tmp_path):
     out = tmp_path / "config.json"
-    _one_line_error(_kge("config", "model", "--name", "m", "--json", json.dumps({"learning_rat": 0.1}), "--out", out), "learning_rat", "models.m")
+    _one_line_error(
+        _kge("config", "model", "--name", "m", "--json", json.dumps({"learning_rat": 0.1}), "--out", out),
+        "learning_rat",
+        "models.m",
+    )
     _one_line_error(_kge("config", "model", "--name", "m", "--json", "{not json", "--out", out), "model 'm'")
     assert not out.exists()
 
 
 def test_missing_inputs_of_later_steps(tmp_path):
-    _one_line_error(_kge("submit", "--root", tmp_path, "--ensemble-dir", tmp_path / "none", "--out-dir", tmp_path / "sub"), "summary.json")
-    _one_line_error(_kge("train", "--config", tmp_path / "nope.json", "--root", tmp_path, "--shard-dir", tmp_path, "--out", tmp_path / "m"), "nope.json")
+    _one_line_error(
+        _kge("submit", "--root", tmp_path, "--ensemble-dir", tmp_path / "none", "--out-dir", tmp_path / "sub"),
+        "summary.json",
+    )
+    _one_line_error(
+        _kge(
+            "train",
+            "--config",
+            tmp_path / "nope.json",
+            "--root",
+            tmp_path,
+            "--shard-dir",
+            tmp_path,
+            "--out",
+            tmp_path / "m",
+        ),
+        "nope.json",
+    )

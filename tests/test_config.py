@@ -2,8 +2,8 @@
 
 import pytest
 
+from kge.common.errors import KgeInputError
 from kge.config import MODEL_DEFAULTS, config_hash, resolve_model_config
-from kge.errors import KgeInputError
 
 
 def test_defaults_fill_nested_settings():
@@ -41,8 +41,8 @@ def test_hash_ignores_runtime_only_settings():
 
 def test_pipeline_defaults_fill_every_key_and_models_travel_with_their_defaults():
     import yaml
-
     from conftest import REPO
+
     from kge.config import with_pipeline_defaults
 
     defaults = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -57,7 +57,11 @@ def test_pipeline_defaults_fill_every_key_and_models_travel_with_their_defaults(
     assert own["models"] == {"m": {"score_fn": "transe"}} and "model_defaults" not in own
     own = with_pipeline_defaults({"models": {"m": None}, "model_defaults": {"dim": 8}}, defaults)
     assert own["model_defaults"] == {"dim": 8}
-    assert user == {"dataset": "import", "import": {"train": "t.tsv", "valid": "v.tsv"}, "ensemble": {"power": -1.0}}  # inputs untouched
+    assert user == {
+        "dataset": "import",
+        "import": {"train": "t.tsv", "valid": "v.tsv"},
+        "ensemble": {"power": -1.0},
+    }  # inputs untouched
 
 
 def test_false_negative_mask_is_on_by_default_but_older_configs_read_as_off():

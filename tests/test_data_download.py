@@ -10,9 +10,9 @@ import zipfile
 import numpy as np
 import pytest
 
+from kge.common.errors import KgeInputError
 from kge.data.download import download_wikikg90mv2
 from kge.data.layout import dataset_dir, open_dataset, write_meta
-from kge.errors import KgeInputError
 
 
 def _zip_bytes(tmp_path, with_marker=False):
@@ -23,9 +23,14 @@ def _zip_bytes(tmp_path, with_marker=False):
     ds = dataset_dir(src)
     rng = np.random.default_rng(0)
     write_split_arrays(
-        ds, train_hrt=rng.integers(0, 4, (100, 3)), entity_feat=rng.normal(size=(20, 768)).astype(np.float16),
-        relation_feat=rng.normal(size=(4, 768)).astype(np.float16), val_hr=rng.integers(0, 4, (5, 2)),
-        val_t=rng.integers(0, 20, 5), test_dev_hr=rng.integers(0, 4, (5, 2)), test_challenge_hr=rng.integers(0, 4, (5, 2)),
+        ds,
+        train_hrt=rng.integers(0, 4, (100, 3)),
+        entity_feat=rng.normal(size=(20, 768)).astype(np.float16),
+        relation_feat=rng.normal(size=(4, 768)).astype(np.float16),
+        val_hr=rng.integers(0, 4, (5, 2)),
+        val_t=rng.integers(0, 20, 5),
+        test_dev_hr=rng.integers(0, 4, (5, 2)),
+        test_challenge_hr=rng.integers(0, 4, (5, 2)),
     )
     write_meta(ds, 20, 4)
     buf = io.BytesIO()

@@ -7,12 +7,17 @@ import pandas as pd
 import pytest
 
 from kge.cli import main
+from kge.common.errors import KgeInputError
 from kge.data.importer import import_triples, load_label_maps, read_import_summary
 from kge.data.layout import MARKER_NAME, answers_dir, dataset_dir, load_with_ogb, open_dataset
-from kge.errors import KgeInputError
 
-TRAIN = [("alice", "knows", "bob"), ("bob", "knows", "carol"), ("carol", "likes", "alice"),
-         ("dave", "likes", "bob"), ("bob", "born in", "paris")]
+TRAIN = [
+    ("alice", "knows", "bob"),
+    ("bob", "knows", "carol"),
+    ("carol", "likes", "alice"),
+    ("dave", "likes", "bob"),
+    ("bob", "born in", "paris"),
+]
 VALID = [("alice", "likes", "carol"), ("carol", "knows", "erin")]  # erin: unseen entity, allowed
 TEST = [("dave", "knows", "alice"), ("erin", "born in", "paris")]
 
@@ -28,8 +33,10 @@ def _write(path, rows, kind, header=False):
 
 def _files(tmp_path, kind, header=False):
     ext = {"tsv": ".tsv", "csv": ".csv", "parquet": ".parquet"}[kind]
-    return [_write(tmp_path / f"{name}{ext}", rows, kind, header) for name, rows in
-            (("train", TRAIN), ("valid", VALID), ("test", TEST))]
+    return [
+        _write(tmp_path / f"{name}{ext}", rows, kind, header)
+        for name, rows in (("train", TRAIN), ("valid", VALID), ("test", TEST))
+    ]
 
 
 def _decode(root):
@@ -43,7 +50,9 @@ def _decode(root):
     return kg, train, valid, test
 
 
-@pytest.mark.parametrize("kind,header", [("tsv", False), ("tsv", True), ("csv", False), ("csv", True), ("parquet", False)])
+@pytest.mark.parametrize(
+    "kind,header", [("tsv", False), ("tsv", True), ("csv", False), ("csv", True), ("parquet", False)]
+)
 def test_round_trip(tmp_path, kind, header):
     train, valid, test = _files(tmp_path, kind, header)
     out = tmp_path / "out"
@@ -130,8 +139,12 @@ def _one_line(exc_info):
 
 
 def test_duplicates_self_loops_blank_lines_header(tmp_path):
-    train = _tsv(tmp_path / "train.tsv", "subject\tpredicate\tobject\n" + "\n".join("\t".join(t) for t in TRAIN)
-                 + "\n\nalice\tknows\tbob\n  \nbob\tknows\tbob\n")  # header, blank lines, one duplicate, one self-loop
+    train = _tsv(
+        tmp_path / "train.tsv",
+        "subject\tpredicate\tobject\n"
+        + "\n".join("\t".join(t) for t in TRAIN)
+        + "\n\nalice\tknows\tbob\n  \nbob\tknows\tbob\n",
+    )  # header, blank lines, one duplicate, one self-loop
     valid = _tsv(tmp_path / "valid.tsv", "alice\tlikes\tcarol\nalice\tlikes\tcarol\ncarol\tknows\terin\n")
     test = _tsv(tmp_path / "test.tsv", "dave\tknows\talice\n")
     import_triples(train, valid, test, tmp_path / "out", progress=False)
@@ -141,7 +154,9 @@ def test_duplicates_self_loops_blank_lines_header(tmp_path):
     assert summary["dropped"]["train_duplicates"] == 1 and summary["dropped"]["valid_duplicates"] == 1
     assert summary["self_loops"]["train"] == 1 and summary["header_rows"]["train"] is True
     assert summary["empty_lines"]["train"] == 2 and summary["entities_only_in_valid_test"] == 1  # erin
-    assert summary["triples"] == {"train": 6, "valid": 2, "test": 1} and summary["has_test"] and summary["test_has_tails"]
+    assert (
+        summary["triples"] == {"train": 6, "valid": 2, "test": 1} and summary["has_test"] and summary["test_has_tails"]
+    )
 
 
 def test_leaked_valid_and_test_triples_are_dropped(tmp_path):
@@ -159,14 +174,29 @@ def test_leaked_valid_and_test_triples_are_dropped(tmp_path):
     _one_line(err)
 
 
-@pytest.mark.parametrize("name,content,match", [
-    ("mixed.tsv", b"a\tknows\tb\nb,knows,c\n", r"mixed.tsv:2: 1 field; expected 3 .* holds a comma instead: the file mixes separators"),
-    ("mixed.csv", b"a,knows,b\n\nb\tknows\tc\n", r"mixed.csv:3: 1 field; expected 3 .* holds a tab instead: the file mixes separators"),
-    ("latin1.tsv", b"a\tknows\tb\n\nb\tknows\tcaf\xe9\n", r"latin1.tsv:3: not UTF-8 \(byte 0xe9 at byte offset 22\)"),
-    ("short.tsv", b"a\tknows\tb\nb\tknows\n", r"short.tsv:2: 2 fields; expected 3"),
-    ("emptylabel.tsv", b"a\tknows\tb\n\tknows\tc\n", r"emptylabel.tsv:2: empty head label"),
-    ("quote.csv", b'a,knows,b\n"b,knows,c\n', r"quote.csv:\d+: "),
-])
+@pytest.mark.parametrize(
+    "name,content,match",
+    [
+        (
+            "mixed.tsv",
+            b"a\tknows\tb\nb,knows,c\n",
+            r"mixed.tsv:2: 1 field; expected 3 .* holds a comma instead: the file mixes separators",
+        ),
+        (
+            "mixed.csv",
+            b"a,knows,b\n\nb\tknows\tc\n",
+            r"mixed.csv:3: 1 field; expected 3 .* holds a tab instead: the file mixes separators",
+        ),
+        (
+            "latin1.tsv",
+            b"a\tknows\tb\n\nb\tknows\tcaf\xe9\n",
+            r"latin1.tsv:3: not UTF-8 \(byte 0xe9 at byte offset 22\)",
+        ),
+        ("short.tsv", b"a\tknows\tb\nb\tknows\n", r"short.tsv:2: 2 fields; expected 3"),
+        ("emptylabel.tsv", b"a\tknows\tb\n\tknows\tc\n", r"emptylabel.tsv:2: empty head label"),
+        ("quote.csv", b'a,knows,b\n"b,knows,c\n', r"quote.csv:\d+: "),
+    ],
+)
 def test_refusals_name_file_and_line(tmp_path, name, content, match):
     train, valid, test = _files(tmp_path, "tsv")
     bad = tmp_path / name
@@ -180,7 +210,9 @@ def test_refusals_name_file_and_line(tmp_path, name, content, match):
 def test_unseen_relation_names_line(tmp_path):
     train, _, test = _files(tmp_path, "tsv")
     valid = _tsv(tmp_path / "valid.tsv", "alice\tlikes\tcarol\n\n# no comments either\tknows\tbob\nalice\thates\tbob\n")
-    with pytest.raises(KgeInputError, match=r"valid.tsv:4: relation 'hates' does not occur in the training file") as err:
+    with pytest.raises(
+        KgeInputError, match=r"valid.tsv:4: relation 'hates' does not occur in the training file"
+    ) as err:
         import_triples(train, valid, test, tmp_path / "out", progress=False)
     _one_line(err)
 
@@ -251,14 +283,60 @@ def test_predict_top_k_clamped_on_a_tiny_imported_graph(tmp_path, capsys):
     root, shards, model = tmp_path / "root", tmp_path / "shards", tmp_path / "model"
     assert main(["data", "import", "--train", str(train), "--valid", str(valid), "--out", str(root)]) == 0
     assert main(["shard", "--root", str(root), "--out", str(shards), "--shards", "1"]) == 0
-    cfg = json.dumps({"score_fn": "distmult", "dim": 8, "steps": 5, "batch_size": 4, "negatives": 4,
-                      "features": {"use": False}, "device": "cpu", "validate_every": 5})
+    cfg = json.dumps(
+        {
+            "score_fn": "distmult",
+            "dim": 8,
+            "steps": 5,
+            "batch_size": 4,
+            "negatives": 4,
+            "features": {"use": False},
+            "device": "cpu",
+            "validate_every": 5,
+        }
+    )
     assert main(["config", "model", "--name", "tiny", "--json", cfg, "--out", str(tmp_path / "cfg.json")]) == 0
-    assert main(["train", "--config", str(tmp_path / "cfg.json"), "--root", str(root), "--shard-dir", str(shards),
-                 "--out", str(model), "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(tmp_path / "cfg.json"),
+                "--root",
+                str(root),
+                "--shard-dir",
+                str(shards),
+                "--out",
+                str(model),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["predict", "--model", str(model / "model.pt"), "--root", str(root), "--shard-dir", str(shards),
-                 "--out", str(tmp_path / "p.npz"), "--metrics", str(tmp_path / "p.json"), "--top-k", "100", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model / "model.pt"),
+                "--root",
+                str(root),
+                "--shard-dir",
+                str(shards),
+                "--out",
+                str(tmp_path / "p.npz"),
+                "--metrics",
+                str(tmp_path / "p.json"),
+                "--top-k",
+                "100",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "top-100 asked for but the graph has 6 entities; returning top-6" in err
     with np.load(tmp_path / "p.npz") as p:

@@ -4,11 +4,17 @@ import numpy as np
 import pytest
 import torch
 
+from kge.common.errors import KgeInputError
 from kge.data.layout import (
-    KGArrays, check_submission_counts, dataset_dir, load_with_ogb, open_dataset, write_marker, write_meta,
+    KGArrays,
+    check_submission_counts,
+    dataset_dir,
+    load_with_ogb,
+    open_dataset,
+    write_marker,
+    write_meta,
     write_split_arrays,
 )
-from kge.errors import KgeInputError
 
 E, R, F = 50, 4, 8
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from kge.cli import main
+from kge.common.errors import KgeInputError
 from kge.data.layout import answers_dir, dataset_dir, load_with_ogb, open_dataset
 from kge.data.mini import mini_statistics
 from kge.data.scaled import BLOCK, generate_scaled, scaled_sizes
-from kge.errors import KgeInputError
 
 F = 6000  # 15,205 entities in 2 head blocks, 100,177 triples: about 2 s a generation
 
@@ -93,11 +93,13 @@ def test_queries_held_out_and_distinct(scaled):
     train = _keys(np.asarray(kg.train_hrt), E, R)
     assert len(np.unique(train)) == len(train)
     ans = answers_dir(scaled)
-    q = np.concatenate([
-        np.column_stack([kg.val_hr, kg.val_t]),
-        np.column_stack([kg.test_dev_hr, np.load(ans / "test-dev_t.npy")]),
-        np.column_stack([kg.test_challenge_hr, np.load(ans / "test-challenge_t.npy")]),
-    ])
+    q = np.concatenate(
+        [
+            np.column_stack([kg.val_hr, kg.val_t]),
+            np.column_stack([kg.test_dev_hr, np.load(ans / "test-dev_t.npy")]),
+            np.column_stack([kg.test_challenge_hr, np.load(ans / "test-challenge_t.npy")]),
+        ]
+    )
     qk = _keys(q, E, R)
     assert len(np.unique(qk)) == 40000
     assert not np.isin(qk, train).any()

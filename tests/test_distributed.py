@@ -15,55 +15,90 @@ import itertools
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from bess_reference import parity_worker, reference_steps
+
 from kge.config import resolve_model_config
 
 STEPS = 2
 SCORE_FNS = [("transe", 1), ("transh", 1), ("transh", 2), ("rotate", 1), ("distmult", 2), ("complex", 2)]
+# The two remaining distance variants (fused L2 distance with its two-matmul backward), at W = 2 only:
+# with SCORE_FNS that is all six distance variants under both losses and both exchanges.
+MORE_DISTANCES = [("transe", 2), ("rotate", 2)]
 
 
-def _configs(workers: int, exchanges=("tails", "scores")) -> list[dict]:
+def _configs(workers: int, exchanges=("tails", "scores"), score_fns=SCORE_FNS) -> list[dict]:
     out = []
-    for n, ((score_fn, p), loss, exchange) in enumerate(itertools.product(SCORE_FNS, ("softmax", "logsigmoid"), exchanges)):
+    for n, ((score_fn, p), loss, exchange) in enumerate(
+        itertools.product(score_fns, ("softmax", "logsigmoid"), exchanges)
+    ):
         per_shard = 4 if n % 3 == 2 else None  # the recipe's a2a size: N = 4 x D
         separate = n % 4 != 1
         subspace = 5 if n % 9 == 4 else 0
         settings = {
-            "score_fn": score_fn, "distance": p, "gamma": 4.0, "dim": 8, "batch_size": 16,
+            "score_fn": score_fn,
+            "distance": p,
+            "gamma": 4.0,
+            "dim": 8,
+            "batch_size": 16,
             **({"negatives_per_shard": per_shard} if per_shard else {"negatives": 8}),
             "inverse_relations": n % 4 == 3,
             # Two-phase schedule: step 0 of the parity run draws phase one's smaller pool, step 1 the full one.
             **({"two_phase": {"fraction": 0.1, "negatives": 4}} if n % 5 == 1 else {}),
-            "workers": workers, "exchange": exchange, "steps": 10, "learning_rate": 0.05, "seed": n,
+            "workers": workers,
+            "exchange": exchange,
+            "steps": 10,
+            "learning_rate": 0.05,
+            "seed": n,
             # Adam turns a gradient element that is zero up to rounding (1e-9) into a full +-lr step
             # of random sign; eps = 1e-4 keeps such elements still, so the updated parameters can be
             # compared to fp32 tolerance (gradients themselves are compared exactly as computed).
             # Projected gradients (subspace) are spread continuously around zero rather than exactly
             # zero: eps = 1e-2 keeps Adam's steps (slope lr / eps at g = 0) from amplifying rounding.
             "adam": {"eps": 1e-2 if subspace else 1e-4},
-            "loss": {"type": loss, "in_batch_negatives": n % 2 == 0,
-                     **({"adversarial_temperature": 2.0} if loss == "logsigmoid" and n % 4 == 3 else
-                        {"adversarial_scale": 1.0 if loss == "logsigmoid" else 0.0})},
+            "loss": {
+                "type": loss,
+                "in_batch_negatives": n % 2 == 0,
+                **(
+                    {"adversarial_temperature": 2.0}
+                    if loss == "logsigmoid" and n % 4 == 3
+                    else {"adversarial_scale": 1.0 if loss == "logsigmoid" else 0.0}
+                ),
+            },
             # The recipe's feature-branch options, spread over the configurations.
-            "features": {"use": n % 3 != 0, "share_projection": not separate, "dropout": 0.0,
-                         "bias": n % 4 == 2, "gated": n % 5 == 3, "weight": n % 6 == 2,
-                         # Encoder variants: grouped / random projection M; LayerNorm + Proxy Normalization in
-                         # the MLP (batch independent; BatchNorm's statistics depend on how rows are grouped
-                         # into encoder calls, which the reference does differently: tests/test_encoders.py
-                         # checks it with one worker). Not with L1 scores: a coordinate at |q - t| ~ 1e-7 may
-                         # take the other subgradient sign, and LayerNorm's gain on the small pre-activations
-                         # lifts that step-1 difference above the gradient tolerance.
-                         "projection": {2: "grouped", 4: "random"}.get(n % 6, "dense"), "groups": 2,
-                         "mlp": {"hidden": 6 if n % 3 == 1 else 0, "squeeze": n % 2 == 0, "residual": n % 2 == 0 and n % 5 != 0,
-                                 "concat_embeddings": n % 5 in (1, 2), "glu": n % 7 == 1,
-                                 "norm": "layer_proxy" if n % 6 == 1 and p == 2 else "none"}},
+            "features": {
+                "use": n % 3 != 0,
+                "share_projection": not separate,
+                "dropout": 0.0,
+                "bias": n % 4 == 2,
+                "gated": n % 5 == 3,
+                "weight": n % 6 == 2,
+                # Encoder variants: grouped / random projection M; LayerNorm + Proxy Normalization in
+                # the MLP (batch independent; BatchNorm's statistics depend on how rows are grouped
+                # into encoder calls, which the reference does differently: tests/test_encoders.py
+                # checks it with one worker). Not with L1 scores: a coordinate at |q - t| ~ 1e-7 may
+                # take the other subgradient sign, and LayerNorm's gain on the small pre-activations
+                # lifts that step-1 difference above the gradient tolerance.
+                "projection": {2: "grouped", 4: "random"}.get(n % 6, "dense"),
+                "groups": 2,
+                "mlp": {
+                    "hidden": 6 if n % 3 == 1 else 0,
+                    "squeeze": n % 2 == 0,
+                    "residual": n % 2 == 0 and n % 5 != 0,
+                    "concat_embeddings": n % 5 in (1, 2),
+                    "glu": n % 7 == 1,
+                    "norm": "layer_proxy" if n % 6 == 1 and p == 2 else "none",
+                },
+            },
             # Random-subspace optimisation of the dense gradients (P drawn alike on every worker).
             "subspace": {"dim": subspace},
-            "lr_modifiers": {"head_feature_projection": 0.5, "tail_feature_projection": 2.0} if separate else {"feature_projection": 0.3},
-            "regularisation": {"entity": {"weight": 1e-3 if n % 2 else 0.0, "power": 3},
-                               "embedding": {"weight": 1e-3 if n % 5 == 0 else 0.0, "power": 3},
-                               "feature": {"weight": 1e-3 if n % 3 == 1 else 0.0, "power": 3}},
+            "lr_modifiers": {"head_feature_projection": 0.5, "tail_feature_projection": 2.0}
+            if separate
+            else {"feature_projection": 0.3},
+            "regularisation": {
+                "entity": {"weight": 1e-3 if n % 2 else 0.0, "power": 3},
+                "embedding": {"weight": 1e-3 if n % 5 == 0 else 0.0, "power": 3},
+                "feature": {"weight": 1e-3 if n % 3 == 1 else 0.0, "power": 3},
+            },
         }
         out.append(resolve_model_config(settings))
     return out
@@ -72,15 +107,23 @@ def _configs(workers: int, exchanges=("tails", "scores")) -> list[dict]:
 def _sparse_config(workers: int) -> dict:
     """A block-sparse entity table (dim 8: 4 blocks of 2, 2 active) with a prune/regrow event after
     every step, on one of the dense configurations (complex L2, softmax, features)."""
-    base = next(c for c in _configs(workers) if c["score_fn"] == "complex" and c["loss"]["type"] == "softmax" and c["features"]["use"])
+    base = next(
+        c
+        for c in _configs(workers)
+        if c["score_fn"] == "complex" and c["loss"]["type"] == "softmax" and c["features"]["use"]
+    )
     return resolve_model_config(dict(base, sparsity={"density": 0.5, "block": 2, "every": 1, "prune_fraction": 0.5}))
 
 
 def _run(tmp_path, shard_dir, workers: int, configs: list[dict]) -> list[list[dict]]:
     out_dir = tmp_path / f"w{workers}"
     out_dir.mkdir()
-    mp.spawn(parity_worker, args=(workers, str(tmp_path / f"init{workers}"), configs, str(shard_dir), str(out_dir), STEPS),
-             nprocs=workers, join=True)
+    mp.spawn(
+        parity_worker,
+        args=(workers, str(tmp_path / f"init{workers}"), configs, str(shard_dir), str(out_dir), STEPS),
+        nprocs=workers,
+        join=True,
+    )
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(workers)]
 
 
@@ -99,7 +142,7 @@ def _check(configs, per_rank, shard_dir):
 
 
 def _check_one(n, configs, per_rank, shard_dir):
-    from kge.partition import Partition
+    from kge.bess.partition import Partition
 
     S = Partition.load(shard_dir / "partition.npz").shard_size
     config = configs[n]
@@ -121,11 +164,18 @@ def _check_one(n, configs, per_rank, shard_dir):
         for rec in records:
             if ref["mask"] is not None:  # each worker's shards keep the reference's mask, bit for bit
                 for k, shard in enumerate(rec["owned"]):
-                    assert torch.equal(rec["mask"][k * S:(k + 1) * S], ref["mask"][shard * S:(shard + 1) * S]), f"{name} mask of shard {shard}"
+                    assert torch.equal(rec["mask"][k * S : (k + 1) * S], ref["mask"][shard * S : (shard + 1) * S]), (
+                        f"{name} mask of shard {shard}"
+                    )
             for k, shard in enumerate(rec["owned"]):
                 # atol 1e-5 = 2e-4 of one Adam step (lr 0.05): an L1 coordinate at |q - t| ~ 1e-7 may
                 # take the other subgradient sign after a different summation order.
-                _close(rec["table"][k * S:(k + 1) * S], ref["table"][shard * S:(shard + 1) * S], f"{name} rows of shard {shard}", atol=1e-5)
+                _close(
+                    rec["table"][k * S : (k + 1) * S],
+                    ref["table"][shard * S : (shard + 1) * S],
+                    f"{name} rows of shard {shard}",
+                    atol=1e-5,
+                )
             for key, value in ref["dense"].items():
                 _close(rec["dense"][key], value, f"{name} dense {key}", atol=1e-5)
         # The step really moved rows: the check above is not comparing two initial tables.
@@ -138,28 +188,50 @@ def _collision_configs(workers: int) -> list[dict]:
     per worker and step hit a query's tail). Every loss path: fused dot (DistMult, ComplEx, exchange
     tails), model.scores with batch_softmax_loss or the generic log-sigmoid (TransE, or exchange
     scores), in-batch negatives on and off; the last two repeat the first two with the switch off."""
-    cases = [("distmult", "softmax", False, "tails", True), ("complex", "logsigmoid", True, "tails", True),
-             ("distmult", "softmax", True, "tails", True), ("distmult", "logsigmoid", False, "tails", True),
-             ("transe", "softmax", True, "tails", True), ("transe", "logsigmoid", False, "tails", True),
-             ("distmult", "softmax", False, "scores", True), ("distmult", "logsigmoid", True, "scores", True)]
+    cases = [
+        ("distmult", "softmax", False, "tails", True),
+        ("complex", "logsigmoid", True, "tails", True),
+        ("distmult", "softmax", True, "tails", True),
+        ("distmult", "logsigmoid", False, "tails", True),
+        ("transe", "softmax", True, "tails", True),
+        ("transe", "logsigmoid", False, "tails", True),
+        ("distmult", "softmax", False, "scores", True),
+        ("distmult", "logsigmoid", True, "scores", True),
+    ]
     cases += [case[:4] + (False,) for case in cases[:2]]
     out = []
     for n, (score_fn, loss, in_batch, exchange, mask) in enumerate(cases):
-        out.append(resolve_model_config({
-            "score_fn": score_fn, "distance": 2, "gamma": 4.0, "dim": 8, "batch_size": 64, "negatives": 64,
-            "workers": workers, "exchange": exchange, "steps": 10, "learning_rate": 0.05,
-            "seed": n % 8,  # the switched-off repeats draw the same batches as the first two
-            "adam": {"eps": 1e-4},  # as in _configs: near-zero gradient elements stay still
-            "loss": {"type": loss, "in_batch_negatives": in_batch, "mask_false_negatives": mask,
-                     "adversarial_scale": 1.0 if loss == "logsigmoid" else 0.0},
-            "features": {"use": n % 2 == 0},
-        }))
+        out.append(
+            resolve_model_config(
+                {
+                    "score_fn": score_fn,
+                    "distance": 2,
+                    "gamma": 4.0,
+                    "dim": 8,
+                    "batch_size": 64,
+                    "negatives": 64,
+                    "workers": workers,
+                    "exchange": exchange,
+                    "steps": 10,
+                    "learning_rate": 0.05,
+                    "seed": n % 8,  # the switched-off repeats draw the same batches as the first two
+                    "adam": {"eps": 1e-4},  # as in _configs: near-zero gradient elements stay still
+                    "loss": {
+                        "type": loss,
+                        "in_batch_negatives": in_batch,
+                        "mask_false_negatives": mask,
+                        "adversarial_scale": 1.0 if loss == "logsigmoid" else 0.0,
+                    },
+                    "features": {"use": n % 2 == 0},
+                }
+            )
+        )
     return out
 
 
 @pytest.fixture(scope="module")
 def shards4(mini_root, tmp_path_factory):
-    from kge.shard import shard_dataset
+    from kge.bess.shard import shard_dataset
 
     out = tmp_path_factory.mktemp("shards4") / "shards"
     shard_dataset(mini_root, out, 4, seed=0, progress=False)
@@ -167,7 +239,7 @@ def shards4(mini_root, tmp_path_factory):
 
 
 def test_two_workers_match_reference(mini_shards, tmp_path):
-    configs = _configs(2) + [_sparse_config(2)]
+    configs = _configs(2, score_fns=SCORE_FNS + MORE_DISTANCES) + [_sparse_config(2)]
     _check(configs, _run(tmp_path, mini_shards, 2, configs), mini_shards)
 
 
@@ -208,7 +280,7 @@ def test_two_workers_on_four_shards_match_reference(shards4, tmp_path):
 
 def test_single_worker_matches_reference(mini_shards, tmp_path):
     """W = 1 is the same code path with trivial exchanges."""
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     for config in _configs(1)[:4]:
         trainer = Trainer(config, mini_shards, tmp_path)
@@ -225,15 +297,20 @@ def test_single_worker_matches_reference(mini_shards, tmp_path):
 def test_sharded_topk_equals_single_process_topk(mini_root, mini_shards, shards4, tmp_path, workers):
     """Each worker scans only its own rows; the merged top-K equals torch.topk over the full matrix."""
     import numpy as np
-
     from bess_reference import reference_topk, topk_worker
+
     from kge.data.layout import open_dataset
 
     shard_dir = mini_shards if workers == 2 else shards4
     configs = [c for c in _configs(workers, exchanges=("tails",)) if c["loss"]["type"] == "softmax"]
     hr = torch.from_numpy(np.asarray(open_dataset(mini_root, check=False).val_hr[:150]).astype(np.int64))
     k = 20
-    mp.spawn(topk_worker, args=(workers, str(tmp_path / "init"), configs, str(shard_dir), str(tmp_path), hr, k), nprocs=workers, join=True)
+    mp.spawn(
+        topk_worker,
+        args=(workers, str(tmp_path / "init"), configs, str(shard_dir), str(tmp_path), hr, k),
+        nprocs=workers,
+        join=True,
+    )
     per_rank = [torch.load(tmp_path / f"topk{r}.pt", weights_only=False) for r in range(workers)]
     for n, config in enumerate(configs):
         ids, scores = reference_topk(config, shard_dir, hr, k)

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kge import subspace
-from kge.config import LATER_KEYS, MODEL_DEFAULTS, config_hash, resolve_model_config
-from kge.errors import KgeInputError
-from kge.model import NORM_EPS, KGEModel, gaussian_proxy_points, proxy_statistics
+from kge.common.errors import KgeInputError
+from kge.config import LATER_KEYS, MODEL_DEFAULTS, config_hash, resolve_model_config, with_defaults
+from kge.nn.model import NORM_EPS, KGEModel, gaussian_proxy_points, proxy_statistics
+from kge.train import subspace
 
 D_MODEL, F = 8, 12
 
@@ -63,36 +63,48 @@ def test_defaults_keep_older_configs_hashes_and_state_dict_keys():
     assert config_hash(older) == config_hash(config)
     for changed in ({"subspace": {"dim": 4}}, {"features": {"projection": "random"}}, {"features": {"groups": 2}}):
         assert config_hash(resolve_model_config(changed)) != config_hash(config)
-    # An older model.pt's config (without the keys) builds the same model, with today's keys.
+    # An older model.pt's config (without the keys) builds the same model, with today's keys: loading a
+    # saved config goes through with_defaults (kge.predict.predictor.load_model).
     new = KGEModel(config, 3, F, torch.Generator().manual_seed(0))
-    old = KGEModel(older, 3, F, torch.Generator().manual_seed(0))
+    old = KGEModel(with_defaults(older), 3, F, torch.Generator().manual_seed(0))
+    assert old.config == config
     assert list(new.state_dict()) == list(old.state_dict()) == ["relation", "head_projection", "tail_projection"]
     for key, value in new.state_dict().items():
         assert torch.equal(value, old.state_dict()[key])
     mlp = _model({"mlp": {"hidden": 4, "squeeze": True}})
-    assert sorted(mlp.state_dict()) == sorted(["relation", "head_projection", "tail_projection"]
-                                              + [f"{r}_extras.{k}" for r in ("head", "tail") for k in ("w1", "b1", "w2", "b2")])
+    assert sorted(mlp.state_dict()) == sorted(
+        ["relation", "head_projection", "tail_projection"]
+        + [f"{r}_extras.{k}" for r in ("head", "tail") for k in ("w1", "b1", "w2", "b2")]
+    )
 
 
 def test_every_new_key_has_a_description():
     schema = json.loads(resources.files("kge").joinpath("schemas/model.schema.json").read_text())
     features = schema["properties"]["features"]["properties"]
-    for node in (features["projection"], features["groups"], features["mlp"]["properties"]["norm"],
-                 schema["properties"]["subspace"], schema["properties"]["subspace"]["properties"]["dim"]):
+    for node in (
+        features["projection"],
+        features["groups"],
+        features["mlp"]["properties"]["norm"],
+        schema["properties"]["subspace"],
+        schema["properties"]["subspace"]["properties"]["dim"],
+    ):
         assert node.get("description")
     assert schema["properties"]["subspace"]["additionalProperties"] is False
     assert MODEL_DEFAULTS["subspace"] == {"dim": 0}
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    ({"dim": 8, "features": {"projection": "grouped", "groups": 3}}, "'features.groups' = 3 must divide dim = 8"),
-    ({"features": {"mlp": {"norm": "batch"}}}, "'features.mlp.norm'"),
-    ({"features": {"projection": "random", "mlp": {"hidden": 4}}}, "'features.projection'"),
-    ({"features": {"projection": "sparse"}}, "key 'features.projection'"),
-    ({"features": {"mlp": {"hidden": 4, "squeeze": True, "norm": "group"}}}, "key 'features.mlp.norm'"),
-    ({"subspace": {"dim": -1}}, "key 'subspace.dim'"),
-    ({"subspace": {"rank": 4}}, "unknown key 'subspace.rank'"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"dim": 8, "features": {"projection": "grouped", "groups": 3}}, "'features.groups' = 3 must divide dim = 8"),
+        ({"features": {"mlp": {"norm": "batch"}}}, "'features.mlp.norm'"),
+        ({"features": {"projection": "random", "mlp": {"hidden": 4}}}, "'features.projection'"),
+        ({"features": {"projection": "sparse"}}, "key 'features.projection'"),
+        ({"features": {"mlp": {"hidden": 4, "squeeze": True, "norm": "group"}}}, "key 'features.mlp.norm'"),
+        ({"subspace": {"dim": -1}}, "key 'subspace.dim'"),
+        ({"subspace": {"rank": 4}}, "unknown key 'subspace.rank'"),
+    ],
+)
 def test_bad_encoder_settings_name_the_key(overrides, fragment):
     with pytest.raises(KgeInputError) as err:
         resolve_model_config(overrides)
@@ -114,7 +126,7 @@ def test_grouped_projection_is_block_diagonal():
     torch.testing.assert_close(f, e_f @ M.T)
     torch.testing.assert_close(e, e_s + e_f @ M.T)
     for g in range(G):  # one output block by hand
-        torch.testing.assert_close(f[:, g * 2:(g + 1) * 2], e_f[:, g * 3:(g + 1) * 3] @ blocks[g].T)
+        torch.testing.assert_close(f[:, g * 2 : (g + 1) * 2], e_f[:, g * 3 : (g + 1) * 3] @ blocks[g].T)
     # torch's default init with fan-in F/G; trained (a gradient reaches every block).
     assert blocks.abs().max() <= 1 / math.sqrt(F // G)
     f.sum().backward()
@@ -204,7 +216,9 @@ def test_layer_proxy_mlp_matches_hand_computation(glu):
     e_s, e_f = _inputs()
     projected = e_f @ model.head_projection.T
     u = projected @ ex.w1.T + ex.b1
-    y = (u - u.mean(1, keepdim=True)) / torch.sqrt(u.var(1, unbiased=False, keepdim=True) + NORM_EPS) * ex.norm_weight + ex.norm_bias
+    y = (u - u.mean(1, keepdim=True)) / torch.sqrt(
+        u.var(1, unbiased=False, keepdim=True) + NORM_EPS
+    ) * ex.norm_weight + ex.norm_bias
     h = y[:, :hidden] * torch.sigmoid(y[:, hidden:]) if glu else torch.relu(y)
     # Proxy: Y_c ~ N(bias_c, weight_c^2) through the same activation, its moments over the points.
     z = gaussian_proxy_points()
@@ -234,7 +248,11 @@ def test_batch_norm_mlp_train_and_eval():
     e_s, e_f = _inputs()
     u = (e_f @ model.head_projection.T) @ ex.w1.T
     # Training: the batch's statistics; running averages move with momentum 0.1 (variance unbiased).
-    expected = torch.relu((u - u.mean(0)) / torch.sqrt(u.var(0, unbiased=False) + NORM_EPS) * ex.norm_weight + ex.norm_bias) @ ex.w2.T + ex.b2
+    expected = (
+        torch.relu((u - u.mean(0)) / torch.sqrt(u.var(0, unbiased=False) + NORM_EPS) * ex.norm_weight + ex.norm_bias)
+        @ ex.w2.T
+        + ex.b2
+    )
     _, f = model.encode(e_s, e_f, "head")
     torch.testing.assert_close(f, expected)
     torch.testing.assert_close(ex.running_mean, 0.1 * u.mean(0).detach())
@@ -271,7 +289,11 @@ def test_batch_independence(norm):
 @pytest.mark.parametrize("projection", ["dense", "grouped", "random"])
 @pytest.mark.parametrize("norm", ["none", "batch", "layer_proxy"])
 def test_encode_shapes(projection, norm):
-    features = {"projection": projection, "groups": 2, "mlp": {"hidden": 6, "squeeze": True, "residual": True, "glu": norm == "batch", "norm": norm}}
+    features = {
+        "projection": projection,
+        "groups": 2,
+        "mlp": {"hidden": 6, "squeeze": True, "residual": True, "glu": norm == "batch", "norm": norm},
+    }
     model = _model(features)
     e_s, e_f = _inputs(5)
     for training in (True, False):
@@ -283,16 +305,27 @@ def test_encode_shapes(projection, norm):
 
 # ----- training, saving, loading ----------------------------------------------------------------------
 def _train_config(**extra) -> dict:
-    return resolve_model_config({"score_fn": "distmult", "dim": 8, "batch_size": 64, "negatives": 64, "steps": 2,
-                                 "learning_rate": 0.05, "adam": {"eps": 1e-4}, **extra})
+    return resolve_model_config(
+        {
+            "score_fn": "distmult",
+            "dim": 8,
+            "batch_size": 64,
+            "negatives": 64,
+            "steps": 2,
+            "learning_rate": 0.05,
+            "adam": {"eps": 1e-4},
+            **extra,
+        }
+    )
 
 
 def test_batch_norm_and_random_projection_train_save_and_load(mini_shards, tmp_path):
     """One worker matches the single-process reference (same rows per encoder call), the random
     projection never moves and gets no Adam state, and the saved model predicts in eval mode."""
     from bess_reference import reference_steps
-    from kge.predict import load_model
-    from kge.train import Trainer
+
+    from kge.predict.predictor import load_model
+    from kge.train.trainer import Trainer
 
     config = _train_config(features={"projection": "random", "mlp": {"hidden": 4, "squeeze": True, "norm": "batch"}})
     trainer = Trainer(config, mini_shards, tmp_path)
@@ -320,8 +353,10 @@ def test_batch_norm_and_random_projection_train_save_and_load(mini_shards, tmp_p
     feats = trainer.features.gather(rows)
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.encode(loaded.entity_table[rows], feats, "tail")[0],
-                                   model.encode(model.entity_table[rows], feats, "tail")[0])
+        torch.testing.assert_close(
+            loaded.encode(loaded.entity_table[rows], feats, "tail")[0],
+            model.encode(model.entity_table[rows], feats, "tail")[0],
+        )
 
 
 # ----- random-subspace optimisation ------------------------------------------------------------------
@@ -329,10 +364,16 @@ def test_projected_gradient_by_hand():
     n, k, seed, step = 10, 3, 7, 5
     g = torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
     small = torch.randn(3, generator=torch.Generator().manual_seed(1))
-    params = [torch.nn.Parameter(torch.zeros(2, 5)), torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4, 4))]
+    params = [
+        torch.nn.Parameter(torch.zeros(2, 5)),
+        torch.nn.Parameter(torch.zeros(3)),
+        torch.nn.Parameter(torch.zeros(4, 4)),
+    ]
     params[0].grad, params[1].grad = g.clone(), small.clone()  # params[2] has no gradient
     subspace.project_gradients_(params, k, seed, step)
-    P = torch.randn(n, k, generator=torch.Generator().manual_seed(subspace.projection_seed(seed, step, 0, 0))) / math.sqrt(k)
+    P = torch.randn(
+        n, k, generator=torch.Generator().manual_seed(subspace.projection_seed(seed, step, 0, 0))
+    ) / math.sqrt(k)
     torch.testing.assert_close(params[0].grad, (P @ (P.T @ g.reshape(-1))).view(2, 5))
     torch.testing.assert_close(P, subspace.projection_matrix(n, k, seed, step, 0))
     assert torch.equal(params[1].grad, small)  # n <= k: the full gradient
@@ -373,7 +414,7 @@ def test_projection_is_unbiased_and_deterministic():
 
 def test_trainer_projects_the_dense_gradients(mini_shards, tmp_path):
     """Same batches with and without subspace: every dense gradient is P P^T of the full one."""
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     k = 6
     full = Trainer(_train_config(seed=3), mini_shards, tmp_path / "full")
@@ -392,22 +433,33 @@ def test_trainer_projects_the_dense_gradients(mini_shards, tmp_path):
 # ----- two workers ----------------------------------------------------------------------------------
 def _batch_norm_worker(rank: int, world_size: int, init_file: str, config: dict, shard_dir: str, out_dir: str) -> None:
     from bess_reference import _join_gloo, _save_and_leave
-    from kge.train import Trainer
+
+    from kge.train.trainer import Trainer
 
     comm = _join_gloo(rank, world_size, init_file)
     trainer = Trainer(config, shard_dir, Path(out_dir) / "model", comm)
     for _ in range(2):
         trainer.train_step()
-    _save_and_leave({k: v.clone() for k, v in trainer.model.state_dict().items()}, os.path.join(out_dir, f"bn{rank}.pt"))
+    _save_and_leave(
+        {k: v.clone() for k, v in trainer.model.state_dict().items()}, os.path.join(out_dir, f"bn{rank}.pt")
+    )
 
 
 def test_batch_norm_running_statistics_stay_replicated(mini_shards, tmp_path):
     """Each worker normalises with its own batch; the running statistics are averaged, so replicas agree."""
     import torch.multiprocessing as mp
 
-    config = _train_config(workers=2, subspace={"dim": 5},
-                           features={"projection": "grouped", "groups": 2, "mlp": {"hidden": 4, "squeeze": True, "norm": "batch"}})
-    mp.spawn(_batch_norm_worker, args=(2, str(tmp_path / "init"), config, str(mini_shards), str(tmp_path)), nprocs=2, join=True)
+    config = _train_config(
+        workers=2,
+        subspace={"dim": 5},
+        features={"projection": "grouped", "groups": 2, "mlp": {"hidden": 4, "squeeze": True, "norm": "batch"}},
+    )
+    mp.spawn(
+        _batch_norm_worker,
+        args=(2, str(tmp_path / "init"), config, str(mini_shards), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
     states = [torch.load(tmp_path / f"bn{r}.pt", weights_only=False) for r in range(2)]
     assert not torch.equal(states[0]["head_extras.running_mean"], torch.zeros(4))
     for key, value in states[0].items():

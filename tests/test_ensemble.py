@@ -1,19 +1,21 @@
 """Rank-power ensemble: hand examples, absent/padding handling, reference agreement, MRR."""
+
 import math
 
 import numpy as np
 import pytest
 from ogb.lsc import WikiKG90Mv2Evaluator
 
-from kge.ensemble import mrr, rank_power_ensemble, rank_power_scores, tune_power
-from kge.errors import KgeInputError
+from kge.common.errors import KgeInputError
+from kge.ensemble.rank_power import rank_power_ensemble, rank_power_scores, tune_power
+from kge.predict.metrics import mrr
 
 # One query, three models, K = 3
 M1 = np.array([[10, 20, 30]])
 M2 = np.array([[20, 40, 10]])
 M3 = np.array([[30, 20, 50]])
-S3 = 1 / math.sqrt(3)   # 0.577350
-S2 = 1 / math.sqrt(2)   # 0.707107
+S3 = 1 / math.sqrt(3)  # 0.577350
+S2 = 1 / math.sqrt(2)  # 0.707107
 
 
 def scores_dict(preds, p):
@@ -56,7 +58,9 @@ def test_absent_entities_depend_on_sign_of_power():
     # p = 1: A = -1 + -(3+1) = -5, B = -2 - 2 = -4 -> B first (absent = 0 would wrongly put A first)
     s, _ = scores_dict([m1, m2], 1.0)
     assert s[7] == pytest.approx(-5.0) and s[8] == pytest.approx(-4.0)
-    assert rank_power_ensemble([m1, m2], 1.0, top=2).tolist() == [[8, 2]]   # 2: -1 - 4 = -5, ties A; best rank 1, id 2 < 7
+    assert rank_power_ensemble([m1, m2], 1.0, top=2).tolist() == [
+        [8, 2]
+    ]  # 2: -1 - 4 = -5, ties A; best rank 1, id 2 < 7
     # p = -0.5: A = 1 + 0 = 1, B = 2/sqrt2 = 1.414214 -> B first
     s, _ = scores_dict([m1, m2], -0.5)
     assert s[7] == pytest.approx(1.0) and s[8] == pytest.approx(math.sqrt(2))
@@ -113,7 +117,7 @@ def reference(preds, p, top):
                 if t < 0 or t in row[:col]:
                     continue
                 s.setdefault(t, 0.0)
-                best[t] = min(best.get(t, 10 ** 9), col + 1)
+                best[t] = min(best.get(t, 10**9), col + 1)
         for t in s:
             total = 0.0
             for a in preds:
@@ -121,7 +125,7 @@ def reference(preds, p, top):
                 if t in row:
                     total += -math.copysign(1, p) * (row.index(t) + 1) ** p
                 elif p > 0:
-                    total += -(a.shape[1] + 1) ** p
+                    total += -((a.shape[1] + 1) ** p)
             s[t] = total
         ranked = sorted(s, key=lambda t: (-round(s[t], 9), best[t], t))[:top]
         out.append(ranked + [-1] * (top - len(ranked)))
@@ -135,20 +139,24 @@ def test_matches_reference_on_random_lists(power):
     for m in range(6):
         k = [5, 8, 8, 3, 10, 8][m]
         a = np.stack([rng.choice(30, size=k, replace=False) for _ in range(40)])
-        a[rng.random(a.shape) < 0.05] = -1                   # sprinkle padding
+        a[rng.random(a.shape) < 0.05] = -1  # sprinkle padding
         preds.append(a)
     got = rank_power_ensemble(preds, power, top=10, query_chunk=7)
     assert np.array_equal(got, reference(preds, power, 10))
     assert np.array_equal(got, rank_power_ensemble(preds, power, top=10))  # chunking-invariant
-    for row in got:                                           # duplicate-free
+    for row in got:  # duplicate-free
         real = row[row >= 0]
         assert len(np.unique(real)) == len(real)
 
 
 def test_mrr_hand_example_and_ogb():
-    pred = np.array([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-                     [11, 12, 13, 14, 15, 16, 17, 18, 19, 20],
-                     [21, 22, 23, 24, 25, 26, 27, 28, 29, -1]])
+    pred = np.array(
+        [
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            [11, 12, 13, 14, 15, 16, 17, 18, 19, 20],
+            [21, 22, 23, 24, 25, 26, 27, 28, 29, -1],
+        ]
+    )
     t = np.array([1, 13, 99])
     # ranks 1, 3, absent -> (1 + 1/3 + 0) / 3 = 0.444444
     assert mrr(pred, t) == pytest.approx(0.444444, abs=1e-6)
@@ -167,7 +175,7 @@ def test_tune_power():
     # p=-2: 7 and 200 score 1, 8 scores 0.5 -> 8 at rank 3 (mrr 1/3)
     # p=-0.5: 8 scores 1.414 > 1 -> rank 1; p=1: 8 = -4 > -12 -> rank 1
     assert table == pytest.approx({-2.0: 1 / 3, -0.5: 1.0, 1.0: 1.0})
-    assert best == -0.5                                      # tie with 1.0: first listed wins
+    assert best == -0.5  # tie with 1.0: first listed wins
 
 
 def test_validation():
@@ -190,7 +198,7 @@ def test_member_weights_scale_each_models_term():
     """
     import numpy as np
 
-    from kge.ensemble import mrr_weights, rank_power_ensemble, rank_power_scores
+    from kge.ensemble.rank_power import mrr_weights, rank_power_ensemble, rank_power_scores
 
     a = np.array([[1, 2]])
     b = np.array([[2, 1]])
@@ -211,7 +219,7 @@ def test_member_weights_scale_each_models_term():
 def test_mrr_equals_ogb_evaluator_bit_for_bit(seed):
     """The vectorised mrr against ogb's own evaluator: answers at every depth, absent, -1 padding
     (never a duplicate), and a repeated id in one row (ogb then scores the whole file 0)."""
-    from kge.ensemble import ogb_mrr
+    from kge.predict.metrics import ogb_mrr
 
     rng = np.random.default_rng(seed)
     Q = 400
@@ -230,10 +238,9 @@ def test_ogb_ensemble_tunes_on_one_half_and_reports_the_other(tmp_path, mini_roo
     ensemble.top_k columns."""
     import json
 
-    from kge.data.layout import open_dataset
-    from kge.ensemble import validation_halves
-    from kge.ensemble_run import run_ensemble
-    from kge.predict import SPLITS
+    from kge.data.layout import SPLITS, open_dataset
+    from kge.ensemble.rank_power import validation_halves
+    from kge.ensemble.run import run_ensemble
 
     ds = open_dataset(mini_root, check=False)
     val_t = np.asarray(ds.val_t)
@@ -247,7 +254,11 @@ def test_ogb_ensemble_tunes_on_one_half_and_reports_the_other(tmp_path, mini_roo
             rng = np.random.default_rng(m)
             lists = {}
             for split in SPLITS:
-                q = len(val_t) if split == "valid" else len(np.asarray(getattr(ds, "test_dev_hr" if split == "test-dev" else "test_challenge_hr")))
+                q = (
+                    len(val_t)
+                    if split == "valid"
+                    else len(np.asarray(getattr(ds, "test_dev_hr" if split == "test-dev" else "test_challenge_hr")))
+                )
                 ids = rng.integers(0, E, size=(q, 30))
                 if split == "valid":  # the answer somewhere in most lists, at member-specific depths
                     hit = rng.random(q) < 0.6
@@ -258,8 +269,17 @@ def test_ogb_ensemble_tunes_on_one_half_and_reports_the_other(tmp_path, mini_roo
                 lists[f"{split}_scores"] = np.zeros(ids.shape, np.float32)
             path = directory / f"m{m}.npz"
             np.savez(path, **lists)
-            path.with_suffix(".json").write_text(json.dumps({"model": f"m{m}", "score_fn": ["transe", "distmult", "complex"][m],
-                                                             "loss": "softmax", "dim": 8, "steps": 1}))
+            path.with_suffix(".json").write_text(
+                json.dumps(
+                    {
+                        "model": f"m{m}",
+                        "score_fn": ["transe", "distmult", "complex"][m],
+                        "loss": "softmax",
+                        "dim": 8,
+                        "steps": 1,
+                    }
+                )
+            )
             paths.append(path)
         return paths
 
@@ -267,11 +287,21 @@ def test_ogb_ensemble_tunes_on_one_half_and_reports_the_other(tmp_path, mini_roo
     for shuffle in (False, True):
         directory = tmp_path / str(shuffle)
         directory.mkdir()
-        results[shuffle] = run_ensemble(mini_root, members(shuffle, directory), directory / "out", top_k=20, tune=True,
-                                        powers=[-2.0, -0.5, 0.5], weight_exponents=[0, 4], greedy_queries=500)
+        results[shuffle] = run_ensemble(
+            mini_root,
+            members(shuffle, directory),
+            directory / "out",
+            top_k=20,
+            tune=True,
+            powers=[-2.0, -0.5, 0.5],
+            weight_exponents=[0, 4],
+            greedy_queries=500,
+        )
     a, b = results[False], results[True]
     assert (a["power"], a["weight_exponent"]) == (b["power"], b["weight_exponent"]) and a["grid"] == b["grid"]
-    assert a["ensemble_heldout_mrr"] != b["ensemble_heldout_mrr"]  # the held-out half did change: it is what is reported
+    assert (
+        a["ensemble_heldout_mrr"] != b["ensemble_heldout_mrr"]
+    )  # the held-out half did change: it is what is reported
     with np.load(tmp_path / "False" / "out" / "ensemble.npz") as npz:
         assert npz["valid"].shape == (len(val_t), 20)
         assert a["ensemble_heldout_mrr"] == mrr(npz["valid"][held_out, :10], val_t[held_out])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kge.ensemble import mrr, rank_power_ensemble
-from kge.ensemble_analysis import greedy_curve, leave_one_family_out
+from kge.ensemble.analysis import greedy_curve, leave_one_family_out
+from kge.ensemble.rank_power import rank_power_ensemble
+from kge.predict.metrics import mrr
 
 
 def _members(seed=0, m=5, q=300, k=20, entities=60):
@@ -30,8 +31,15 @@ def _members(seed=0, m=5, q=300, k=20, entities=60):
 def _brute_greedy(preds, t, power, weights):
     chosen, remaining, curve = [], list(range(len(preds))), []
     while remaining:
-        scores = {m: mrr(rank_power_ensemble([preds[i] for i in chosen + [m]], power=power, top=10,
-                                             weights=weights[chosen + [m]]), t) for m in remaining}
+        scores = {
+            m: mrr(
+                rank_power_ensemble(
+                    [preds[i] for i in chosen + [m]], power=power, top=10, weights=weights[chosen + [m]]
+                ),
+                t,
+            )
+            for m in remaining
+        }
         best = max(remaining, key=lambda m: (scores[m], -m))
         chosen.append(best)
         remaining.remove(best)
@@ -51,7 +59,9 @@ def test_greedy_curve_matches_brute_force_selection(power):
     # The first pick is the best single member; the last point is the whole ensemble.
     singles = [mrr(p[:, :10], t) for p in preds]
     assert curve[0]["added"] == "abcde"[int(np.argmax(singles))]
-    assert curve[-1]["valid_mrr"] == pytest.approx(mrr(rank_power_ensemble(preds, power=power, top=10, weights=weights), t))
+    assert curve[-1]["valid_mrr"] == pytest.approx(
+        mrr(rank_power_ensemble(preds, power=power, top=10, weights=weights), t)
+    )
 
 
 def test_greedy_on_a_query_subset_still_reports_exact_values():
@@ -60,7 +70,9 @@ def test_greedy_on_a_query_subset_still_reports_exact_values():
     assert sorted(c["added"] for c in curve) == ["0", "1", "2", "3", "4"]
     for c in curve:  # each value is the exact ensemble of that prefix on every query
         members = [int(x["added"]) for x in curve[: c["n"]]]
-        assert c["valid_mrr"] == pytest.approx(mrr(rank_power_ensemble([preds[i] for i in members], power=-0.5, top=10), t))
+        assert c["valid_mrr"] == pytest.approx(
+            mrr(rank_power_ensemble([preds[i] for i in members], power=-0.5, top=10), t)
+        )
 
 
 def test_leave_one_family_out():
@@ -84,13 +96,19 @@ def test_answers_beyond_every_listed_id_are_misses():
     curve = greedy_curve(preds, t, power=-0.5, weights=np.array([1.0, 0.9]))
     for c in curve:
         members = [int(x["added"]) for x in curve[: c["n"]]]
-        assert c["valid_mrr"] == pytest.approx(mrr(rank_power_ensemble([preds[i] for i in members], power=-0.5, top=10,
-                                                                        weights=np.array([1.0, 0.9])[members]), t))
+        assert c["valid_mrr"] == pytest.approx(
+            mrr(
+                rank_power_ensemble(
+                    [preds[i] for i in members], power=-0.5, top=10, weights=np.array([1.0, 0.9])[members]
+                ),
+                t,
+            )
+        )
     assert curve[0]["added"] == "1"  # member 1 ranks answers 2 and 3 first (MRR 2/3), member 0 second (1/3)
 
 
 def test_exact_prefix_sizes_of_a_large_ensemble():
-    from kge.ensemble_analysis import exact_prefix_sizes
+    from kge.ensemble.analysis import exact_prefix_sizes
 
     assert exact_prefix_sizes(8, 24) == set(range(1, 9))
     sizes = exact_prefix_sizes(85, 24)

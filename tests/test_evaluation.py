@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kge.evaluation import known_answers, query_keys, rank_batch, ranks_from_counts, rank_metrics, split_metrics
+from kge.predict.evaluation import known_answers, query_keys, rank_batch, rank_metrics, ranks_from_counts, split_metrics
 
 
 def brute_counts(scores: np.ndarray, targets: np.ndarray, known: list[set], valid: np.ndarray):
@@ -43,8 +43,17 @@ def test_rank_batch_equals_brute_force_with_ties(block_rows):
     def rows_scorer(rows):
         return S[:, rows]
 
-    got = rank_batch(block, rows_scorer, N, torch.from_numpy(targets), f_query, f_rows, k=5, block_rows=block_rows,
-                     valid_rows=torch.from_numpy(valid))
+    got = rank_batch(
+        block,
+        rows_scorer,
+        N,
+        torch.from_numpy(targets),
+        f_query,
+        f_rows,
+        k=5,
+        block_rows=block_rows,
+        valid_rows=torch.from_numpy(valid),
+    )
     g, e = brute_counts(scores, targets, [k - {int(t)} for k, t in zip(known, targets)], valid)
     assert got.greater.tolist() == g.tolist() and got.ties.tolist() == e.tolist()
     rg, re = brute_counts(scores, targets, [set() for _ in range(Q)], valid)
@@ -58,7 +67,12 @@ def test_rank_batch_equals_brute_force_with_ties(block_rows):
             filtered[q, e_] = -np.inf
     want = torch.topk(torch.from_numpy(filtered), 5).values
     assert torch.equal(got.top_scores, want)
-    assert all(filtered[q, r] == s for q in range(Q) for r, s in zip(got.top_rows[q].tolist(), got.top_scores[q].tolist()) if r >= 0)
+    assert all(
+        filtered[q, r] == s
+        for q in range(Q)
+        for r, s in zip(got.top_rows[q].tolist(), got.top_scores[q].tolist())
+        if r >= 0
+    )
 
 
 def test_rank_batch_recounts_when_the_provisional_score_differs():
@@ -69,8 +83,16 @@ def test_rank_batch_recounts_when_the_provisional_score_differs():
     def rows_scorer(rows):
         return S[:, rows] + 1e-3  # a different kernel, one bit off (here much more)
 
-    got = rank_batch(lambda lo, hi: S[:, lo:hi].clone(), rows_scorer, 5, target, torch.zeros(0, dtype=torch.long),
-                     torch.zeros(0, dtype=torch.long), k=2, block_rows=2)
+    got = rank_batch(
+        lambda lo, hi: S[:, lo:hi].clone(),
+        rows_scorer,
+        5,
+        target,
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0, dtype=torch.long),
+        k=2,
+        block_rows=2,
+    )
     assert got.greater.tolist() == [1] and got.ties.tolist() == [2]
 
 
@@ -121,7 +143,10 @@ def _tiny_graph(tmp_path, seed=0):
     rng = np.random.default_rng(seed)
     ents = [f"e{i}" for i in range(40)]
     rels = ["likes", "knows", "near"]
-    triples = {(ents[h], rels[r], ents[t]) for h, r, t in zip(rng.integers(0, 40, 400), rng.integers(0, 3, 400), rng.integers(0, 40, 400))}
+    triples = {
+        (ents[h], rels[r], ents[t])
+        for h, r, t in zip(rng.integers(0, 40, 400), rng.integers(0, 3, 400), rng.integers(0, 40, 400))
+    }
     triples = sorted(triples)
     rng.shuffle(triples)
     splits = {"train": triples[:300], "valid": triples[300:330], "test": triples[330:360]}
@@ -135,8 +160,8 @@ def _tiny_graph(tmp_path, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    from kge.bess.shard import shard_dataset
     from kge.data.importer import import_triples
-    from kge.shard import shard_dataset
 
     tmp = tmp_path_factory.mktemp("tiny")
     paths = _tiny_graph(tmp)
@@ -149,10 +174,20 @@ def tiny(tmp_path_factory):
 
 def _train(tmp, shards, name, settings):
     from kge.config import resolve_model_config
-    from kge.train import train
+    from kge.train.trainer import train
 
-    config = resolve_model_config({"dim": 8, "batch_size": 16, "negatives": 16, "steps": 4, "learning_rate": 0.05,
-                                   "checkpoint_every": 1000, "device": "cpu", **settings})
+    config = resolve_model_config(
+        {
+            "dim": 8,
+            "batch_size": 16,
+            "negatives": 16,
+            "steps": 4,
+            "learning_rate": 0.05,
+            "checkpoint_every": 1000,
+            "device": "cpu",
+            **settings,
+        }
+    )
     model_dir = tmp / "models" / name
     train(config, shards, model_dir, progress=False)
     return model_dir / "model.pt"
@@ -161,11 +196,11 @@ def _train(tmp, shards, name, settings):
 def _brute_force(model_path, root, shards, heads):
     """Filtered realistic ranks (both directions) of every valid and test triple from the full score
     matrix of score_triples over all entities, with the explicit set of known triples."""
-    from kge import scoring
+    from kge.bess.features import FeatureStore
+    from kge.bess.partition import Partition
     from kge.data.layout import answers_dir, open_dataset
-    from kge.features import FeatureStore
-    from kge.partition import Partition
-    from kge.predict import load_model
+    from kge.nn import scoring
+    from kge.predict.predictor import load_model
 
     model, saved, _ = load_model(model_path, "cpu")
     part = Partition.load(shards / "partition.npz")
@@ -192,13 +227,37 @@ def _brute_force(model_path, root, shards, heads):
         for h, r, t in triples.tolist():
             w = model.normal[[r]].double().expand(E, -1) if model.normal is not None else None
             with torch.no_grad():
-                s_tail = scoring.score_triples(model.score_fn, enc["head"][[h]].expand(E, -1), model.relation[[r]].double().expand(E, -1), enc["tail"], normal=w, **kw)
+                s_tail = scoring.score_triples(
+                    model.score_fn,
+                    enc["head"][[h]].expand(E, -1),
+                    model.relation[[r]].double().expand(E, -1),
+                    enc["tail"],
+                    normal=w,
+                    **kw,
+                )
                 if heads == "direct":
-                    s_head = scoring.score_triples(model.score_fn, enc["head"], model.relation[[r]].double().expand(E, -1), enc["tail"][[t]].expand(E, -1), normal=w, **kw)
+                    s_head = scoring.score_triples(
+                        model.score_fn,
+                        enc["head"],
+                        model.relation[[r]].double().expand(E, -1),
+                        enc["tail"][[t]].expand(E, -1),
+                        normal=w,
+                        **kw,
+                    )
                 else:  # (t, r + R, ?) tail prediction
                     w2 = model.normal[[r + R]].double().expand(E, -1) if model.normal is not None else None
-                    s_head = scoring.score_triples(model.score_fn, enc["head"][[t]].expand(E, -1), model.relation[[r + R]].double().expand(E, -1), enc["tail"], normal=w2, **kw)
-            for direction, s, target, answers in (("tail", s_tail, t, tails_of[(h, r)]), ("head", s_head, h, heads_of[(r, t)])):
+                    s_head = scoring.score_triples(
+                        model.score_fn,
+                        enc["head"][[t]].expand(E, -1),
+                        model.relation[[r + R]].double().expand(E, -1),
+                        enc["tail"],
+                        normal=w2,
+                        **kw,
+                    )
+            for direction, s, target, answers in (
+                ("tail", s_tail, t, tails_of[(h, r)]),
+                ("head", s_head, h, heads_of[(r, t)]),
+            ):
                 s = s.numpy()
                 cands = np.ones(E, dtype=bool)
                 cands[list(answers)] = False  # known answers (the target among them) are no competitors
@@ -223,13 +282,13 @@ CASES = [
 def test_model_evaluation_equals_brute_force(tiny, name, settings, heads):
     import json
 
-    from kge.evaluation_run import evaluate_model
+    from kge.predict.evaluate_model import evaluate_model
 
     tmp, root, shards = tiny
     model_path = _train(tmp, shards, name, settings)
     planted = settings.get("features", {}).get("use", True) is False
     if planted:  # exact ties: entities 3, 5 and 7 share one embedding row (no features to tell them apart)
-        from kge.partition import Partition
+        from kge.bess.partition import Partition
 
         part = Partition.load(shards / "partition.npz")
         rows = part.row_of(np.array([3, 5, 7]))
@@ -240,7 +299,7 @@ def test_model_evaluation_equals_brute_force(tiny, name, settings, heads):
         full[rows[2]] = full[rows[0]]
         size = tables[0].shape[0]
         for i, f in enumerate(files):
-            torch.save(full[i * size:(i + 1) * size].clone(), f)
+            torch.save(full[i * size : (i + 1) * size].clone(), f)
     out_json, out_npz = tmp / f"{name}.json", tmp / f"{name}.npz"
     result = evaluate_model(model_path, root, shards, out_json, out_npz, heads=heads, top_k=10, query_batch=7)
     want = _brute_force(model_path, root, shards, "inverse" if heads == "auto" else heads)
@@ -248,26 +307,30 @@ def test_model_evaluation_equals_brute_force(tiny, name, settings, heads):
     with np.load(out_npz) as npz:
         for split in ("valid", "test"):
             for direction in ("tail", "head"):
-                got = ranks_from_counts(npz[f"{split}_{direction}_greater"], npz[f"{split}_{direction}_ties"])["realistic"]
+                got = ranks_from_counts(npz[f"{split}_{direction}_greater"], npz[f"{split}_{direction}_ties"])[
+                    "realistic"
+                ]
                 np.testing.assert_array_equal(got, np.array(want[split][direction]))
                 ties += int(npz[f"{split}_{direction}_ties"].sum())
     assert ties > 0 or not planted  # the planted ties were counted
     both = np.concatenate([want["test"]["tail"], want["test"]["head"]])
-    assert json.loads(out_json.read_text())["splits"]["test"]["both"]["realistic"]["mrr"] == pytest.approx(np.mean(1 / both))
+    assert json.loads(out_json.read_text())["splits"]["test"]["both"]["realistic"]["mrr"] == pytest.approx(
+        np.mean(1 / both)
+    )
     assert result["protocol"]["head_prediction"] == ("inverse" if heads == "auto" else "direct")
 
 
 @pytest.mark.parametrize("power", [-0.5, -1.0, 0.5])
 def test_ensemble_counts_equal_brute_force(power):
     """The ensemble's filtered rank against s(e) computed entity by entity over all candidates."""
-    from kge.evaluation_ensemble import ensemble_counts
+    from kge.ensemble.evaluation import ensemble_counts
 
     rng = np.random.default_rng(2)
     E, Q, K = 15, 30, 4
     known = [set(rng.choice(E, size=rng.integers(0, 3), replace=False).tolist()) for _ in range(Q)]
     targets = rng.integers(0, E, size=Q)
     lists = []
-    for m in range(3):
+    for _m in range(3):
         rows = []
         for q in range(Q):
             pool = [e for e in range(E) if e not in known[q] or e == targets[q]]  # filtered lists keep the target
@@ -285,7 +348,7 @@ def test_ensemble_counts_equal_brute_force(power):
             k_m = a.shape[1]
             if e in row:
                 rank = row.index(e) + 1
-                total += w * (rank ** power if power < 0 else (k_m + 1) ** power - rank ** power)
+                total += w * (rank**power if power < 0 else (k_m + 1) ** power - rank**power)
         return round(total, 9)
 
     for q in range(Q):
@@ -299,11 +362,11 @@ def test_ensemble_counts_equal_brute_force(power):
 def test_without_a_test_file_the_summary_reports_the_held_out_half_of_validation(tmp_path):
     """An imported graph without a test split: validation only; the ensemble is tuned on one half and
     every row of the summary is measured on the other."""
+    from kge.bess.shard import shard_dataset
     from kge.data.importer import import_triples
-    from kge.ensemble import validation_halves
-    from kge.evaluation_ensemble import run_evaluation_summary
-    from kge.evaluation_run import evaluate_model
-    from kge.shard import shard_dataset
+    from kge.ensemble.evaluation import run_evaluation_summary
+    from kge.ensemble.rank_power import validation_halves
+    from kge.predict.evaluate_model import evaluate_model
 
     paths = _tiny_graph(tmp_path, seed=1)
     root, shards = tmp_path / "data", tmp_path / "shards"
@@ -320,12 +383,20 @@ def test_without_a_test_file_the_summary_reports_the_held_out_half_of_validation
     _, held_out = validation_halves(30, 0)
     assert summary["report_queries"] == len(held_out)
     with np.load(evaluations[0]) as npz:
-        ranks = np.concatenate([ranks_from_counts(npz[f"valid_{d}_greater"][held_out], npz[f"valid_{d}_ties"][held_out])["realistic"]
-                                for d in ("tail", "head")])
-    assert summary["rows"][[r["model"] for r in summary["rows"]].index("a")]["both.realistic.mrr"] == pytest.approx(np.mean(1 / ranks))
+        ranks = np.concatenate(
+            [
+                ranks_from_counts(npz[f"valid_{d}_greater"][held_out], npz[f"valid_{d}_ties"][held_out])["realistic"]
+                for d in ("tail", "head")
+            ]
+        )
+    assert summary["rows"][[r["model"] for r in summary["rows"]].index("a")]["both.realistic.mrr"] == pytest.approx(
+        np.mean(1 / ranks)
+    )
     assert (tmp_path / "out" / "summary.md").read_text().count("| ") > 3
     # Sampled evaluations are reported, labelled, and not ensembled (they keep no lists over all entities).
-    sampled = evaluate_model(tmp_path / "models" / "a" / "model.pt", root, shards, tmp_path / "s.json", tmp_path / "s.npz", samples=10)
+    sampled = evaluate_model(
+        tmp_path / "models" / "a" / "model.pt", root, shards, tmp_path / "s.json", tmp_path / "s.npz", samples=10
+    )
     assert "SAMPLED" in sampled["protocol"]["name"]
     summary = run_evaluation_summary([tmp_path / "s.npz"], tmp_path / "out-sampled", root=root)
     assert [r["model"] for r in summary["rows"]] == ["a"] and summary["sampled"]
@@ -335,10 +406,10 @@ def test_without_a_test_file_the_summary_reports_the_held_out_half_of_validation
 def test_sampled_mode_counts_among_the_drawn_candidates(tiny):
     """Sampled mode: the target ranked among the uniformly drawn candidates that are not known
     answers, each batch's draw reproduced from the seed and checked against the full score matrix."""
-    from kge.evaluation import evaluate_queries
-    from kge.features import FeatureStore
-    from kge.partition import Partition
-    from kge.predict import Predictor, load_model
+    from kge.bess.features import FeatureStore
+    from kge.bess.partition import Partition
+    from kge.predict.evaluation import evaluate_queries
+    from kge.predict.predictor import Predictor, load_model
 
     tmp, root, shards = tiny
     model_path = _train(tmp, shards, "sampled", {"score_fn": "distmult", "features": {"use": False}})
@@ -347,7 +418,11 @@ def test_sampled_mode_counts_among_the_drawn_candidates(tiny):
     predictor = Predictor(model, FeatureStore(shards, part.n_shards), part, device, 16)
     rng = np.random.default_rng(5)
     Q, n, batch = 20, 12, 8
-    anchors, rels, targets = rng.integers(0, part.num_entities, Q), rng.integers(0, 3, Q), rng.integers(0, part.num_entities, Q)
+    anchors, rels, targets = (
+        rng.integers(0, part.num_entities, Q),
+        rng.integers(0, 3, Q),
+        rng.integers(0, part.num_entities, Q),
+    )
     f_query = np.repeat(np.arange(Q), 2)
     f_entity = rng.integers(0, part.num_entities, 2 * Q)
     got = evaluate_queries(predictor, anchors, rels, targets, f_query, f_entity, 5, batch, samples=n, seed=7)

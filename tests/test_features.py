@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import kge.features as features_mod
-from kge.features import FeatureStore
+import kge.bess.features as features_mod
+from kge.bess.features import FeatureStore
 
 
 def _write_shards(tmp_path, n_shards=3, rows=500, dim=24, seed=0):

@@ -1,4 +1,4 @@
-"""Fused distance kernels (kge.fused_distance) against plain broadcast formulas in float64.
+"""Fused distance kernels (kge.nn.fused_distance) against plain broadcast formulas in float64.
 
 Each backend (native C++, eager chunks, torch.compile) computes values and gradients of the three
 forms; the references below are written out here with torch's own abs / sqrt autograd, so the
@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kge import fused_distance as fd
-from kge import losses, scoring
+from kge.nn import fused_distance as fd
+from kge.nn import losses, scoring
 
 SHAPES = [(1, 1, 1), (5, 7, 3), (9, 13, 20), (17, 130, 18), (6, 300, 64)]  # tile edges, d % 8 != 0, > one tail block
 
@@ -50,7 +50,11 @@ def inputs(form, B, M, d, seed=0, integer=False):
     if form == "complex_l1" and d % 2:
         d += 1
     g = torch.Generator().manual_seed(seed)
-    draw = (lambda *s: torch.randint(-2, 3, s, generator=g).double()) if integer else (lambda *s: torch.randn(*s, generator=g, dtype=torch.float64))
+    draw = (
+        (lambda *s: torch.randint(-2, 3, s, generator=g).double())
+        if integer
+        else (lambda *s: torch.randn(*s, generator=g, dtype=torch.float64))
+    )
     q, t = draw(B, d), draw(M, d)
     w, c = (draw(B, d), draw(B, M)) if form == "shifted_l1" else (None, None)
     if form == "scaled_l1":
@@ -196,8 +200,9 @@ def _reference_loss(score_fn, p, loss, h, r, t, w, correction):
     """The loss on the (B, M) matrix of element-wise score_triples (float64), positives on the diagonal."""
     B, M = h.shape[0], t.shape[0]
     bi, mi = torch.arange(B).repeat_interleave(M), torch.arange(M).repeat(B)
-    scores = scoring.score_triples(score_fn, h[bi], r[bi], t[mi], p=p, gamma=3.0,
-                                   normal=w[bi] if w is not None else None).view(B, M)
+    scores = scoring.score_triples(
+        score_fn, h[bi], r[bi], t[mi], p=p, gamma=3.0, normal=w[bi] if w is not None else None
+    ).view(B, M)
     mask = ~torch.eye(B, M, dtype=torch.bool)
     if loss == "softmax":
         neg = scores.clone()

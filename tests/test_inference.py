@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import kge
-from kge import scoring
-from kge.errors import KgeInputError
+from kge.common.errors import KgeInputError
+from kge.nn import scoring
 
-E, R, T = 37, 3, 420          # 37 entities over 2 shards of 19 rows: one padding row
+E, R, T = 37, 3, 420  # 37 entities over 2 shards of 19 rows: one padding row
 RELATIONS = ["born in", "knows", "likes"]
 DIM = 8
 
@@ -26,8 +26,10 @@ def _graph(tmp_path):
 
     rng = np.random.default_rng(3)
     names = [f"e{i:02d}" for i in range(E)]
-    triples = {(names[h], RELATIONS[r], names[t]) for h, r, t in
-               zip(rng.integers(0, E, T), rng.integers(0, R, T), rng.integers(0, E, T))}
+    triples = {
+        (names[h], RELATIONS[r], names[t])
+        for h, r, t in zip(rng.integers(0, E, T), rng.integers(0, R, T), rng.integers(0, E, T))
+    }
     # every entity occurs in train, so the sorted label order is the id order
     triples |= {(names[i], "knows", names[(i + 1) % E]) for i in range(E)}
     rows = sorted(triples)
@@ -44,7 +46,7 @@ def _graph(tmp_path):
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     """(ROOT, RESULTS, all triples as label tuples); RESULTS/shards cut from ROOT."""
-    from kge.shard import shard_dataset
+    from kge.bess.shard import shard_dataset
 
     tmp = tmp_path_factory.mktemp("graph")
     root, rows = _graph(tmp)
@@ -59,16 +61,28 @@ _TRAINED: dict = {}
 def trained(graph, score_fn: str, inverse: bool = False, p: int = 1):
     """RESULTS/models/<name>/ of a model trained a few steps (once per module)."""
     from kge.config import resolve_model_config
-    from kge.train import train
+    from kge.train.trainer import train
 
     root, results, _ = graph
     name = f"{score_fn}{p}{'_inv' if inverse else ''}"
     model_dir = results / "models" / name
     if name not in _TRAINED:
-        config = resolve_model_config({"score_fn": score_fn, "distance": p, "dim": DIM, "batch_size": 16, "negatives": 8,
-                                       "steps": 4, "learning_rate": 0.05, "init_scale": 0.5, "device": "cpu",
-                                       "checkpoint_every": 1000, "inverse_relations": inverse,
-                                       "features": {"use": True, "share_projection": False}})
+        config = resolve_model_config(
+            {
+                "score_fn": score_fn,
+                "distance": p,
+                "dim": DIM,
+                "batch_size": 16,
+                "negatives": 8,
+                "steps": 4,
+                "learning_rate": 0.05,
+                "init_scale": 0.5,
+                "device": "cpu",
+                "checkpoint_every": 1000,
+                "inverse_relations": inverse,
+                "features": {"use": True, "share_projection": False},
+            }
+        )
         train(config, results / "shards", model_dir, progress=False)
         _TRAINED[name] = model_dir
     return model_dir
@@ -81,13 +95,17 @@ def distmult(graph):
 
 def _reference(model, tmp_path):
     """Arrays of `kge export` -> (head-role entities (E, d), tail-role (E, d), relations, normals or None)."""
-    from kge.inference import export_embeddings
+    from kge.predict.inference import export_embeddings
 
     export_embeddings(model, tmp_path / "export", progress=False)
     out = tmp_path / "export"
     normal = np.load(out / "relations_normal.npy") if (out / "relations_normal.npy").exists() else None
-    return (torch.from_numpy(np.load(out / "entities.npy")), torch.from_numpy(np.load(out / "entities_tail.npy")),
-            torch.from_numpy(np.load(out / "relations.npy")), None if normal is None else torch.from_numpy(normal))
+    return (
+        torch.from_numpy(np.load(out / "entities.npy")),
+        torch.from_numpy(np.load(out / "entities_tail.npy")),
+        torch.from_numpy(np.load(out / "relations.npy")),
+        None if normal is None else torch.from_numpy(normal),
+    )
 
 
 def _brute(model, arrays, anchor: int, relation: int, direction: str) -> torch.Tensor:
@@ -118,8 +136,20 @@ def test_kge_import_stays_cheap():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("score_fn,p", [("distmult", 1), ("complex", 1), ("transe", 1), ("transe", 2),
-                                        ("transh", 2), ("rotate", 1), ("rescal", 1), ("pairre", 1), ("pairre", 2)])
+@pytest.mark.parametrize(
+    "score_fn,p",
+    [
+        ("distmult", 1),
+        ("complex", 1),
+        ("transe", 1),
+        ("transe", 2),
+        ("transh", 2),
+        ("rotate", 1),
+        ("rescal", 1),
+        ("pairre", 1),
+        ("pairre", 2),
+    ],
+)
 def test_tails_and_direct_heads_equal_brute_force(graph, tmp_path, score_fn, p):
     model = kge.load_model(trained(graph, score_fn, p=p))
     arrays = _reference(model, tmp_path)
@@ -131,12 +161,14 @@ def test_tails_and_direct_heads_equal_brute_force(graph, tmp_path, score_fn, p):
         _check_against(model.predict_heads(relation, tail, k=7), _brute(model, arrays, t, r, "head"), 7)
 
 
-@pytest.mark.parametrize("score_fn,p,distance,relation_dim", [("rescal", 1, None, DIM * DIM), ("pairre", 1, 1, 2 * DIM),
-                                                              ("transh", 2, 2, DIM)])
+@pytest.mark.parametrize(
+    "score_fn,p,distance,relation_dim",
+    [("rescal", 1, None, DIM * DIM), ("pairre", 1, 1, 2 * DIM), ("transh", 2, 2, DIM)],
+)
 def test_export_describes_the_scorer(graph, tmp_path, score_fn, p, distance, relation_dim):
     """export.json carries the registry's formula, p and gamma of distance scorers, and the relation width."""
-    from kge.inference import export_embeddings
-    from kge.scorers import get_scorer
+    from kge.nn.scorers import get_scorer
+    from kge.predict.inference import export_embeddings
 
     model = kge.load_model(trained(graph, score_fn, p=p))
     meta = json.loads(export_embeddings(model, tmp_path / "export", progress=False).read_text())
@@ -153,7 +185,7 @@ def test_exported_entities_are_the_model_rows_by_id(graph, distmult, tmp_path):
 
     root = graph[0]
     out = tmp_path / "export"
-    from kge.inference import export_embeddings
+    from kge.predict.inference import export_embeddings
 
     path = export_embeddings(distmult, out, progress=False)
     model = distmult.model
@@ -162,7 +194,9 @@ def test_exported_entities_are_the_model_rows_by_id(graph, distmult, tmp_path):
     features = torch.from_numpy(np.asarray(open_dataset(root, check=False).entity_feat, dtype=np.float32))
     np.testing.assert_array_equal(np.load(out / "entities_table.npy"), table.numpy())
     for role, name in (("head", "entities.npy"), ("tail", "entities_tail.npy")):
-        np.testing.assert_allclose(np.load(out / name), model.encode(table, features, role)[0].detach().numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            np.load(out / name), model.encode(table, features, role)[0].detach().numpy(), rtol=1e-6, atol=1e-6
+        )
     # separate projections: the two roles really differ, so the test above tells them apart
     assert not np.allclose(np.load(out / "entities.npy"), np.load(out / "entities_tail.npy"))
     frame = pq.read_table(out / "entities.parquet").to_pandas()
@@ -180,7 +214,7 @@ def test_exported_entities_are_the_model_rows_by_id(graph, distmult, tmp_path):
 
 def test_labels_round_trip(graph, distmult):
     _, _, rows = graph
-    for h, r, t in rows[:10]:
+    for h, r, _t in rows[:10]:
         assert distmult.entity_label([distmult.entity_id(h)]) == [h]
         assert distmult.relation_label([distmult.relation_id(r)]) == [r]
     frame = distmult.predict_tails("e05", "knows", k=E)
@@ -288,11 +322,30 @@ def test_cli_query_and_export(graph, distmult, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "(e05, knows, ?)" and lines[2].split()[:2] == ["1", top]
     assert len(lines) == 2 + 3
-    assert main(["query", str(results), "--model", "distmult1", "--relation", "knows", "--tail", "e06",
-                 "-k", "4", "--filter-known", "--json"]) == 0
+    assert (
+        main(
+            [
+                "query",
+                str(results),
+                "--model",
+                "distmult1",
+                "--relation",
+                "knows",
+                "--tail",
+                "e06",
+                "-k",
+                "4",
+                "--filter-known",
+                "--json",
+            ]
+        )
+        == 0
+    )
     answer = json.loads(capsys.readouterr().out)
     assert [a["rank"] for a in answer] == [1, 2, 3, 4] and not any(a["known"] for a in answer)
-    assert [a["label"] for a in answer] == distmult.predict_heads("knows", "e06", k=4, filter_known=True)["label"].tolist()
+    assert [a["label"] for a in answer] == distmult.predict_heads("knows", "e06", k=4, filter_known=True)[
+        "label"
+    ].tolist()
     # errors: one line, exit status 2
     assert main(["query", str(results), "--model", "distmult1", "--head", "nobody", "--relation", "knows"]) == 2
     err = capsys.readouterr().err

@@ -61,7 +61,7 @@ def installed_requirements(words: list[str]) -> list[Requirement]:
         if word.startswith("."):  # the project itself, maybe with extras: .[test]
             reqs += project["dependencies"]
             extras = re.findall(r"\[(.*)\]", word)
-            for extra in (extras[0].split(",") if extras else []):
+            for extra in extras[0].split(",") if extras else []:
                 reqs += project["optional-dependencies"][extra.strip()]
     return [Requirement(r) for r in reqs]
 
@@ -121,15 +121,17 @@ def test_readme_command_1_installs_what_snakemake_report_imports():
             pytest.fail(f"{mod}: imported by snakemake's report code but not installed here")
         if not any(_canon(d) in installed for d in providers):
             missing.append(f"{mod} (from {providers[0]})")
-    assert not missing, ("README command 1 (`" + " ".join(words) + "`) does not install what `snakemake --report` "
-                         f"imports: {', '.join(missing)}; add them to envs/requirements.txt and pyproject dependencies")
+    assert not missing, (
+        "README command 1 (`" + " ".join(words) + "`) does not install what `snakemake --report` "
+        f"imports: {', '.join(missing)}; add them to envs/requirements.txt and pyproject dependencies"
+    )
 
 
 def test_readme_command_1_installs_what_the_native_kernels_build_with():
-    """kge/fused_distance builds kge/csrc with torch.utils.cpp_extension, which imports setuptools
+    """kge/nn/fused_distance builds kge/nn/csrc with torch.utils.cpp_extension, which imports setuptools
     and runs ninja: both must come with command 1 (else every L1 model silently runs the slow eager path)."""
     installed = closure(installed_requirements(readme_command_1()))
     assert {"ninja", "setuptools"} <= installed
     from importlib.resources import files
 
-    assert files("kge").joinpath("csrc/distance.cpp").is_file()  # shipped with the package
+    assert files("kge").joinpath("nn/csrc/distance.cpp").is_file()  # shipped with the package

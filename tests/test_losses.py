@@ -1,17 +1,25 @@
 """Losses: hand-computed values, stop-gradient, masking, sampling correction, L3."""
+
 import math
 
 import pytest
 import torch
 
-from kge.errors import KgeInputError
-from kge.losses import batch_softmax_loss, dot_softmax_loss, l3_penalty, logsigmoid_loss, sampling_correction, softmax_loss
+from kge.common.errors import KgeInputError
+from kge.nn.losses import (
+    batch_softmax_loss,
+    dot_softmax_loss,
+    l3_penalty,
+    logsigmoid_loss,
+    sampling_correction,
+    softmax_loss,
+)
 
 D64 = torch.float64
 
 
 def lsig(x):
-    return -math.log1p(math.exp(-x))      # log sigma(x)
+    return -math.log1p(math.exp(-x))  # log sigma(x)
 
 
 def test_logsigmoid_uniform_by_hand():
@@ -36,7 +44,7 @@ def test_logsigmoid_adversarial_by_hand():
 def test_logsigmoid_mean_over_batch():
     pos = torch.tensor([2.0, -1.0], dtype=D64)
     neg = torch.tensor([[0.0, 1.0], [3.0, -2.0]], dtype=D64)
-    each = [logsigmoid_loss(pos[i:i + 1], neg[i:i + 1], adversarial_scale=2.0) for i in range(2)]
+    each = [logsigmoid_loss(pos[i : i + 1], neg[i : i + 1], adversarial_scale=2.0) for i in range(2)]
     assert logsigmoid_loss(pos, neg, adversarial_scale=2.0).item() == pytest.approx((each[0] + each[1]).item() / 2)
 
 
@@ -49,15 +57,17 @@ def test_adversarial_weights_are_stop_gradient():
     gp, gn = torch.autograd.grad(loss, [pos, neg])
     # the same loss with the weights as explicit constants
     w = torch.softmax(a * neg.detach(), dim=1)
-    manual = (-0.5 * torch.nn.functional.logsigmoid(pos)
-              - 0.5 * (w * torch.nn.functional.logsigmoid(-neg)).sum(1)).mean()
+    manual = (
+        -0.5 * torch.nn.functional.logsigmoid(pos) - 0.5 * (w * torch.nn.functional.logsigmoid(-neg)).sum(1)
+    ).mean()
     mp, mn = torch.autograd.grad(manual, [pos, neg])
     torch.testing.assert_close(gp, mp)
     torch.testing.assert_close(gn, mn)
     # and it differs from letting the gradient flow through the weights
     w_live = torch.softmax(a * neg, dim=1)
-    live = (-0.5 * torch.nn.functional.logsigmoid(pos)
-            - 0.5 * (w_live * torch.nn.functional.logsigmoid(-neg)).sum(1)).mean()
+    live = (
+        -0.5 * torch.nn.functional.logsigmoid(pos) - 0.5 * (w_live * torch.nn.functional.logsigmoid(-neg)).sum(1)
+    ).mean()
     ln = torch.autograd.grad(live, [neg])[0]
     assert not torch.allclose(ln, gn)
 
@@ -67,7 +77,7 @@ def test_masked_columns_equal_removed_columns(loss):
     g = torch.Generator().manual_seed(1)
     pos = torch.randn(3, dtype=D64, generator=g).requires_grad_()
     neg = torch.randn(3, 5, dtype=D64, generator=g)
-    neg[0, 1] = float("inf")        # garbage in masked cells must not leak
+    neg[0, 1] = float("inf")  # garbage in masked cells must not leak
     neg[2, 4] = float("-inf")
     neg.requires_grad_()
     mask = torch.ones(3, 5, dtype=torch.bool)
@@ -80,7 +90,7 @@ def test_masked_columns_equal_removed_columns(loss):
 
     masked = f(pos, neg, mask)
     assert torch.isfinite(masked)
-    rows = [f(pos[i:i + 1], neg[i:i + 1, mask[i]], None) for i in range(3)]
+    rows = [f(pos[i : i + 1], neg[i : i + 1, mask[i]], None) for i in range(3)]
     torch.testing.assert_close(masked, sum(rows) / 3)
     gp, gn = torch.autograd.grad(masked, [pos, neg])
     assert torch.isfinite(gn).all() and (gn[~mask] == 0).all()
@@ -103,7 +113,8 @@ def test_softmax_correction_shift():
     assert softmax_loss(pos, neg, correction=c).item() == pytest.approx(2.799158, abs=1e-6)
     # exactly the same as adding log((E-1)/N) to every negative logit by hand
     assert softmax_loss(pos, neg, correction=c).item() == pytest.approx(
-        softmax_loss(pos, neg + math.log(5)).item(), rel=1e-12)
+        softmax_loss(pos, neg + math.log(5)).item(), rel=1e-12
+    )
 
 
 def test_sampling_correction_values():
@@ -124,7 +135,7 @@ def test_l3_penalty_by_hand():
     assert l3_penalty([a], 0.0).item() == 0.0
     x = torch.tensor([-2.0], dtype=D64, requires_grad=True)
     (g,) = torch.autograd.grad(l3_penalty([x], 1.0), [x])
-    assert g.item() == pytest.approx(-12.0)      # d/dx |x|^3 = 3 x |x| = -12
+    assert g.item() == pytest.approx(-12.0)  # d/dx |x|^3 = 3 x |x| = -12
 
 
 def test_shape_validation():
@@ -212,11 +223,13 @@ def test_dot_softmax_underflowed_positive_stays_finite(in_batch):
 
 
 @pytest.mark.parametrize("in_batch", [True, False])
-@pytest.mark.parametrize("adversarial_scale, pos_weight, neg_weight", [(0.0, 0.5, 0.5), (2.5, 0.5, 0.5), (1.0, 0.3, 1.2)])
+@pytest.mark.parametrize(
+    "adversarial_scale, pos_weight, neg_weight", [(0.0, 0.5, 0.5), (2.5, 0.5, 0.5), (1.0, 0.3, 1.2)]
+)
 def test_dot_logsigmoid_loss_equals_the_masked_composition(in_batch, adversarial_scale, pos_weight, neg_weight):
     """The fused DistMult/ComplEx log-sigmoid loss: value and both gradients equal logsigmoid_loss on
     query @ tails.T with the query's own column masked (and the in-batch block masked when off)."""
-    from kge.losses import dot_logsigmoid_loss, logsigmoid_loss
+    from kge.nn.losses import dot_logsigmoid_loss, logsigmoid_loss
 
     g = torch.Generator().manual_seed(3)
     B, M, d = 6, 15, 4
@@ -259,7 +272,7 @@ def _fn_mask(columns: torch.Tensor, in_batch: bool) -> torch.Tensor:
 
 
 def test_false_negative_pairs_by_hand():
-    from kge.losses import false_negative_pairs
+    from kge.nn.losses import false_negative_pairs
 
     rows, cols = false_negative_pairs(FN_TAILS, _fn_columns([11, 2, 4, 13, 4, 0]))
     assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 3), (1, 7), (3, 0), (4, 8), (4, 10)]
@@ -268,7 +281,7 @@ def test_false_negative_pairs_by_hand():
 
 
 def test_false_negative_pairs_equal_the_dense_compare():
-    from kge.losses import false_negative_pairs
+    from kge.nn.losses import false_negative_pairs
 
     g = torch.Generator().manual_seed(5)
     for B, N, E in ((64, 64, 50), (512, 512, 3000), (3, 1, 2)):
@@ -286,7 +299,7 @@ FN_CASES = [(in_batch, shared) for in_batch in (True, False) for shared in ([11,
 
 
 def _fn_pairs(columns):
-    from kge.losses import false_negative_pairs
+    from kge.nn.losses import false_negative_pairs
 
     return false_negative_pairs(FN_TAILS, columns)
 
@@ -351,7 +364,7 @@ def test_dot_softmax_masks_false_negatives_like_the_generic_loss(in_batch, share
 @pytest.mark.parametrize("adversarial_scale", [0.0, 3.0])
 @pytest.mark.parametrize("dtype", [torch.float32, D64])
 def test_dot_logsigmoid_masks_false_negatives_like_the_generic_loss(in_batch, shared, adversarial_scale, dtype):
-    from kge.losses import dot_logsigmoid_loss
+    from kge.nn.losses import dot_logsigmoid_loss
 
     columns = _fn_columns(shared)
     q0, t0 = _dot_inputs(columns, dtype, 8)
@@ -371,7 +384,7 @@ def test_dot_logsigmoid_masks_false_negatives_like_the_generic_loss(in_batch, sh
 @pytest.mark.parametrize("in_batch", [True, False])
 def test_no_false_negatives_is_the_unmasked_loss_bit_for_bit(in_batch):
     """The switch off (None) and a step without collisions (no pairs) take the unmasked code path."""
-    from kge.losses import dot_logsigmoid_loss
+    from kge.nn.losses import dot_logsigmoid_loss
 
     g = torch.Generator().manual_seed(9)
     q0, t0 = torch.randn(5, 8, generator=g), torch.randn(13, 8, generator=g)
@@ -403,10 +416,12 @@ def test_false_negative_pairs_are_checked():
 @pytest.mark.parametrize("adversarial_scale, pos_weight, neg_weight", [(0.0, 0.5, 0.5), (3.0, 0.3, 1.2)])
 @pytest.mark.parametrize("dtype", [torch.float32, D64])
 @pytest.mark.parametrize("with_pairs", [False, True])
-def test_batch_logsigmoid_equals_the_masked_composition(in_batch, shared, adversarial_scale, pos_weight, neg_weight, dtype, with_pairs):
+def test_batch_logsigmoid_equals_the_masked_composition(
+    in_batch, shared, adversarial_scale, pos_weight, neg_weight, dtype, with_pairs
+):
     """The distance models' fused log-sigmoid loss on a (B, M) score matrix: value and gradient equal
     logsigmoid_loss with the diagonal, the in-batch block when off, and the false negatives masked."""
-    from kge.losses import batch_logsigmoid_loss
+    from kge.nn.losses import batch_logsigmoid_loss
 
     columns = _fn_columns(shared)
     q0, t0 = _dot_inputs(columns, dtype, 8)
@@ -416,9 +431,11 @@ def test_batch_logsigmoid_equals_the_masked_composition(in_batch, shared, advers
     if not with_pairs:
         mask.fill_diagonal_(False)
         if not in_batch:
-            mask[:, :base.shape[0]] = False
+            mask[:, : base.shape[0]] = False
     want = logsigmoid_loss(s1.diagonal(), s1, mask, adversarial_scale, pos_weight, neg_weight)
-    got = batch_logsigmoid_loss(s2, adversarial_scale, pos_weight, neg_weight, in_batch, _fn_pairs(columns) if with_pairs else None)
+    got = batch_logsigmoid_loss(
+        s2, adversarial_scale, pos_weight, neg_weight, in_batch, _fn_pairs(columns) if with_pairs else None
+    )
     torch.testing.assert_close(got, want)
     (want * 0.7).backward()
     (got * 0.7).backward()

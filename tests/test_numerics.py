@@ -7,10 +7,19 @@ import pytest
 import torch
 
 from kge.config import resolve_model_config
-from kge.storage import bytes_per_entity
+from kge.table.storage import bytes_per_entity
 
-SETTINGS = {"score_fn": "distmult", "dim": 32, "batch_size": 64, "negatives": 64, "steps": 40, "learning_rate": 0.02,
-            "checkpoint_every": 1000, "validate_every": 0, "features": {"use": False}}
+SETTINGS = {
+    "score_fn": "distmult",
+    "dim": 32,
+    "batch_size": 64,
+    "negatives": 64,
+    "steps": 40,
+    "learning_rate": 0.02,
+    "checkpoint_every": 1000,
+    "validate_every": 0,
+    "features": {"use": False},
+}
 
 
 def _loss_drop(trainer, steps: int) -> tuple[float, float]:
@@ -20,10 +29,14 @@ def _loss_drop(trainer, steps: int) -> tuple[float, float]:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_sixteen_bit_storage_trains_like_fp32(mini_shards, tmp_path, dtype):
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     fp32 = Trainer(resolve_model_config(SETTINGS), mini_shards, tmp_path / "fp32")
-    low = Trainer(resolve_model_config(dict(SETTINGS, dtype=dtype, loss_scale="auto", stochastic_rounding=True)), mini_shards, tmp_path / dtype)
+    low = Trainer(
+        resolve_model_config(dict(SETTINGS, dtype=dtype, loss_scale="auto", stochastic_rounding=True)),
+        mini_shards,
+        tmp_path / dtype,
+    )
     assert low.model.entity_table.dtype == getattr(torch, dtype)
     assert low.entity_optimizer.sqrt_v.dtype == getattr(torch, dtype) and low.entity_optimizer.v is None
     assert low.loss_scale == 64 * 64
@@ -37,7 +50,7 @@ def test_sixteen_bit_storage_trains_like_fp32(mini_shards, tmp_path, dtype):
 
 
 def test_stochastic_rounding_resumes_bit_exactly(mini_shards, tmp_path):
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     config = resolve_model_config(dict(SETTINGS, dtype="float16", loss_scale="auto", stochastic_rounding=True))
     straight = Trainer(config, mini_shards, tmp_path / "a")
@@ -56,9 +69,9 @@ def test_stochastic_rounding_resumes_bit_exactly(mini_shards, tmp_path):
 
 
 def test_final_model_is_stored_in_the_storage_dtype(mini_shards, tmp_path):
-    from kge.checkpoint import load_entity_rows
-    from kge.predict import load_model
-    from kge.train import train
+    from kge.predict.predictor import load_model
+    from kge.train.checkpoint import load_entity_rows
+    from kge.train.trainer import train
 
     train(resolve_model_config(dict(SETTINGS, steps=3, dtype="bfloat16")), mini_shards, tmp_path, progress=False)
     saved = torch.load(tmp_path / "model.pt", weights_only=False)
@@ -81,10 +94,12 @@ def test_bytes_per_entity_of_the_submission_layout():
 
 def test_loss_scale_leaves_adam_updates_unchanged_but_lifts_gradients(mini_shards, tmp_path):
     """Adam is scale invariant: with eps negligible, scaled and unscaled runs take the same step."""
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     plain = Trainer(resolve_model_config(dict(SETTINGS, adam={"eps": 1e-30})), mini_shards, tmp_path / "p")
-    scaled = Trainer(resolve_model_config(dict(SETTINGS, adam={"eps": 1e-30}, loss_scale=1024.0)), mini_shards, tmp_path / "s")
+    scaled = Trainer(
+        resolve_model_config(dict(SETTINGS, adam={"eps": 1e-30}, loss_scale=1024.0)), mini_shards, tmp_path / "s"
+    )
     assert plain.train_step() == pytest.approx(scaled.train_step(), rel=1e-6)  # the reported loss is unscaled
     grad_plain = plain.model.relation.grad
     torch.testing.assert_close(scaled.model.relation.grad, grad_plain * 1024.0, rtol=1e-5, atol=1e-9)

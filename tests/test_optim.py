@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from kge.errors import KgeInputError
-from kge.optim import SparseRowAdam
-from kge.storage import round_to
+from kge.common.errors import KgeInputError
+from kge.table.sparse_adam import SparseRowAdam
+from kge.table.storage import round_to
 
 
 def test_all_rows_touched_matches_torch_adam():
@@ -14,7 +14,7 @@ def test_all_rows_touched_matches_torch_adam():
     reference = torch.nn.Parameter(table.clone())
     torch_adam = torch.optim.Adam([reference], lr=0.01, betas=(0.9, 0.99), eps=1e-8)
     sparse = SparseRowAdam(table, beta1=0.9, beta2=0.99, eps=1e-8)
-    for step in range(5):
+    for _step in range(5):
         grad = torch.randn(6, 4, dtype=torch.float64)
         reference.grad = grad.clone()
         torch_adam.step()
@@ -46,7 +46,7 @@ def test_lazy_rows_use_global_bias_correction():
     torch.testing.assert_close(table[1, 0], torch.tensor(-m / v**0.5, dtype=torch.float64))
 
 
-# ----- storage precision (kge.storage) -----------------------------------------------------------
+# ----- storage precision (kge.table.storage) -----------------------------------------------------------
 
 REDUCED = ["bfloat16", "float16"]
 DTYPE = {"bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from kge.errors import KgeInputError
-from kge.partition import Partition, make_partition
+from kge.bess.partition import Partition, make_partition
+from kge.common.errors import KgeInputError
 
 
 @pytest.mark.parametrize("e,d", [(1000, 4), (1001, 4), (10, 3), (7, 7), (5, 1), (97, 8)])
@@ -68,6 +68,8 @@ def test_bad_input(tmp_path):
     p = make_partition(10, 2, seed=0)
     table = np.stack(p.shard_entities)
     table[0, 0] = table[0, 1]  # duplicate id
-    np.savez(tmp_path / "bad.npz", format_version=1, n_shards=2, num_entities=10, shard_size=5, seed=0, shard_entities=table)
+    np.savez(
+        tmp_path / "bad.npz", format_version=1, n_shards=2, num_entities=10, shard_size=5, seed=0, shard_entities=table
+    )
     with pytest.raises(KgeInputError, match="bad.npz"):
         Partition.load(tmp_path / "bad.npz")

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO
 
 MODELS = {
@@ -25,9 +24,15 @@ MODELS = {
 # One study of transe (one worker, so no torchrun per job), a 1 x 2 sweep of it (one point is
 # transe itself) and one quantised format, run by `snakemake techniques`.
 TECHNIQUES = {
-    "studies": {"mix": {"base": "transe",
-                        "variants": {"two_phase": {"two_phase": {"fraction": 0.5, "negatives": 32}},
-                                     "sparse": {"dim": 64, "sparsity": {"density": 0.5, "block": 16, "every": 5}}}}},
+    "studies": {
+        "mix": {
+            "base": "transe",
+            "variants": {
+                "two_phase": {"two_phase": {"fraction": 0.5, "negatives": 32}},
+                "sparse": {"dim": 64, "sparsity": {"density": 0.5, "block": 16, "every": 5}},
+            },
+        }
+    },
     "sweeps": {"sweep": {"base": "transe", "batch_sizes": [128], "learning_rates": [0.01, 0.02], "scaling": "linear"}},
     "quantise": {"models": ["transe"], "variants": {"e4m3_row": {"table": "float8_e4m3fn", "scaling": "row"}}},
 }
@@ -36,10 +41,21 @@ TECHNIQUES = {
 def _config(tmp_path, **extra):
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg.update(
-        data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"), mini={"seed": 0, "scale": 0.1},
+        data_dir=str(tmp_path / "data"),
+        results_dir=str(tmp_path / "results"),
+        mini={"seed": 0, "scale": 0.1},
         models=MODELS,
-        model_defaults={"dim": 32, "batch_size": 128, "negatives": 128, "steps": 60, "learning_rate": 0.01,
-                        "validate_every": 30, "validate_queries": 200, "gamma": 8.0, "loss": {"in_batch_negatives": False}},
+        model_defaults={
+            "dim": 32,
+            "batch_size": 128,
+            "negatives": 128,
+            "steps": 60,
+            "learning_rate": 0.01,
+            "validate_every": 30,
+            "validate_queries": 200,
+            "gamma": 8.0,
+            "loss": {"in_batch_negatives": False},
+        },
     )
     cfg.update(extra)
     path = tmp_path / "config.yaml"
@@ -49,9 +65,22 @@ def _config(tmp_path, **extra):
 
 def _snakemake(tmp_path, config_path, *args):
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", str(config_path), "--cores", "2", *args],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(config_path),
+            "--cores",
+            "2",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
     )
 
 
@@ -81,7 +110,14 @@ def test_pipeline_writes_valid_submission(tmp_path):
     metadata = json.loads((results / "submission" / "metadata.json").read_text())
     assert metadata["number_of_models"] == len(MODELS)
     assert metadata["validation_mrr"] == summary["ensemble_valid_mrr"]
-    for key in ("ogb_version", "parameters_per_model", "hardware", "train_seconds", "inference_seconds", "test-dev_mrr"):
+    for key in (
+        "ogb_version",
+        "parameters_per_model",
+        "hardware",
+        "train_seconds",
+        "inference_seconds",
+        "test-dev_mrr",
+    ):
         assert key in metadata
     assert (results / "plots" / "training_curves.png").stat().st_size > 0
     assert sorted(p.stem for p in (results / "plots" / "models").glob("*.png")) == sorted(MODELS)  # one curve per model
@@ -90,7 +126,10 @@ def test_pipeline_writes_valid_submission(tmp_path):
     for rule, jobs in (("train", len(MODELS)), ("predict", len(MODELS)), ("ensemble", 1), ("shard", 1)):
         assert f"| {rule} | {jobs} |" in timing, timing
     leaderboard = (results / "submission" / "leaderboard.txt").read_text()
-    assert f"Validation MRR: {metadata['validation_mrr']:.4f}" in leaderboard and metadata["versions"]["snakemake"] in leaderboard
+    assert (
+        f"Validation MRR: {metadata['validation_mrr']:.4f}" in leaderboard
+        and metadata["versions"]["snakemake"] in leaderboard
+    )
 
     # Nothing left to do: a second run plans no job.
     again = _snakemake(tmp_path, config_path, "-n")
@@ -100,7 +139,14 @@ def test_pipeline_writes_valid_submission(tmp_path):
     report = _snakemake(tmp_path, config_path, "--report", str(tmp_path / "report.html"))
     assert report.returncode == 0, report.stderr[-3000:]
     html = (tmp_path / "report.html").read_text()
-    for name in ["training_curves.png", "ensemble.png", "mrr_by_family.png", "timing.png", "timing.md", "summary.md"] + [f"{m}.png" for m in MODELS]:
+    for name in [
+        "training_curves.png",
+        "ensemble.png",
+        "mrr_by_family.png",
+        "timing.png",
+        "timing.md",
+        "summary.md",
+    ] + [f"{m}.png" for m in MODELS]:
         assert name in html, name
 
     # Techniques: a study, a sweep and quantisation train and score through the pipeline's own rules,
@@ -116,14 +162,18 @@ def test_pipeline_writes_valid_submission(tmp_path):
     sweep = json.loads((results / "techniques" / "sweep.json").read_text())
     assert len(sweep["valid_mrr"]) == 2 and set(sweep["bands"]) == {"128"}
     assert (results / "techniques" / "sweep.png").stat().st_size > 0
-    assert {row["variant"] for row in json.loads((results / "techniques" / "quantise.json").read_text())} == {"e4m3_row"}
+    assert {row["variant"] for row in json.loads((results / "techniques" / "quantise.json").read_text())} == {
+        "e4m3_row"
+    }
     assert json.loads((results / "ensemble" / "summary.json").read_text()) == summary
     again = _snakemake(tmp_path, config_path, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_mistyped_config_key_fails_before_any_job(tmp_path):
-    config_path = _config(tmp_path, ensemble={"power": -0.5, "top_k": 100, "tune_power": True, "powers": [-0.5], "memebrs": None})
+    config_path = _config(
+        tmp_path, ensemble={"power": -0.5, "top_k": 100, "tune_power": True, "powers": [-0.5], "memebrs": None}
+    )
     run = _snakemake(tmp_path, config_path, "-n")
     assert run.returncode != 0
     assert "memebrs" in run.stdout + run.stderr
@@ -137,7 +187,10 @@ def test_mistyped_config_key_fails_before_any_job(tmp_path):
 def test_ensemble_of_the_finished_models_while_the_rest_train(tmp_path):
     """ensemble.members: finished -> the ensemble is planned over the models whose model.pt exists,
     the others keep training; before any model has finished the run only trains, and says so."""
-    models = {name: {"score_fn": "distmult", "loss": {"type": "softmax"}, "seed": i} for i, name in enumerate(("m1", "m2", "m3"))}
+    models = {
+        name: {"score_fn": "distmult", "loss": {"type": "softmax"}, "seed": i}
+        for i, name in enumerate(("m1", "m2", "m3"))
+    }
     ensemble = {"power": -0.5, "top_k": 100, "tune_power": False, "powers": [-0.5], "members": "finished"}
     small = {"dim": 16, "batch_size": 64, "negatives": 64, "steps": 10, "validate_every": 0}
     config_path = _config(tmp_path, models=models, ensemble=ensemble, model_defaults=small)
@@ -169,8 +222,11 @@ def test_ensemble_of_the_finished_models_while_the_rest_train(tmp_path):
     assert [m["model"] for m in summary["members"]] == ["m1"]
     again = _snakemake(tmp_path, config_path, "-n", "-p")
     lines = [line.split("Shell command:", 1)[-1].strip() for line in (again.stdout + again.stderr).splitlines()]
-    planned = sorted(line.split()[1] + ("" if "--name" not in line else ":" + line.split("--name")[1].split()[0])
-                     for line in lines if line.startswith("kge "))
+    planned = sorted(
+        line.split()[1] + ("" if "--name" not in line else ":" + line.split("--name")[1].split()[0])
+        for line in lines
+        if line.startswith("kge ")
+    )
     assert planned == ["ensemble", "plot", "predict:m2", "predict:m3", "submit", "timing"], planned
     done = _snakemake(tmp_path, config_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -191,21 +247,30 @@ def test_ensemble_of_the_finished_models_while_the_rest_train(tmp_path):
             assert sorted(m["model"] for m in summary["members"]) == members
 
 
-
 @pytest.mark.timeout(600)
 def test_imported_graph_runs_to_the_filtered_evaluation(tmp_path):
     """dataset: import with a config naming only the dataset and what it changes: plain snakemake ends
     in results/evaluation/summary.md (no OGB submission); its numbers equal a brute-force computation;
     kge query and kge export work on the result."""
+    from test_evaluation import _brute_force
+
     from kge import cli
     from kge.data.example import write_example
-    from test_evaluation import _brute_force
 
     graph = write_example(tmp_path / "graph", seed=3, people=300)
     small = {"dim": 16, "batch_size": 64, "negatives": 64, "steps": 30, "learning_rate": 0.02, "validate_every": 0}
-    models = {"distmult": {"score_fn": "distmult"}, "transe_inv": {"score_fn": "transe", "distance": 1, "inverse_relations": True}}
-    user = {"dataset": "import", "data_dir": str(tmp_path / "data"), "results_dir": str(tmp_path / "results"),
-            "import": {key: str(path) for key, path in graph.items()}, "model_defaults": small, "models": models}
+    models = {
+        "distmult": {"score_fn": "distmult"},
+        "transe_inv": {"score_fn": "transe", "distance": 1, "inverse_relations": True},
+    }
+    user = {
+        "dataset": "import",
+        "data_dir": str(tmp_path / "data"),
+        "results_dir": str(tmp_path / "results"),
+        "import": {key: str(path) for key, path in graph.items()},
+        "model_defaults": small,
+        "models": models,
+    }
     config_path = tmp_path / "mine.yaml"
     config_path.write_text(yaml.safe_dump(user))
     run = _snakemake(tmp_path, config_path)
@@ -217,8 +282,12 @@ def test_imported_graph_runs_to_the_filtered_evaluation(tmp_path):
     table = (results / "evaluation" / "summary.md").read_text()
     root, shards = tmp_path / "data" / "import", results / "shards"
     for row in summary["rows"][:-1]:
-        want = _brute_force(results / "models" / row["model"] / "model.pt", root, shards,
-                            "inverse" if row["model"] == "transe_inv" else "direct")["test"]
+        want = _brute_force(
+            results / "models" / row["model"] / "model.pt",
+            root,
+            shards,
+            "inverse" if row["model"] == "transe_inv" else "direct",
+        )["test"]
         ranks = np.concatenate([want["tail"], want["head"]])
         # float32 kernels against a float64 reference: a near-tie may swap two candidates, no more.
         assert row["both.realistic.mrr"] == pytest.approx(np.mean(1 / ranks), rel=1e-3)
@@ -227,6 +296,23 @@ def test_imported_graph_runs_to_the_filtered_evaluation(tmp_path):
     assert summary["head_prediction"] == {"distmult": "direct", "transe_inv": "inverse"}
 
     # The trained models answer by label.
-    assert cli.main(["query", str(results), "--model", "distmult", "--head", "Person_00007", "--relation", "born_in", "-k", "3", "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "query",
+                str(results),
+                "--model",
+                "distmult",
+                "--head",
+                "Person_00007",
+                "--relation",
+                "born_in",
+                "-k",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["export", str(results), "--model", "transe_inv", "--out", str(tmp_path / "export")]) == 0
     assert (tmp_path / "export" / "entities.parquet").exists() and (tmp_path / "export" / "export.json").exists()

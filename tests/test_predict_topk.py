@@ -1,16 +1,17 @@
 """Predictor.topk equals torch.topk over the brute-force full score matrix, for every scoring function."""
+
 import numpy as np
 import pytest
 import torch
 
-from kge import scoring
+from kge.bess.partition import make_partition
 from kge.config import resolve_model_config
-from kge.model import KGEModel
-from kge.partition import make_partition
-from kge.predict import Predictor
-from kge.topk import block_topk
+from kge.nn import scoring
+from kge.nn.model import KGEModel
+from kge.predict.predictor import Predictor
+from kge.predict.topk import block_topk
 
-E, R, F_DIM, D = 1003, 7, 24, 4   # 1003 entities over 4 shards of 251 rows: one padding row at the end
+E, R, F_DIM, D = 1003, 7, 24, 4  # 1003 entities over 4 shards of 251 rows: one padding row at the end
 
 
 class TensorFeatures:
@@ -27,11 +28,18 @@ class TensorFeatures:
 
 
 def build(score_fn: str, p: int, use_features: bool, dim: int = 16):
-    config = resolve_model_config({"score_fn": score_fn, "distance": p, "dim": dim, "init_scale": 0.5,
-                                   "features": {"use": use_features, "share_projection": False, "dropout": 0.0}})
+    config = resolve_model_config(
+        {
+            "score_fn": score_fn,
+            "distance": p,
+            "dim": dim,
+            "init_scale": 0.5,
+            "features": {"use": use_features, "share_projection": False, "dropout": 0.0},
+        }
+    )
     partition = make_partition(E, D, seed=1)
     rows = partition.num_rows
-    assert rows > E                                  # padding rows present
+    assert rows > E  # padding rows present
     gen = torch.Generator().manual_seed(0)
     model = KGEModel(config, R, F_DIM, gen).eval()
     model.entity_table = torch.randn(rows, config["dim"], generator=gen) * config["init_scale"]
@@ -49,14 +57,28 @@ def brute_force(model, features, partition, hr, k):
     heads = model.encode(model.entity_table[hrows], table[hrows] if table is not None else None, "head")[0]
     rel = torch.as_tensor(hr[:, 1])
     normal = model.normal[rel] if model.normal is not None else None
-    full = scoring.score_matrix(model.score_fn, heads, model.relation[rel], tails, p=model.p,
-                                gamma=model.gamma, normal=normal)      # (Q, E), column = global id
+    full = scoring.score_matrix(
+        model.score_fn, heads, model.relation[rel], tails, p=model.p, gamma=model.gamma, normal=normal
+    )  # (Q, E), column = global id
     return full, torch.topk(full, k, dim=1)
 
 
-@pytest.mark.parametrize("score_fn,p", [("distmult", 1), ("complex", 1), ("transe", 1), ("transe", 2),
-                                        ("transh", 1), ("transh", 2), ("rotate", 1), ("rotate", 2),
-                                        ("rescal", 1), ("pairre", 1), ("pairre", 2)])
+@pytest.mark.parametrize(
+    "score_fn,p",
+    [
+        ("distmult", 1),
+        ("complex", 1),
+        ("transe", 1),
+        ("transe", 2),
+        ("transh", 1),
+        ("transh", 2),
+        ("rotate", 1),
+        ("rotate", 2),
+        ("rescal", 1),
+        ("pairre", 1),
+        ("pairre", 2),
+    ],
+)
 @pytest.mark.parametrize("use_features", [False, True])
 def test_predictor_topk_equals_full_matrix(score_fn, p, use_features):
     model, features, partition = build(score_fn, p, use_features)
@@ -70,10 +92,14 @@ def test_predictor_topk_equals_full_matrix(score_fn, p, use_features):
     assert (ids >= 0).all() and (ids < E).all()
     torch.testing.assert_close(torch.from_numpy(scores), want_s, rtol=1e-5, atol=1e-5)
     # every returned id carries its own brute-force score, and ids are distinct per query
-    torch.testing.assert_close(torch.gather(full, 1, torch.from_numpy(ids)), torch.from_numpy(scores), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.gather(full, 1, torch.from_numpy(ids)), torch.from_numpy(scores), rtol=1e-5, atol=1e-5
+    )
     assert all(len(set(row)) == k for row in ids.tolist())
     # one block over the whole table: the grouped selection path of block_topk
-    ids2, scores2 = Predictor(model, features, partition, torch.device("cpu"), block_rows=4096).topk(hr, 5, query_batch=64)
+    ids2, scores2 = Predictor(model, features, partition, torch.device("cpu"), block_rows=4096).topk(
+        hr, 5, query_batch=64
+    )
     torch.testing.assert_close(torch.from_numpy(scores2), want_s[:, :5], rtol=1e-5, atol=1e-5)
 
 
@@ -90,8 +116,8 @@ def test_predictor_distmult_exact():
 def test_block_topk_grouped_equals_topk(n, group):
     gen = torch.Generator().manual_seed(n)
     s = torch.randn(9, n, generator=gen)
-    s[0, :] = 1.0                                    # all tied
-    s[1, ::3] = 2.0                                  # many ties above the rest
+    s[0, :] = 1.0  # all tied
+    s[1, ::3] = 2.0  # many ties above the rest
     s[2, 5:50] = float("-inf")
     vals, cols = block_topk(s, 100, group=group)
     want = torch.topk(s, 100, dim=1).values

@@ -12,12 +12,21 @@ import pytest
 import torch
 
 from kge.config import resolve_model_config
-from kge.train import Trainer, train
+from kge.train.trainer import Trainer, train
 
-SETTINGS = {"score_fn": "distmult", "dim": 16, "batch_size": 32, "negatives": 32, "steps": 20, "learning_rate": 0.01,
-            "checkpoint_every": 1000, "validate_every": 0, "features": {"dropout": 0.1},
-            "loss": {"type": "softmax", "mask_false_negatives": True},
-            "two_phase": {"fraction": 0.3, "negatives": 8}}
+SETTINGS = {
+    "score_fn": "distmult",
+    "dim": 16,
+    "batch_size": 32,
+    "negatives": 32,
+    "steps": 20,
+    "learning_rate": 0.01,
+    "checkpoint_every": 1000,
+    "validate_every": 0,
+    "features": {"dropout": 0.1},
+    "loss": {"type": "softmax", "mask_false_negatives": True},
+    "two_phase": {"fraction": 0.3, "negatives": 8},
+}
 
 
 def _trainer(shards, path, prefetch: bool, **overrides) -> Trainer:
@@ -89,7 +98,7 @@ def test_two_workers_prepare_ahead_too(mini_shards, tmp_path):
     trainer.config, trainer.world_size, trainer.rank = config, 2, 0
     full = Trainer(resolve_model_config(SETTINGS), mini_shards, tmp_path / "one")
     trainer.n_shards, trainer.shard_size, trainer.partition = full.n_shards, full.shard_size, full.partition
-    from kge.sampling import BessSampler
+    from kge.bess.sampling import BessSampler
 
     trainer.sampler = BessSampler(mini_shards, 32, 32, rank=0, world_size=2)
     trainer.model, trainer.features = full.model, full.features

@@ -1,7 +1,7 @@
 """8-bit formats: round-trip error within the documented bound, saturation, unbiased stochastic
 rounding, bytes per row, and a trained model quantised and scored through `kge predict`'s path.
 
-Neighbouring representable values are found independently of kge.quantize, by enumerating every
+Neighbouring representable values are found independently of kge.table.quantize, by enumerating every
 bit pattern of the format.
 """
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from kge.common.errors import KgeInputError
 from kge.config import resolve_model_config
-from kge.errors import KgeInputError
-from kge.quantize import (
+from kge.table.quantize import (
     FORMATS,
     SCALINGS,
     bytes_per_row,
@@ -87,7 +87,9 @@ def test_round_trip_within_the_documented_bound(fmt, scaling):
     if scaling == "row":
         assert q.scales.dtype == torch.float32 and q.scales.shape == (64,)
         if spec.max < 2.0**100:  # (float32/bfloat16 scales of rows below 1 stop at 2^-126)
-            assert torch.equal(q.data.float().abs().amax(dim=1), torch.full((64,), spec.max))  # the row max maps onto max
+            assert torch.equal(
+                q.data.float().abs().amax(dim=1), torch.full((64,), spec.max)
+            )  # the row max maps onto max
     elif scaling == "tensor":
         assert q.scales.dtype == torch.float32 and q.scales.dim() == 0
     else:
@@ -144,8 +146,17 @@ def test_unscaled_values_beyond_the_range_saturate(fmt):
         quantize(torch.tensor([[float("nan"), 1.0]]), fmt, "none")
 
 
-@pytest.mark.parametrize("fmt,scaling", [*[(f, "none") for f in FP8], ("float16", "none"), ("bfloat16", "none"),
-                                         ("int8", "row"), ("float8_e4m3fn", "row"), ("float8_e5m2", "tensor")])
+@pytest.mark.parametrize(
+    "fmt,scaling",
+    [
+        *[(f, "none") for f in FP8],
+        ("float16", "none"),
+        ("bfloat16", "none"),
+        ("int8", "row"),
+        ("float8_e4m3fn", "row"),
+        ("float8_e5m2", "tensor"),
+    ],
+)
 def test_stochastic_rounding_is_unbiased(fmt, scaling):
     draws = 4000
     spec = format_spec(fmt)
@@ -213,13 +224,22 @@ def test_zero_rows_and_tiny_rows():
 
 # ----- a trained model ----------------------------------------------------------------------
 
-SETTINGS = {"score_fn": "distmult", "dim": 16, "batch_size": 64, "negatives": 64, "steps": 3, "learning_rate": 0.02,
-            "checkpoint_every": 1000, "validate_every": 0, "features": {"use": True}}
+SETTINGS = {
+    "score_fn": "distmult",
+    "dim": 16,
+    "batch_size": 64,
+    "negatives": 64,
+    "steps": 3,
+    "learning_rate": 0.02,
+    "checkpoint_every": 1000,
+    "validate_every": 0,
+    "features": {"use": True},
+}
 
 
 @pytest.fixture(scope="module")
 def trained(mini_shards, tmp_path_factory):
-    from kge.train import train
+    from kge.train.trainer import train
 
     model_dir = tmp_path_factory.mktemp("quantise") / "m"
     train(resolve_model_config(SETTINGS), mini_shards, model_dir, progress=False)
@@ -227,9 +247,9 @@ def trained(mini_shards, tmp_path_factory):
 
 
 def test_quantised_model_loads_and_holds_the_dequantised_table(trained, mini_shards, tmp_path):
-    from kge.checkpoint import load_entity_rows, read_model
-    from kge.predict import load_model
-    from kge.quantize_model import quantize_model
+    from kge.predict.predictor import load_model
+    from kge.techniques.quantization import quantize_model
+    from kge.train.checkpoint import load_entity_rows, read_model
 
     saved = read_model(trained)
     original = load_entity_rows(trained, saved).float()
@@ -245,25 +265,35 @@ def test_quantised_model_loads_and_holds_the_dequantised_table(trained, mini_sha
     assert (out / "quantization.json").is_file() and read_model(out / "model.pt")["quantization"] == report
 
     # Tensor scaling over the shards uses one scale for the whole table; stochastic rounding is seeded.
-    report = quantize_model(trained, tmp_path / "int8", "int8", "tensor", generator=torch.Generator().manual_seed(0), progress=False)
+    report = quantize_model(
+        trained, tmp_path / "int8", "int8", "tensor", generator=torch.Generator().manual_seed(0), progress=False
+    )
     model, _, _ = load_model(tmp_path / "int8" / "model.pt", "cpu")
     scale = float(original.abs().max()) / 127
-    assert report["table"]["tensor_scale"] == pytest.approx(scale, rel=1e-6) and report["table"]["rounding"] == "stochastic"
+    assert (
+        report["table"]["tensor_scale"] == pytest.approx(scale, rel=1e-6)
+        and report["table"]["rounding"] == "stochastic"
+    )
     steps = model.entity_table / report["table"]["tensor_scale"]
     assert torch.allclose(steps, steps.round(), atol=1e-4)  # every row on the one int8 grid
     assert float((model.entity_table - original).abs().max()) <= scale * (1 + 1e-5)  # within one step
 
 
 def test_quantised_features_are_scored_as_stored(trained, mini_shards, tmp_path):
-    from kge.features import FeatureStore
-    from kge.partition import Partition
-    from kge.predict import Predictor, load_model
-    from kge.quantize_model import DequantizedFeatures, quantize_model, quantized_features
+    from kge.bess.features import FeatureStore
+    from kge.bess.partition import Partition
+    from kge.predict.predictor import Predictor, load_model
+    from kge.table.quantize import DequantizedFeatures, quantized_features
+    from kge.techniques.quantization import quantize_model
 
     out = tmp_path / "f"
-    report = quantize_model(trained, out, "float16", "none", "float8_e5m2", "tensor", shard_dir=mini_shards, progress=False)
+    report = quantize_model(
+        trained, out, "float16", "none", "float8_e5m2", "tensor", shard_dir=mini_shards, progress=False
+    )
     features = report["features"]
-    assert features["quantized"] and features["bytes_per_entity"] == features["dim"] > 0 and features["tensor_scale"] > 0
+    assert (
+        features["quantized"] and features["bytes_per_entity"] == features["dim"] > 0 and features["tensor_scale"] > 0
+    )
     assert 0 < features["mean_row_relative_error"] < 1 / 8
     model, saved, device = load_model(out / "model.pt", "cpu")
     partition = Partition.load(mini_shards / "partition.npz")
@@ -284,14 +314,36 @@ def test_quantise_and_predict_commands(trained, mini_root, mini_shards, tmp_path
     """`kge quantise` writes the model; `kge predict` scores its features as stored and reports the bytes."""
     import json
 
-    import kge.predict
+    import kge.predict.predictor
     from kge.cli import main
-    from kge.quantize_model import DequantizedFeatures
+    from kge.table.quantize import DequantizedFeatures
 
     out = tmp_path / "q"
-    assert main(["quantise", "--model", str(trained), "--out", str(out), "--format", "float8_e4m3fnuz", "--scaling", "row",
-                 "--feature-format", "int8", "--feature-scaling", "row", "--shard-dir", str(mini_shards),
-                 "--stochastic", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "quantise",
+                "--model",
+                str(trained),
+                "--out",
+                str(out),
+                "--format",
+                "float8_e4m3fnuz",
+                "--scaling",
+                "row",
+                "--feature-format",
+                "int8",
+                "--feature-scaling",
+                "row",
+                "--shard-dir",
+                str(mini_shards),
+                "--stochastic",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "quantization.json").read_text())
     assert report["table"]["rounding"] == "stochastic" and report["features"]["format"] == "int8"
     assert report["bytes_per_entity"] == (16 + 4) + (report["features"]["dim"] + 4)
@@ -306,9 +358,27 @@ def test_quantise_and_predict_commands(trained, mini_root, mini_shards, tmp_path
             arrays[f"{split}_scores"] = np.zeros((len(hr), k), dtype=np.float32)
         return arrays, {split: 0.0 for split in queries}
 
-    monkeypatch.setattr(kge.predict, "predict_splits", fake_predict_splits)
-    assert main(["predict", "--model", str(out / "model.pt"), "--root", str(mini_root), "--shard-dir", str(mini_shards),
-                 "--top-k", "10", "--out", str(tmp_path / "p.npz"), "--metrics", str(tmp_path / "p.json")]) == 0
+    monkeypatch.setattr(kge.predict.predictor, "predict_splits", fake_predict_splits)
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(out / "model.pt"),
+                "--root",
+                str(mini_root),
+                "--shard-dir",
+                str(mini_shards),
+                "--top-k",
+                "10",
+                "--out",
+                str(tmp_path / "p.npz"),
+                "--metrics",
+                str(tmp_path / "p.json"),
+            ]
+        )
+        == 0
+    )
     assert isinstance(seen[0], DequantizedFeatures) and seen[0].format == "int8"
     metrics = json.loads((tmp_path / "p.json").read_text())
     assert metrics["quantization"]["bytes_per_entity"] == report["bytes_per_entity"]
@@ -321,8 +391,14 @@ def test_cli_errors_are_one_line(trained, tmp_path, capsys):
     for args, fragment in (
         (("--format", "fp8", "--scaling", "row"), "--format: expected one of"),
         (("--format", "int8", "--scaling", "none"), "--scaling: int8 needs a scale"),
-        (("--format", "int8", "--scaling", "row", "--feature-format", "e4m3", "--feature-scaling", "row"), "--feature-format: expected"),
-        (("--format", "int8", "--scaling", "row", "--feature-format", "int8"), "--feature-format: needs --feature-scaling"),
+        (
+            ("--format", "int8", "--scaling", "row", "--feature-format", "e4m3", "--feature-scaling", "row"),
+            "--feature-format: expected",
+        ),
+        (
+            ("--format", "int8", "--scaling", "row", "--feature-format", "int8"),
+            "--feature-format: needs --feature-scaling",
+        ),
     ):
         assert main(["quantise", "--model", str(trained), "--out", str(tmp_path / "q"), *args]) == 2
         lines = capsys.readouterr().err.splitlines()

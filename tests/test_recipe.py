@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 # The submission's configurations, kept beside the recipe they derive (a copy of
@@ -22,7 +21,7 @@ SCALE_MINI = REPO / "workflow" / "ensembles" / "scale-mini.yaml"
 
 
 # JSON key -> (path in the model settings, expected value from the JSON value). Written out here,
-# independently of kge/recipe.py, from RECIPE.md's wording; None in the JSON -> the documented fill.
+# independently of kge/ensemble/recipe.py, from RECIPE.md's wording; None in the JSON -> the documented fill.
 FIELDS = {
     "config.model.score_fn": ("score_fn", lambda v: v.lower()),
     "config.model.distance_fn": ("distance", lambda v: {"L1": 1, "L2": 2, "MatMul": 1}[v]),
@@ -45,9 +44,18 @@ FIELDS = {
     "config.training.learning_rate": ("learning_rate", float),
     "config.training.learning_rate_decay.type": ("lr_decay", lambda v: v or "none"),
     "config.training.learning_rate_modifiers.entity_embedding": ("lr_modifiers.entity_embedding", lambda v: v or 1.0),
-    "config.training.learning_rate_modifiers.feature_projection": ("lr_modifiers.feature_projection", lambda v: v or 1.0),
-    "config.training.learning_rate_modifiers.head_feature_projection": ("lr_modifiers.head_feature_projection", lambda v: v),
-    "config.training.learning_rate_modifiers.tail_feature_projection": ("lr_modifiers.tail_feature_projection", lambda v: v),
+    "config.training.learning_rate_modifiers.feature_projection": (
+        "lr_modifiers.feature_projection",
+        lambda v: v or 1.0,
+    ),
+    "config.training.learning_rate_modifiers.head_feature_projection": (
+        "lr_modifiers.head_feature_projection",
+        lambda v: v,
+    ),
+    "config.training.learning_rate_modifiers.tail_feature_projection": (
+        "lr_modifiers.tail_feature_projection",
+        lambda v: v,
+    ),
     "config.training.hidden_regularisation.weight": ("regularisation.entity.weight", lambda v: v or 0.0),
     "config.training.hidden_regularisation.power": ("regularisation.entity.power", lambda v: v or 3.0),
     "config.training.embedding_regularisation.weight": ("regularisation.embedding.weight", lambda v: v or 0.0),
@@ -68,15 +76,35 @@ FIELDS = {
     "config.data.triple_augmentation.type": ("inverse_relations", lambda v: v == "inverse_relations"),
 }
 # Checked with a rule of their own below.
-SPECIAL = {"config.model.negative_adversarial_scale", "config.data.negative_adversarial_sampling",
-           "config.model.negative_adversarial_temperature", "config.model.n_relation_type", "config.training.weight_decay"}
+SPECIAL = {
+    "config.model.negative_adversarial_scale",
+    "config.data.negative_adversarial_sampling",
+    "config.model.negative_adversarial_temperature",
+    "config.model.n_relation_type",
+    "config.training.weight_decay",
+}
 # Not model settings: results, IPU execution and logging details, or constants of the dataset.
 NOT_SETTINGS = {
-    "summary.loss", "summary.train_mrr", "summary.valid_mrr", "history.step", "history.train_mrr", "history.valid_mrr",
-    "config.data.seed", "config.seed", "config.data.dataset.name", "config.model.n_entity", "config.model.entity_feature_size",
-    "config.model.init_scale", "config.logging.predict_at", "config.logging.steps_per_log", "config.execution.device",
-    "config.execution.rw_batch_size", "config.execution.predict_n_best", "config.execution.predict_hr_batch_size",
-    "config.execution.predict_tail_batch_size", "config.execution.train_steps_per_program_run",
+    "summary.loss",
+    "summary.train_mrr",
+    "summary.valid_mrr",
+    "history.step",
+    "history.train_mrr",
+    "history.valid_mrr",
+    "config.data.seed",
+    "config.seed",
+    "config.data.dataset.name",
+    "config.model.n_entity",
+    "config.model.entity_feature_size",
+    "config.model.init_scale",
+    "config.logging.predict_at",
+    "config.logging.steps_per_log",
+    "config.execution.device",
+    "config.execution.rw_batch_size",
+    "config.execution.predict_n_best",
+    "config.execution.predict_hr_batch_size",
+    "config.execution.predict_tail_batch_size",
+    "config.execution.train_steps_per_program_run",
 }
 
 
@@ -102,7 +130,9 @@ def test_the_kept_json_is_the_reference(columns):
 
 
 def test_every_json_key_is_accounted_for(columns):
-    assert set(columns) <= set(FIELDS) | SPECIAL | NOT_SETTINGS, sorted(set(columns) - set(FIELDS) - SPECIAL - NOT_SETTINGS)
+    assert set(columns) <= set(FIELDS) | SPECIAL | NOT_SETTINGS, sorted(
+        set(columns) - set(FIELDS) - SPECIAL - NOT_SETTINGS
+    )
 
 
 def test_each_of_the_85_entries_field_by_field(columns, recipe):
@@ -115,7 +145,11 @@ def test_each_of_the_85_entries_field_by_field(columns, recipe):
         assert name.startswith(f"wikiwiki_{index:02d}_{entry['config.model.score_fn'].lower()}_"), name
         for key, (path, expected_of) in FIELDS.items():
             expected, found = expected_of(entry[key]), _get(settings, path)
-            same = math.isclose(found, expected, rel_tol=1e-12) if isinstance(expected, float) and not isinstance(expected, bool) else found == expected
+            same = (
+                math.isclose(found, expected, rel_tol=1e-12)
+                if isinstance(expected, float) and not isinstance(expected, bool)
+                else found == expected
+            )
             if not same:
                 mismatches.append(f"{name} {key}={entry[key]!r}: {path} = {found!r}, expected {expected!r}")
         # Self-adversarial weighting: a scale, or (one model) a temperature, never both.
@@ -123,7 +157,9 @@ def test_each_of_the_85_entries_field_by_field(columns, recipe):
             assert settings["loss"]["adversarial_temperature"] == entry["config.model.negative_adversarial_temperature"]
             assert "adversarial_scale" not in settings["loss"]
         else:
-            assert settings["loss"]["adversarial_scale"] == (entry["config.model.negative_adversarial_scale"] or 0.0), name
+            assert settings["loss"]["adversarial_scale"] == (entry["config.model.negative_adversarial_scale"] or 0.0), (
+                name
+            )
         # The doubled relation vocabulary of the augmented model is what inverse relations give.
         assert entry["config.model.n_relation_type"] == 1392 * (2 if settings["inverse_relations"] else 1)
         assert not entry["config.training.weight_decay"]
@@ -136,17 +172,34 @@ def test_each_of_the_85_entries_field_by_field(columns, recipe):
 
 def test_committed_recipe_is_what_kge_recipe_writes(tmp_path):
     out = tmp_path / "recipe.yaml"
-    run = subprocess.run([sys.executable, "-m", "kge", "recipe", "--json", str(JSON_PATH), "--out", str(out)],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "kge", "recipe", "--json", str(JSON_PATH), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert out.read_text() == RECIPE.read_text()
 
 
 def _plan(tmp_path, *configfiles) -> dict:
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", *map(str, configfiles), "--cores", "2"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            *map(str, configfiles),
+            "--cores",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     table = run.stdout.split("Job stats:")[1].split("\n\n")[0]
@@ -181,7 +234,7 @@ def test_every_configuration_trains_under_scale(recipe, mini_shards, tmp_path):
     import torch
 
     from kge.config import resolve_model_config, scale_settings
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     scale = yaml.safe_load(SCALE_MINI.read_text())["scale"]
     failures = []
@@ -191,7 +244,10 @@ def test_every_configuration_trains_under_scale(recipe, mini_shards, tmp_path):
         table = trainer.model.entity_table.clone()
         dense = [p.detach().clone() for p in trainer.dense_params]
         loss = trainer.train_step()
-        if not math.isfinite(loss) or torch.equal(table, trainer.model.entity_table) or any(
-                torch.equal(a, p) for a, p in zip(dense, trainer.dense_params) if p is not trainer.model.normal):
+        if (
+            not math.isfinite(loss)
+            or torch.equal(table, trainer.model.entity_table)
+            or any(torch.equal(a, p) for a, p in zip(dense, trainer.dense_params) if p is not trainer.model.normal)
+        ):
             failures.append(f"{name}: loss {loss}")
     assert not failures, failures

@@ -5,17 +5,16 @@ augmentation, the adversarial temperature and negatives per shard (the a2a size)
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.dataset as pads
 import pytest
 import torch
 
-from kge import losses
+from kge.bess.partition import Partition
+from kge.bess.sampling import BessSampler
+from kge.bess.shard import triples_dataset
+from kge.common.errors import KgeInputError
 from kge.config import adversarial_scale, negatives_per_step, resolve_model_config
-from kge.errors import KgeInputError
-from kge.model import KGEModel
-from kge.partition import Partition
-from kge.sampling import BessSampler
-from kge.shard import triples_dataset
+from kge.nn import losses
+from kge.nn.model import KGEModel
 
 D_MODEL, F = 6, 10
 
@@ -41,16 +40,29 @@ def test_plain_encoder_is_embedding_plus_projection():
     assert not torch.allclose(f_tail, f)
 
 
-@pytest.mark.parametrize("squeeze,residual,concat,glu", [
-    (True, True, False, False),   # the recipe's two MLP models
-    (True, False, True, False),   # the recipe's third switch combination
-    (False, False, False, True),
-    (False, False, True, False),
-])
+@pytest.mark.parametrize(
+    "squeeze,residual,concat,glu",
+    [
+        (True, True, False, False),  # the recipe's two MLP models
+        (True, False, True, False),  # the recipe's third switch combination
+        (False, False, False, True),
+        (False, False, True, False),
+    ],
+)
 def test_feature_mlp_matches_hand_computation(squeeze, residual, concat, glu):
     hidden = 4
-    model = _model({"share_projection": True, "mlp": {"hidden": hidden, "squeeze": squeeze, "residual": residual,
-                                                      "concat_embeddings": concat, "glu": glu}})
+    model = _model(
+        {
+            "share_projection": True,
+            "mlp": {
+                "hidden": hidden,
+                "squeeze": squeeze,
+                "residual": residual,
+                "concat_embeddings": concat,
+                "glu": glu,
+            },
+        }
+    )
     ex = model.head_extras
     e_s, e_f = _inputs()
     projected = e_f @ model.head_projection.T if squeeze else None
@@ -78,7 +90,9 @@ def test_bias_gate_and_weight():
         ex.gate.copy_(torch.linspace(-2, 2, D_MODEL))
         ex.weight.fill_(0.7)
     e_s, e_f = _inputs()
-    f_expected = 0.7 * torch.sigmoid(torch.linspace(-2, 2, D_MODEL)) * (e_f @ model.head_projection.T + torch.arange(D_MODEL))
+    f_expected = (
+        0.7 * torch.sigmoid(torch.linspace(-2, 2, D_MODEL)) * (e_f @ model.head_projection.T + torch.arange(D_MODEL))
+    )
     e, f = model.encode(e_s, e_f, "head")
     torch.testing.assert_close(f, f_expected)
     torch.testing.assert_close(e, e_s + f_expected)
@@ -94,18 +108,30 @@ def test_residual_without_squeeze_is_refused():
 
 def test_per_role_learning_rate_modifiers_scale_the_first_adam_step(mini_shards, tmp_path):
     """Adam's first step moves every parameter with a nonzero gradient by lr x modifier."""
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     lr = 1e-3
-    config = resolve_model_config({
-        "score_fn": "distmult", "dim": 8, "batch_size": 64, "negatives": 64, "learning_rate": lr, "lr_decay": "none",
-        "features": {"mlp": {"hidden": 4, "squeeze": True}},
-        "lr_modifiers": {"head_feature_projection": 0.3, "tail_feature_projection": 2.0, "relation": 0.5},
-    })
+    config = resolve_model_config(
+        {
+            "score_fn": "distmult",
+            "dim": 8,
+            "batch_size": 64,
+            "negatives": 64,
+            "learning_rate": lr,
+            "lr_decay": "none",
+            "features": {"mlp": {"hidden": 4, "squeeze": True}},
+            "lr_modifiers": {"head_feature_projection": 0.3, "tail_feature_projection": 2.0, "relation": 0.5},
+        }
+    )
     trainer = Trainer(config, mini_shards, tmp_path)
     model = trainer.model
-    tracked = {"head M": (model.head_projection, 0.3), "head MLP": (model.head_extras.w2, 0.3),
-               "tail M": (model.tail_projection, 2.0), "tail MLP": (model.tail_extras.w1, 2.0), "relation": (model.relation, 0.5)}
+    tracked = {
+        "head M": (model.head_projection, 0.3),
+        "head MLP": (model.head_extras.w2, 0.3),
+        "tail M": (model.tail_projection, 2.0),
+        "tail MLP": (model.tail_extras.w1, 2.0),
+        "relation": (model.relation, 0.5),
+    }
     before = {k: p.detach().clone() for k, (p, _) in tracked.items()}
     trainer.train_step()
     for key, (param, modifier) in tracked.items():
@@ -118,8 +144,12 @@ def test_per_role_learning_rate_modifiers_scale_the_first_adam_step(mini_shards,
 
 
 def test_modifier_of_one_role_falls_back_to_feature_projection():
-    config = resolve_model_config({"features": {"share_projection": False}, "lr_modifiers": {"feature_projection": 0.3,
-                                                                                             "tail_feature_projection": 2.0}})
+    config = resolve_model_config(
+        {
+            "features": {"share_projection": False},
+            "lr_modifiers": {"feature_projection": 0.3, "tail_feature_projection": 2.0},
+        }
+    )
     model = KGEModel(config, 3, F, torch.Generator().manual_seed(0))
     groups = model.dense_param_groups()
     modifier = {id(p): g["lr_modifier"] for g in groups for p in g["params"]}
@@ -136,7 +166,13 @@ def test_inverse_relation_sampler(mini_shards):
     np.testing.assert_array_equal(aug.bucket_relation_counts[:, :, :R], counts)
     np.testing.assert_array_equal(aug.bucket_relation_counts[:, :, R:], counts.transpose(1, 0, 2))
     table = triples_dataset(mini_shards).to_table(columns=["h", "r", "t"])
-    known = set(zip(table.column("h").to_numpy().tolist(), table.column("r").to_numpy().tolist(), table.column("t").to_numpy().tolist()))
+    known = set(
+        zip(
+            table.column("h").to_numpy().tolist(),
+            table.column("r").to_numpy().tolist(),
+            table.column("t").to_numpy().tolist(),
+        )
+    )
     partition = Partition.load(mini_shards / "partition.npz")
     seen_inverse = 0
     for step in range(20):
@@ -158,11 +194,12 @@ def test_inverse_relation_sampler(mini_shards):
 
 def test_inverse_relations_train_and_load(mini_shards, tmp_path):
     """The model gets 2R relations, trains, and its saved model loads with them."""
-    from kge.predict import load_model
-    from kge.train import train
+    from kge.predict.predictor import load_model
+    from kge.train.trainer import train
 
-    config = resolve_model_config({"score_fn": "complex", "dim": 8, "batch_size": 64, "negatives": 64, "steps": 3,
-                                   "inverse_relations": True})
+    config = resolve_model_config(
+        {"score_fn": "complex", "dim": 8, "batch_size": 64, "negatives": 64, "steps": 3, "inverse_relations": True}
+    )
     final = train(config, mini_shards, tmp_path / "m", progress=False)
     assert final["num_relations"] == 2 * BessSampler(mini_shards, 64, 8).num_relations
     model, saved, _ = load_model(tmp_path / "m" / "model.pt")
@@ -175,19 +212,25 @@ def test_adversarial_temperature_is_inverse_scale():
     positive = scores.diagonal()
     mask = torch.ones_like(scores, dtype=torch.bool)
     mask.fill_diagonal_(False)
-    by_temperature = losses.logsigmoid_loss(positive, scores, mask, adversarial_scale=adversarial_scale(
-        {"adversarial_scale": 0.0, "adversarial_temperature": 3.0}))
+    by_temperature = losses.logsigmoid_loss(
+        positive,
+        scores,
+        mask,
+        adversarial_scale=adversarial_scale({"adversarial_scale": 0.0, "adversarial_temperature": 3.0}),
+    )
     # Hand computation: weights softmax(s / 3) over each row's negatives.
     weights = torch.softmax((scores / 3).masked_fill(~mask, float("-inf")), 1)
-    expected = (-0.5 * torch.nn.functional.logsigmoid(positive)
-                - 0.5 * (weights * torch.nn.functional.logsigmoid(-scores)).sum(1)).mean()
+    expected = (
+        -0.5 * torch.nn.functional.logsigmoid(positive)
+        - 0.5 * (weights * torch.nn.functional.logsigmoid(-scores)).sum(1)
+    ).mean()
     torch.testing.assert_close(by_temperature, expected)
     with pytest.raises(KgeInputError, match="adversarial_temperature"):
         resolve_model_config({"loss": {"adversarial_scale": 2.0, "adversarial_temperature": 3.0}})
 
 
 def test_negatives_per_shard(mini_shards, tmp_path):
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     config = resolve_model_config({"score_fn": "distmult", "dim": 8, "batch_size": 64, "negatives_per_shard": 12})
     assert negatives_per_step(config, 2) == 24

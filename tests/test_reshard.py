@@ -6,16 +6,24 @@ import numpy as np
 import pytest
 import torch
 
+from kge.bess.partition import Partition
 from kge.config import resolve_model_config
-from kge.partition import Partition
 
-SETTINGS = {"score_fn": "distmult", "dim": 16, "batch_size": 32, "negatives": 16, "steps": 6, "learning_rate": 0.05,
-            "checkpoint_every": 1000, "validate_every": 0}
+SETTINGS = {
+    "score_fn": "distmult",
+    "dim": 16,
+    "batch_size": 32,
+    "negatives": 16,
+    "steps": 6,
+    "learning_rate": 0.05,
+    "checkpoint_every": 1000,
+    "validate_every": 0,
+}
 
 
 @pytest.fixture(scope="module")
 def shards4(mini_root, tmp_path_factory):
-    from kge.shard import shard_dataset
+    from kge.bess.shard import shard_dataset
 
     out = tmp_path_factory.mktemp("reshard4") / "shards"
     shard_dataset(mini_root, out, 4, seed=3, progress=False)
@@ -33,8 +41,8 @@ def _full(trainer, key: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("storage", ["float32", "bfloat16"])
 def test_checkpoint_moves_to_another_partition_and_resumes(mini_shards, shards4, tmp_path, storage):
-    from kge.reshard import reshard
-    from kge.train import Trainer
+    from kge.train.reshard import reshard
+    from kge.train.trainer import Trainer
 
     config = resolve_model_config(dict(SETTINGS, dtype=storage))
     trainer = Trainer(config, mini_shards, tmp_path / "d2")
@@ -70,11 +78,11 @@ def test_checkpoint_moves_to_another_partition_and_resumes(mini_shards, shards4,
 
 
 def test_trained_model_moves_and_predicts_the_same(mini_root, mini_shards, shards4, tmp_path):
+    from kge.bess.features import FeatureStore
     from kge.data.layout import open_dataset
-    from kge.features import FeatureStore
-    from kge.predict import Predictor, load_model
-    from kge.reshard import reshard
-    from kge.train import train
+    from kge.predict.predictor import Predictor, load_model
+    from kge.train.reshard import reshard
+    from kge.train.trainer import train
 
     train(resolve_model_config(SETTINGS), mini_shards, tmp_path / "d2", progress=False)
     assert reshard(tmp_path / "d2", mini_shards, shards4, tmp_path / "d4", progress=False) == "model"
@@ -90,9 +98,9 @@ def test_trained_model_moves_and_predicts_the_same(mini_root, mini_shards, shard
 
 
 def test_refuses_another_graph_and_wrong_source(mini_shards, shards4, tmp_path):
-    from kge.errors import KgeInputError
-    from kge.reshard import reshard
-    from kge.train import Trainer
+    from kge.common.errors import KgeInputError
+    from kge.train.reshard import reshard
+    from kge.train.trainer import Trainer
 
     trainer = Trainer(resolve_model_config(SETTINGS), mini_shards, tmp_path / "m")
     trainer.train_step()

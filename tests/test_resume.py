@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from kge.errors import KgeInputError
-from kge.resume import live_workers, resume
+from kge.common.errors import KgeInputError
+from kge.report.resume import live_workers, resume
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -25,8 +25,10 @@ def _start(name, cwd):
 
 def _fake_snakemake(tmp_path):
     script = tmp_path / "fake-snakemake"
-    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {tmp_path / 'calls.txt'}\n"
-                      "case \"$1\" in --unlock) rm -rf .snakemake/locks/* ;; esac\n")
+    script.write_text(
+        f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {tmp_path / 'calls.txt'}\n"
+        'case "$1" in --unlock) rm -rf .snakemake/locks/* ;; esac\n'
+    )
     script.chmod(0o755)
     return str(script)
 
@@ -73,34 +75,40 @@ def test_no_lock_no_unlock(tmp_path):
     assert (tmp_path / "calls.txt").read_text().splitlines() == ["-n"]
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["/usr/bin/python3.11", "-u", "-m", "kge", "predict"], True),  # a torchrun worker
-    (["python", "-m", "torch.distributed.run", "--standalone"], True),
-    (["python3", "/venv/bin/snakemake", "all"], True),
-    (["/venv/bin/python3.11", "/venv/bin/kge", "train"], True),
-    (["/venv/bin/kge", "train"], True),
-    (["torchrun", "--nproc-per-node=2"], True),
-    (["python", "-m", "pytest", "-q"], False),
-    (["python", "-c", "print('kge')"], False),
-    (["bash", "-c", "kge train"], False),  # its kge child is what counts
-    (["vim", "kge/train.py"], False),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["/usr/bin/python3.11", "-u", "-m", "kge", "predict"], True),  # a torchrun worker
+        (["python", "-m", "torch.distributed.run", "--standalone"], True),
+        (["python3", "/venv/bin/snakemake", "all"], True),
+        (["/venv/bin/python3.11", "/venv/bin/kge", "train"], True),
+        (["/venv/bin/kge", "train"], True),
+        (["torchrun", "--nproc-per-node=2"], True),
+        (["python", "-m", "pytest", "-q"], False),
+        (["python", "-c", "print('kge')"], False),
+        (["bash", "-c", "kge train"], False),  # its kge child is what counts
+        (["vim", "kge/train/trainer.py"], False),
+    ],
+)
 def test_which_command_lines_are_workflow_processes(argv, expected):
-    from kge.resume import _is_workflow_process
+    from kge.report.resume import _is_workflow_process
 
     assert _is_workflow_process(argv) is expected
 
 
-@pytest.mark.parametrize("argv, directory, passed", [
-    (["resume", "--configfile", "a.yaml", "b.yaml", "all"], ".", ["--configfile", "a.yaml", "b.yaml", "all"]),
-    (["resume", "--directory", "/w", "-n", "--cores", "2"], "/w", ["-n", "--cores", "2"]),
-    (["resume"], ".", []),
-])
+@pytest.mark.parametrize(
+    "argv, directory, passed",
+    [
+        (["resume", "--configfile", "a.yaml", "b.yaml", "all"], ".", ["--configfile", "a.yaml", "b.yaml", "all"]),
+        (["resume", "--directory", "/w", "-n", "--cores", "2"], "/w", ["-n", "--cores", "2"]),
+        (["resume"], ".", []),
+    ],
+)
 def test_cli_passes_every_argument_to_snakemake(monkeypatch, argv, directory, passed):
-    import kge.resume
+    import kge.report.resume
     from kge.cli import main
 
     calls = []
-    monkeypatch.setattr(kge.resume, "resume", lambda args, workdir: calls.append((args, workdir)) or 0)
+    monkeypatch.setattr(kge.report.resume, "resume", lambda args, workdir: calls.append((args, workdir)) or 0)
     assert main(argv) == 0
     assert calls == [(passed, directory)]

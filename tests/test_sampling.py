@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from kge.errors import KgeInputError
-from kge.partition import Partition
-from kge.sampling import Batch, BessSampler, relation_probabilities
-from kge.shard import shard_dataset
+from kge.bess.partition import Partition
+from kge.bess.sampling import Batch, BessSampler, relation_probabilities
+from kge.bess.shard import shard_dataset
+from kge.common.errors import KgeInputError
 
 
 def make_ogb(root, num_entities, num_relations, hrt, feat_dim=8):

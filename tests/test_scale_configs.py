@@ -16,9 +16,26 @@ def test_scale_overlay_plans_generate_shard_train_predict_ensemble_submit(tmp_pa
     overlay = tmp_path / "paths.yaml"
     overlay.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "results_dir": str(tmp_path / "results")}))
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-p", "--snakefile", str(REPO / "Snakefile"), "--directory", str(REPO),
-         "--configfile", str(REPO / "workflow" / "scale" / f"f{fraction}.yaml"), str(overlay), "--cores", "2", "--nolock"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-p",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(REPO),
+            "--configfile",
+            str(REPO / "workflow" / "scale" / f"f{fraction}.yaml"),
+            str(overlay),
+            "--cores",
+            "2",
+            "--nolock",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-3000:]
@@ -27,5 +44,11 @@ def test_scale_overlay_plans_generate_shard_train_predict_ensemble_submit(tmp_pa
     assert f"kge data check --root {root} --stamp" in out  # sampled feature check: no --full
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
     assert {k: int(counts[k]) for k in ("dataset_scaled", "shard", "train", "predict", "ensemble", "submit")} == {
-        "dataset_scaled": 1, "shard": 1, "train": 2, "predict": 2, "ensemble": 1, "submit": 1}
+        "dataset_scaled": 1,
+        "shard": 1,
+        "train": 2,
+        "predict": 2,
+        "ensemble": 1,
+        "submit": 1,
+    }
     assert f"--answers {root}/mini-answers" in out  # test MRR from the generator's hidden answers

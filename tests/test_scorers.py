@@ -1,4 +1,4 @@
-"""The scorer registry (kge/scorers.py) and the two scorers added through it, RESCAL and PairRE:
+"""The scorer registry (kge/nn/scorers.py) and the two scorers added through it, RESCAL and PairRE:
 hand-computed values, an independent plain formula for the matrix and head paths, the registry as
 the one source of the schema / CLI / recipe names, FLOP counts, and `kge train` smokes.
 
@@ -16,12 +16,12 @@ from importlib import resources
 import pytest
 import torch
 
-from kge import scoring
-from kge.cli import build_parser
+from kge.cli.main import build_parser
+from kge.common.errors import KgeInputError
 from kge.config import resolve_model_config
-from kge.errors import KgeInputError
-from kge.scorers import SCORERS, get_scorer, recipe_scorer
-from kge.scoring import head_query_vectors, query_vectors, score_matrix, score_queries, score_triples
+from kge.nn import scoring
+from kge.nn.scorers import SCORERS, get_scorer, recipe_scorer
+from kge.nn.scoring import head_query_vectors, query_vectors, score_matrix, score_queries, score_triples
 
 D64 = torch.float64
 
@@ -35,7 +35,7 @@ def test_schema_score_fn_enum_is_the_registry():
     from kge.config import _schema
 
     raw = json.loads(resources.files("kge").joinpath("schemas/model.schema.json").read_text())
-    assert "enum" not in raw["properties"]["score_fn"]       # no second list to keep in step
+    assert "enum" not in raw["properties"]["score_fn"]  # no second list to keep in step
     assert _schema()["properties"]["score_fn"]["enum"] == list(SCORERS)
     for name in SCORERS:
         assert resolve_model_config({"score_fn": name}, where="t")["score_fn"] == name
@@ -45,7 +45,10 @@ def test_schema_score_fn_enum_is_the_registry():
 
 def test_get_scorer_names_the_accepted_ones():
     assert get_scorer("pairre").name == "pairre"
-    with pytest.raises(KgeInputError, match=r"expected one of \['complex', 'distmult', 'pairre', 'rescal', 'rotate', 'transe', 'transh'\]"):
+    with pytest.raises(
+        KgeInputError,
+        match=r"expected one of \['complex', 'distmult', 'pairre', 'rescal', 'rotate', 'transe', 'transh'\]",
+    ):
         get_scorer("hole")
     with pytest.raises(KgeInputError):
         get_scorer(None)
@@ -71,10 +74,15 @@ def test_cli_bench_accepts_every_registry_name(capsys):
 
 
 def test_recipe_maps_its_names_and_rejects_others():
-    from kge.recipe import entry_settings
+    from kge.ensemble.recipe import entry_settings
 
-    for json_name, ours in (("TransE", "transe"), ("TransH", "transh"), ("RotatE", "rotate"),
-                            ("DistMult", "distmult"), ("ComplEx", "complex")):
+    for json_name, ours in (
+        ("TransE", "transe"),
+        ("TransH", "transh"),
+        ("RotatE", "rotate"),
+        ("DistMult", "distmult"),
+        ("ComplEx", "complex"),
+    ):
         assert recipe_scorer(json_name).name == ours
     for name in ("RESCAL", "PairRE", "hole"):
         with pytest.raises(KgeInputError, match="no kge scorer maps it"):
@@ -88,7 +96,7 @@ def test_entries_are_consistent():
     for name, s in SCORERS.items():
         assert s.name == name and s.formula.startswith("score = ")
         assert s.distance != s.dot
-        assert s.query_dim(16) == 16 or not s.dot           # the fused dot losses need (B, d) queries
+        assert s.query_dim(16) == 16 or not s.dot  # the fused dot losses need (B, d) queries
         assert s.bench_p in (1, 2)
     with pytest.raises(ValueError):
         SCORERS["distmult"].__class__(**{**SCORERS["distmult"].__dict__, "distance": True})
@@ -133,14 +141,18 @@ def plain_rescal(h, r, t):
 
 def test_rescal_matrix_and_heads_against_plain_formula():
     g = torch.Generator().manual_seed(0)
-    h, r, t = torch.randn(3, 4, generator=g, dtype=D64), torch.randn(3, 16, generator=g, dtype=D64), torch.randn(5, 4, generator=g, dtype=D64)
+    h, r, t = (
+        torch.randn(3, 4, generator=g, dtype=D64),
+        torch.randn(3, 16, generator=g, dtype=D64),
+        torch.randn(5, 4, generator=g, dtype=D64),
+    )
     want = plain_rescal(h, r, t)
     torch.testing.assert_close(score_matrix("rescal", h, r, t), want, rtol=1e-12, atol=1e-12)
     # Head direction: queries (r_b, t_b) against candidate heads c -> plain c^T R_b t_b.
     cands = torch.randn(6, 4, generator=g, dtype=D64)
     got = score_queries("rescal", head_query_vectors("rescal", t[:3], r), cands)
     for q in range(3):
-        expect = plain_rescal(cands, r[q:q + 1].expand(6, -1), t[q:q + 1])[:, 0]
+        expect = plain_rescal(cands, r[q : q + 1].expand(6, -1), t[q : q + 1])[:, 0]
         torch.testing.assert_close(got[q], expect, rtol=1e-12, atol=1e-12)
 
 
@@ -151,10 +163,15 @@ def test_rescal_rejects_a_relation_of_the_wrong_width():
 
 
 def test_rescal_init_is_scaled_identity_plus_noise():
-    from kge.model import KGEModel
+    from kge.nn.model import KGEModel
 
     d = 32
-    model = KGEModel(resolve_model_config({"score_fn": "rescal", "dim": d, "init_scale": 0.01}), 50, 8, torch.Generator().manual_seed(0))
+    model = KGEModel(
+        resolve_model_config({"score_fn": "rescal", "dim": d, "init_scale": 0.01}),
+        50,
+        8,
+        torch.Generator().manual_seed(0),
+    )
     R = model.relation.detach().reshape(50, d, d)
     eye = torch.eye(d, dtype=torch.bool)
     assert R.shape == (50, d, d) and model.normal is None
@@ -172,7 +189,7 @@ def test_pairre_by_hand():
     for p, dist in ((1, 3.4), (2, math.sqrt(6.28))):
         assert score_triples("pairre", h, r, t, p=p, gamma=5.0).item() == pytest.approx(5.0 - dist, abs=1e-12)
         assert score_matrix("pairre", h, r, t, p=p, gamma=5.0).item() == pytest.approx(5.0 - dist, abs=1e-12)
-        q = head_query_vectors("pairre", t, r)                 # [t/|t| o r_T | r_H]
+        q = head_query_vectors("pairre", t, r)  # [t/|t| o r_T | r_H]
         assert q.tolist() == [[0.0, 3.0, 2.0, 1.0]]
         assert score_queries("pairre", q, h, p=p, gamma=5.0).item() == pytest.approx(5.0 - dist, abs=1e-12)
     # The entity scale does not matter (normalised inside the score), the relation scale does.
@@ -196,19 +213,24 @@ def plain_pairre(h, r, t, p):
 @pytest.mark.parametrize("p", [1, 2])
 def test_pairre_matrix_and_heads_against_plain_formula(p):
     g = torch.Generator().manual_seed(1)
-    h, r, t = torch.randn(3, 5, generator=g, dtype=D64), torch.randn(3, 10, generator=g, dtype=D64), torch.randn(6, 5, generator=g, dtype=D64)
+    h, r, t = (
+        torch.randn(3, 5, generator=g, dtype=D64),
+        torch.randn(3, 10, generator=g, dtype=D64),
+        torch.randn(6, 5, generator=g, dtype=D64),
+    )
     torch.testing.assert_close(score_matrix("pairre", h, r, t, p=p), plain_pairre(h, r, t, p), rtol=1e-10, atol=1e-10)
     # Head direction: query q = (r_q, t_q), candidates c: -||c/|c| o r_H - t_q/|t_q| o r_T||.
     cands = torch.randn(4, 5, generator=g, dtype=D64)
     got = score_queries("pairre", head_query_vectors("pairre", t[:3], r), cands, p=p)
     for q in range(3):
-        torch.testing.assert_close(got[q], plain_pairre(cands, r[q:q + 1].expand(4, -1), t[q:q + 1], p)[:, 0],
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            got[q], plain_pairre(cands, r[q : q + 1].expand(4, -1), t[q : q + 1], p)[:, 0], rtol=1e-10, atol=1e-10
+        )
 
 
 def test_pairre_query_shapes_and_checks():
     q = query_vectors("pairre", torch.randn(4, 6), torch.randn(4, 12))
-    assert q.shape == (4, 12)                                  # [a | r_T]: twice the entity width
+    assert q.shape == (4, 12)  # [a | r_T]: twice the entity width
     assert scoring.relation_dim("pairre", 6) == 12 and get_scorer("pairre").query_dim(6) == 12
     with pytest.raises(KgeInputError, match="2d = 12"):
         query_vectors("pairre", torch.randn(4, 6), torch.randn(4, 6))
@@ -230,39 +252,74 @@ def test_pairre_zero_entity_is_finite_in_the_matrix_path():
 
 
 def test_pairre_init_starts_at_the_identity_relation():
-    from kge.model import KGEModel
+    from kge.nn.model import KGEModel
 
-    model = KGEModel(resolve_model_config({"score_fn": "pairre", "dim": 16, "init_scale": 0.01}), 40, 8, torch.Generator().manual_seed(0))
+    model = KGEModel(
+        resolve_model_config({"score_fn": "pairre", "dim": 16, "init_scale": 0.01}),
+        40,
+        8,
+        torch.Generator().manual_seed(0),
+    )
     rel = model.relation.detach()
     assert rel.shape == (40, 32) and model.normal is None
     assert abs(rel.mean().item() - 1.0) < 1e-3 and abs(rel.std().item() - 0.01) < 2e-3
 
 
 # ---------------------------------------------------------------- training through the Trainer and `kge train`
-@pytest.mark.parametrize("score_fn,p,loss", [("rescal", 1, "softmax"), ("rescal", 1, "logsigmoid"),
-                                             ("pairre", 1, "softmax"), ("pairre", 2, "logsigmoid")])
+@pytest.mark.parametrize(
+    "score_fn,p,loss",
+    [("rescal", 1, "softmax"), ("rescal", 1, "logsigmoid"), ("pairre", 1, "softmax"), ("pairre", 2, "logsigmoid")],
+)
 def test_kge_train_smoke(mini_root, mini_shards, tmp_path, score_fn, p, loss):
     from kge import cli
 
-    config = {"score_fn": score_fn, "distance": p, "gamma": 8.0, "dim": 16, "batch_size": 64, "negatives": 64,
-              "steps": 40, "learning_rate": 0.02, "validate_every": 0, "validate_queries": 50, "checkpoint_every": 1000,
-              "device": "cpu", "loss": {"type": loss}}
+    config = {
+        "score_fn": score_fn,
+        "distance": p,
+        "gamma": 8.0,
+        "dim": 16,
+        "batch_size": 64,
+        "negatives": 64,
+        "steps": 40,
+        "learning_rate": 0.02,
+        "validate_every": 0,
+        "validate_queries": 50,
+        "checkpoint_every": 1000,
+        "device": "cpu",
+        "loss": {"type": loss},
+    }
     cfg = tmp_path / "config.json"
     assert cli.main(["config", "model", "--name", "m", "--json", json.dumps(config), "--out", str(cfg)]) == 0
     out = tmp_path / "model"
-    assert cli.main(["train", "--config", str(cfg), "--root", str(mini_root), "--shard-dir", str(mini_shards),
-                     "--out", str(out), "--threads", "1"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                str(cfg),
+                "--root",
+                str(mini_root),
+                "--shard-dir",
+                str(mini_shards),
+                "--out",
+                str(out),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     history = json.loads((out / "history.json").read_text())["history"]
     losses = [h["loss"] for h in history]
     assert len(losses) == 20 and all(math.isfinite(x) for x in losses)
-    assert sum(losses[-3:]) < sum(losses[:3])                   # the mean loss of 2 steps went down
+    assert sum(losses[-3:]) < sum(losses[:3])  # the mean loss of 2 steps went down
     assert 0.0 <= history[-1]["valid_mrr"] <= 1.0
 
 
 @pytest.mark.parametrize("score_fn", ["rescal", "pairre"])
 def test_bench_train_and_predict(mini_root, mini_shards, score_fn):
-    from kge.bench import FEATURE_FLOPS_PER_ROW, bench_predict, bench_train
-    from kge.features import FeatureStore
+    from kge.bess.features import FeatureStore
+    from kge.report.bench import FEATURE_FLOPS_PER_ROW, bench_predict, bench_train
 
     r = bench_train(score_fn, 16, 32, 32, steps=2, warmup=1, root=mini_root, shard_dir=mini_shards, device="cpu")
     assert r["score_fn"] == score_fn and r["triples_per_s"] > 0
@@ -272,26 +329,39 @@ def test_bench_train_and_predict(mini_root, mini_shards, score_fn):
     flops = scorer.train_flops(16, 32 * 2, 32 * 64 * 2) + features
     assert r["model_gflops"] == pytest.approx(flops / r["seconds"] / 1e9, rel=1e-9)
     p = bench_predict(score_fn, 16, queries=40, k=5, root=mini_root, shard_dir=mini_shards, device="cpu")
-    assert p["scoring_gflops"] == pytest.approx(scorer.predict_flops(16, 40, 40 * p["entities"]) / p["seconds"] / 1e9, rel=1e-9)
+    assert p["scoring_gflops"] == pytest.approx(
+        scorer.predict_flops(16, 40, 40 * p["entities"]) / p["seconds"] / 1e9, rel=1e-9
+    )
 
 
 def test_parser_type_error_is_argparse_error():
-    from kge.cli import _score_fn_name
+    from kge.cli.report import _score_fn_name
 
     with pytest.raises(argparse.ArgumentTypeError):
-        _score_fn_name("TransE")                              # registry names are lower case
+        _score_fn_name("TransE")  # registry names are lower case
 
 
 @pytest.mark.parametrize("score_fn,p", [("rescal", 1), ("pairre", 1)])
 def test_exchange_of_scores_equals_exchange_of_tails(mini_shards, tmp_path, score_fn, p):
     """The "scores" exchange moves the folded queries ((B, 2d) for PairRE) and scores them with
     model.score_queries; the "tails" exchange scores after the move (fused loss for RESCAL): same losses."""
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     losses = {}
     for exchange in ("tails", "scores"):
-        config = resolve_model_config({"score_fn": score_fn, "distance": p, "dim": 16, "batch_size": 32, "negatives": 32,
-                                       "steps": 100, "exchange": exchange, "device": "cpu"}, where="t")
+        config = resolve_model_config(
+            {
+                "score_fn": score_fn,
+                "distance": p,
+                "dim": 16,
+                "batch_size": 32,
+                "negatives": 32,
+                "steps": 100,
+                "exchange": exchange,
+                "device": "cpu",
+            },
+            where="t",
+        )
         trainer = Trainer(config, mini_shards, tmp_path / exchange)
         losses[exchange] = [trainer.train_step() for _ in range(3)]
     assert losses["tails"] == pytest.approx(losses["scores"], rel=1e-5)

@@ -1,13 +1,21 @@
 """Scoring functions: hand-computed values, matrix path == element-wise reference, gradients."""
+
 import math
 
 import pytest
 import torch
 
-from kge import fused_distance, scoring
-from kge.errors import KgeInputError
-from kge.scoring import (SCORE_FNS, query_vectors, relation_dim, score_matrix, score_queries,
-                         score_triples, uses_normal)
+from kge.common.errors import KgeInputError
+from kge.nn import fused_distance, scoring
+from kge.nn.scoring import (
+    SCORE_FNS,
+    query_vectors,
+    relation_dim,
+    score_matrix,
+    score_queries,
+    score_triples,
+    uses_normal,
+)
 
 D64 = torch.float64
 
@@ -149,23 +157,23 @@ def test_zero_distance_gradients_finite(score_fn, p):
     h, r, t, w = make_inputs(score_fn)
     if score_fn == "transh":
         wu = w / w.norm(dim=-1, keepdim=True)
-        r = r - (r * wu).sum(-1, keepdim=True) * wu            # r perpendicular to w
+        r = r - (r * wu).sum(-1, keepdim=True) * wu  # r perpendicular to w
     if score_fn == "pairre":
         # r_T = r_H and t = 2 h: h/|h| o r_H = t/|t| o r_T (the query is [a | r_T], not a tail).
         r = torch.cat([r[:, :8], r[:, :8]], dim=1)
         t = torch.cat([2.0 * h, t])
     else:
         q = query_vectors(score_fn, h, r, w)
-        t = torch.cat([q.detach(), t])                         # tail b equals query b (b < 5)
+        t = torch.cat([q.detach(), t])  # tail b equals query b (b < 5)
     for x in (h, r, t, w):
         if x is not None:
             x.requires_grad_()
     leaves = [x for x in (h, r, t, w) if x is not None]
     s = score_matrix(score_fn, h, r, t, p=p, gamma=0.0, normal=w)
-    assert s.diagonal().abs().max() < 1e-6                      # distance ~ 0 on the diagonal
+    assert s.diagonal().abs().max() < 1e-6  # distance ~ 0 on the diagonal
     grads = torch.autograd.grad(s.sum(), leaves)
     assert all(torch.isfinite(g_).all() for g_ in grads)
-    if score_fn == "transe":                                   # exact zeros: reference uses subgradient 0
+    if score_fn == "transe":  # exact zeros: reference uses subgradient 0
         ref = torch.autograd.grad(reference_matrix(score_fn, h, r, t, w, p=p).sum(), leaves)
         for a, b in zip(grads, ref):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
@@ -197,8 +205,9 @@ def test_head_queries_equal_reference(score_fn, p):
     got = score_queries(score_fn, q, heads, p=p, gamma=2.5, normal=w)
     bi = torch.arange(5).repeat_interleave(7)
     mi = torch.arange(7).repeat(5)
-    want = score_triples(score_fn, heads[mi], r[bi], tails[bi], p=p, gamma=2.5,
-                         normal=w[bi] if w is not None else None).view(5, 7)
+    want = score_triples(
+        score_fn, heads[mi], r[bi], tails[bi], p=p, gamma=2.5, normal=w[bi] if w is not None else None
+    ).view(5, 7)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 

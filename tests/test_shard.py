@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-import kge.shard as shard_mod
-from kge.errors import KgeInputError
-from kge.partition import Partition
-from kge.shard import read_shard_meta, shard_dataset, triples_dataset
+import kge.bess.shard as shard_mod
+from kge.bess.partition import Partition
+from kge.bess.shard import read_shard_meta, shard_dataset, triples_dataset
+from kge.common.errors import KgeInputError
 
 
 def make_ogb(root, num_entities=200, num_relations=7, num_triples=5000, feat_dim=16, seed=0):
@@ -18,7 +18,9 @@ def make_ogb(root, num_entities=200, num_relations=7, num_triples=5000, feat_dim
     (ds / "RELEASE_v1.txt").write_text("v1\n")
     torch.save({"num_entities": int(num_entities), "num_relations": int(num_relations)}, ds / "meta.pt")
     r = np.minimum(rng.zipf(1.5, num_triples) - 1, num_relations - 1)  # skewed relation counts
-    hrt = np.stack([rng.integers(0, num_entities, num_triples), r, rng.integers(0, num_entities, num_triples)], 1).astype(np.int64)
+    hrt = np.stack(
+        [rng.integers(0, num_entities, num_triples), r, rng.integers(0, num_entities, num_triples)], 1
+    ).astype(np.int64)
     feat = rng.standard_normal((num_entities, feat_dim)).astype(np.float16)
     np.save(ds / "processed" / "train_hrt.npy", hrt)
     np.save(ds / "processed" / "entity_feat.npy", feat)
@@ -29,7 +31,9 @@ def make_ogb(root, num_entities=200, num_relations=7, num_triples=5000, feat_dim
 def test_shard_round_trip(tmp_path, writer):
     hrt, feat = make_ogb(tmp_path / "root")
     d = 3
-    out = shard_dataset(tmp_path / "root", tmp_path / "shards", n_shards=d, seed=5, chunk_rows=700, progress=False, writer=writer)
+    out = shard_dataset(
+        tmp_path / "root", tmp_path / "shards", n_shards=d, seed=5, chunk_rows=700, progress=False, writer=writer
+    )
     meta = read_shard_meta(out)
     assert (meta["n_shards"], meta["num_entities"], meta["num_relations"], meta["num_triples"]) == (d, 200, 7, 5000)
     part = Partition.load(out / "partition.npz")

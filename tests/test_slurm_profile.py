@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 pytest.importorskip(
@@ -34,8 +33,11 @@ MODELS = {"single": {"score_fn": "distmult"}, "duo": {"score_fn": "complex", "wo
 def _config(tmp_path, launcher):
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg.update(
-        data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"), models=MODELS,
-        shards={"count": 2, "seed": 0}, launcher=launcher,
+        data_dir=str(tmp_path / "data"),
+        results_dir=str(tmp_path / "results"),
+        models=MODELS,
+        shards={"count": 2, "seed": 0},
+        launcher=launcher,
     )
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -45,9 +47,26 @@ def _config(tmp_path, launcher):
 def _dry_run(tmp_path, launcher) -> dict:
     """{(rule, model): {"shell": command, "resources": {...}}} of a dry run with the slurm profile."""
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-p", "--workflow-profile", str(PROFILE), "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(_config(tmp_path, launcher)), "--cores", "64"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-p",
+            "--workflow-profile",
+            str(PROFILE),
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(_config(tmp_path, launcher)),
+            "--cores",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]
@@ -77,30 +96,56 @@ def _sbatch(resources: dict, threads: int) -> str:
         __getattr__ = dict.__getitem__
 
     job = SimpleNamespace(resources=Resources(resources), threads=threads)
-    params = {"run_uuid": "u", "slurm_logfile": "log", "comment_str": "c", "account": "-A acc", "partition": "-p part", "workdir": None}
+    params = {
+        "run_uuid": "u",
+        "slurm_logfile": "log",
+        "comment_str": "c",
+        "account": "-A acc",
+        "partition": "-p part",
+        "workdir": None,
+    }
     return get_submit_command(job, params) + set_gres_string(job)
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("per_node, nodes", [(2, 1), (1, 2)])
 def test_multi_worker_jobs_get_the_torchrun_launcher(tmp_path, per_node, nodes):
-    launcher = {"command": COMMAND, "workers_per_node": per_node, "gpus_per_worker": 1, "cpus_per_worker": 4,
-                "mem_mb_per_worker": 30000, "runtime": {"train": 2880, "predict": 120}}
+    launcher = {
+        "command": COMMAND,
+        "workers_per_node": per_node,
+        "gpus_per_worker": 1,
+        "cpus_per_worker": 4,
+        "mem_mb_per_worker": 30000,
+        "runtime": {"train": 2880, "predict": 120},
+    }
     jobs = _dry_run(tmp_path, launcher)
     for step in ("train", "predict"):
         multi = jobs[step, "duo"]
         shell = multi["shell"]
         assert shell.lstrip().startswith("srun ") and f" kge {step} " in shell
         assert f"torchrun --nnodes={nodes} --nproc-per-node={per_node} --rdzv-backend=c10d" in shell
-        assert f"--nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={4 * per_node} --gres=gpu:{per_node}" in shell
+        assert (
+            f"--nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={4 * per_node} --gres=gpu:{per_node}"
+            in shell
+        )
         assert "--rdzv-endpoint=$(hostname):29500 --rdzv-id=${SLURM_JOB_ID}" in shell  # shell variables untouched
         assert f"--threads {4 * per_node}" in shell  # kge splits it among the node's workers: 4 each
         res = multi["resources"]
-        assert res["nodes"] == nodes and res["mpi"] == "srun" and res["cpus_per_task"] == 4 and res["gres"] == f"gpu:{per_node}"
+        assert (
+            res["nodes"] == nodes
+            and res["mpi"] == "srun"
+            and res["cpus_per_task"] == 4
+            and res["gres"] == f"gpu:{per_node}"
+        )
         assert res["mem_mb"] == 30000 * per_node and res["runtime"] == (2880 if step == "train" else 120)
         sbatch = _sbatch(res, threads=4 * per_node)
-        for flag in (f"--nodes={nodes}", "--cpus-per-task=4", f"--gres=gpu:{per_node}", f"--mem {30000 * per_node}",
-                     f"-t {res['runtime']}"):
+        for flag in (
+            f"--nodes={nodes}",
+            "--cpus-per-task=4",
+            f"--gres=gpu:{per_node}",
+            f"--mem {30000 * per_node}",
+            f"-t {res['runtime']}",
+        ):
             assert flag in sbatch, sbatch
         assert (f"--ntasks-per-node={per_node}" if per_node > 1 else "--ntasks=2") in sbatch, sbatch
         assert "--ntasks-per-gpu" not in sbatch and "--gpus=" not in sbatch, sbatch
@@ -111,14 +156,16 @@ def test_multi_worker_jobs_get_the_torchrun_launcher(tmp_path, per_node, nodes):
         res = single["resources"]
         assert "mpi" not in res and res["nodes"] == 1 and res["gpu"] == 1 and res["cpus_per_task"] == 4
         sbatch = _sbatch(res, threads=4)
-        assert "--nodes=1" in sbatch and "--gpus=1" in sbatch and "--cpus-per-task=4" in sbatch, sbatch  # one task (Slurm's default)
+        assert "--nodes=1" in sbatch and "--gpus=1" in sbatch and "--cpus-per-task=4" in sbatch, (
+            sbatch
+        )  # one task (Slurm's default)
         assert "--ntasks=" not in sbatch and "--ntasks-per" not in sbatch, sbatch
 
 
 @pytest.mark.timeout(120)
 def test_without_launcher_kge_starts_its_own_workers(tmp_path):
     jobs = _dry_run(tmp_path, None)
-    for (step, model), job in jobs.items():
+    for (step, _model), job in jobs.items():
         assert job["shell"].lstrip().startswith(f"kge {step} ") and "torchrun" not in job["shell"]
         assert not {"mpi", "nodes", "gres", "gpu", "tasks"} & set(job["resources"])
         # the profile's defaults apply
@@ -126,11 +173,28 @@ def test_without_launcher_kge_starts_its_own_workers(tmp_path):
 
 
 def test_launcher_errors_name_the_key(tmp_path):
-    bad = {"command": COMMAND.replace("{nodes}", "{node}"), "workers_per_node": 1, "gpus_per_worker": 1, "cpus_per_worker": 4}
+    bad = {
+        "command": COMMAND.replace("{nodes}", "{node}"),
+        "workers_per_node": 1,
+        "gpus_per_worker": 1,
+        "cpus_per_worker": 4,
+    }
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", str(_config(tmp_path, bad))],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(_config(tmp_path, bad)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     out = run.stdout + run.stderr
     assert run.returncode != 0 and "launcher.command" in out and "{node}" in out

@@ -8,14 +8,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kge import sparsity
+from kge.common.errors import KgeInputError
 from kge.config import config_hash, resolve_model_config
-from kge.errors import KgeInputError
-from kge.model import KGEModel
+from kge.nn.model import KGEModel
+from kge.table import sparsity
 
 BLOCK = 8
-SETTINGS = {"score_fn": "complex", "dim": 32, "batch_size": 64, "negatives": 64, "steps": 8, "learning_rate": 0.01,
-            "features": {"dropout": 0.1}}
+SETTINGS = {
+    "score_fn": "complex",
+    "dim": 32,
+    "batch_size": 64,
+    "negatives": 64,
+    "steps": 8,
+    "learning_rate": 0.01,
+    "features": {"dropout": 0.1},
+}
 # n_blocks = 4, k = 2, one block pruned and regrown per row after steps 3 and 6.
 SPARSE = {"density": 0.5, "block": BLOCK, "every": 3, "prune_fraction": 0.5}
 
@@ -30,13 +37,16 @@ def _state(trainer) -> list[torch.Tensor]:
 
 
 # ----- configuration -------------------------------------------------------------------------
-@pytest.mark.parametrize("overrides, fragment", [
-    ({"dim": 24, "sparsity": {"density": 0.5, "block": 16}}, "sparsity.block' = 16 must divide dim = 24"),
-    ({"sparsity": {"density": 0.0}}, "key 'sparsity.density'"),
-    ({"sparsity": {"prune_fraction": 1.0}}, "key 'sparsity.prune_fraction'"),
-    ({"sparsity": {"every": -1}}, "key 'sparsity.every'"),
-    ({"sparsity": {"blocks": 4}}, "unknown key 'sparsity.blocks'"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"dim": 24, "sparsity": {"density": 0.5, "block": 16}}, "sparsity.block' = 16 must divide dim = 24"),
+        ({"sparsity": {"density": 0.0}}, "key 'sparsity.density'"),
+        ({"sparsity": {"prune_fraction": 1.0}}, "key 'sparsity.prune_fraction'"),
+        ({"sparsity": {"every": -1}}, "key 'sparsity.every'"),
+        ({"sparsity": {"blocks": 4}}, "unknown key 'sparsity.blocks'"),
+    ],
+)
 def test_bad_sparsity_settings_name_the_key(overrides, fragment):
     with pytest.raises(KgeInputError) as err:
         resolve_model_config(overrides, where="models.m")
@@ -54,7 +64,9 @@ def test_schema_describes_every_sparsity_key():
     import json
     from importlib import resources
 
-    node = json.loads(resources.files("kge").joinpath("schemas/model.schema.json").read_text())["properties"]["sparsity"]
+    node = json.loads(resources.files("kge").joinpath("schemas/model.schema.json").read_text())["properties"][
+        "sparsity"
+    ]
     assert node["additionalProperties"] is False and node.get("description")
     assert sorted(node["properties"]) == ["block", "density", "every", "prune_fraction"]
     assert all(p.get("description") for p in node["properties"].values())
@@ -74,7 +86,12 @@ def test_counts_and_stored_bytes():
 
 
 def test_parameter_count_matches_dense_model_of_half_the_dim():
-    sparse = KGEModel(resolve_model_config({"dim": 32, "sparsity": {"density": 0.5, "block": 8}}), 3, 10, torch.Generator().manual_seed(0))
+    sparse = KGEModel(
+        resolve_model_config({"dim": 32, "sparsity": {"density": 0.5, "block": 8}}),
+        3,
+        10,
+        torch.Generator().manual_seed(0),
+    )
     dense = KGEModel(resolve_model_config({"dim": 16}), 3, 10, torch.Generator().manual_seed(0))
     entities = 1000
 
@@ -93,7 +110,9 @@ def test_initial_mask_has_k_blocks_per_row_and_depends_on_the_shard_only():
     # The same shard gets the same mask whichever worker (set of shards) it belongs to.
     assert torch.equal(both[50:], sparsity.initial_mask(config, [1], 50))
     assert not torch.equal(both[:50], both[50:])
-    assert not torch.equal(both, sparsity.initial_mask(resolve_model_config(dict(SETTINGS, seed=1, sparsity=SPARSE)), [0, 1], 50))
+    assert not torch.equal(
+        both, sparsity.initial_mask(resolve_model_config(dict(SETTINGS, seed=1, sparsity=SPARSE)), [0, 1], 50)
+    )
 
 
 def _brute_force_pruned(table: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
@@ -101,7 +120,7 @@ def _brute_force_pruned(table: torch.Tensor, mask: torch.Tensor, n: int) -> torc
     out = torch.zeros_like(mask)
     blocks = mask.shape[1]
     for r in range(mask.shape[0]):
-        norms = [(float(table[r, b * BLOCK:(b + 1) * BLOCK].double().norm()), b) for b in range(blocks) if mask[r, b]]
+        norms = [(float(table[r, b * BLOCK : (b + 1) * BLOCK].double().norm()), b) for b in range(blocks) if mask[r, b]]
         for _, b in sorted(norms)[:n]:
             out[r, b] = True
     return out
@@ -115,8 +134,8 @@ def test_prune_picks_smallest_norm_blocks_and_regrows_among_inactive():
     table.masked_fill_(~sparsity.expand(mask, BLOCK), 0)
     # Row 0: blocks 0-3 active, block 1 exactly 0 (a regrown block never touched since): pruned first.
     mask[0] = torch.tensor([True, True, True, True, False, False])
-    table[0, 4 * BLOCK:] = 0
-    table[0, BLOCK:2 * BLOCK] = 0
+    table[0, 4 * BLOCK :] = 0
+    table[0, BLOCK : 2 * BLOCK] = 0
     pruned, regrown = sparsity.choose_prune_and_regrow(table, mask, n, torch.Generator().manual_seed(0))
     assert torch.equal(pruned, _brute_force_pruned(table, mask, n))
     assert pruned[0, 1]
@@ -136,7 +155,9 @@ def test_events_keep_k_blocks_zero_regrown_state_and_leave_the_rest():
     sp.zero_inactive_([table, m, v])
     for step in range(1, 6):
         before_mask, before = sp.mask.clone(), [t.clone() for t in (table, m, v)]
-        expected_pruned = torch.cat([_brute_force_pruned(table[i * S:(i + 1) * S], before_mask[i * S:(i + 1) * S], 1) for i in range(2)])
+        expected_pruned = torch.cat(
+            [_brute_force_pruned(table[i * S : (i + 1) * S], before_mask[i * S : (i + 1) * S], 1) for i in range(2)]
+        )
         sp.prune_and_regrow_(step, table, [m, v])
         pruned, regrown = before_mask & ~sp.mask, sp.mask & ~before_mask
         assert torch.equal(pruned, expected_pruned)
@@ -156,7 +177,7 @@ def test_events_keep_k_blocks_zero_regrown_state_and_leave_the_rest():
 # ----- training --------------------------------------------------------------------------------
 @pytest.mark.parametrize("storage", [{"dtype": "float32"}, {"dtype": "float16", "stochastic_rounding": True}])
 def test_inactive_entries_stay_zero_through_training(mini_shards, tmp_path, storage):
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     config = resolve_model_config(dict(SETTINGS, **storage, sparsity=dict(SPARSE, every=2)))
     trainer = Trainer(config, mini_shards, tmp_path)
@@ -176,7 +197,7 @@ def test_inactive_entries_stay_zero_through_training(mini_shards, tmp_path, stor
 def test_resume_across_a_prune_event_is_bit_exact(mini_shards, tmp_path, checkpoint_step):
     """Events after steps 3 and 6: a checkpoint at 2 (initial mask) or 4 (after one event) resumes
     to the model, Adam state and mask of an uninterrupted run."""
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     config = _config()
     reference = Trainer(config, mini_shards, tmp_path / "reference")
@@ -192,7 +213,9 @@ def test_resume_across_a_prune_event_is_bit_exact(mini_shards, tmp_path, checkpo
     while resumed.step < config["steps"]:
         resumed.train_step()
     assert torch.equal(resumed.sparsity.mask, reference.sparsity.mask)
-    assert not torch.equal(reference.sparsity.mask, sparsity.initial_mask(config, reference.owned, reference.shard_size))
+    assert not torch.equal(
+        reference.sparsity.mask, sparsity.initial_mask(config, reference.owned, reference.shard_size)
+    )
     for got, want in zip(_state(resumed), _state(reference)):
         assert torch.equal(got, want)
     for key, value in reference.model.state_dict().items():
@@ -200,11 +223,14 @@ def test_resume_across_a_prune_event_is_bit_exact(mini_shards, tmp_path, checkpo
 
 
 def test_density_one_is_the_dense_model_bit_for_bit(mini_shards, tmp_path):
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     dense = Trainer(resolve_model_config(dict(SETTINGS, steps=3)), mini_shards, tmp_path / "dense")
-    switched = Trainer(resolve_model_config(dict(SETTINGS, steps=3, sparsity={"density": 1.0, "block": 8, "every": 1})),
-                       mini_shards, tmp_path / "switched")
+    switched = Trainer(
+        resolve_model_config(dict(SETTINGS, steps=3, sparsity={"density": 1.0, "block": 8, "every": 1})),
+        mini_shards,
+        tmp_path / "switched",
+    )
     assert switched.sparsity is None
     for _ in range(3):
         assert dense.train_step() == switched.train_step()

@@ -1,6 +1,6 @@
 """Storage dtypes, round-to-nearest and exact stochastic rounding, bytes per entity row.
 
-Neighbours are found independently of kge.storage with torch.nextafter on the storage dtype.
+Neighbours are found independently of kge.table.storage with torch.nextafter on the storage dtype.
 """
 
 import math
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from kge.errors import KgeInputError
-from kge.storage import (
+from kge.common.errors import KgeInputError
+from kge.table.storage import (
     BF16_MAX,
     FP16_MAX,
     STORAGE_DTYPES,
@@ -60,10 +60,12 @@ def test_storage_names():
 
 @pytest.mark.parametrize("dtype", REDUCED)
 def test_nearest_is_torch_cast(dtype):
-    x = torch.cat([
-        spread(5000, -150, 128, seed=1),  # fp32 subnormals up to beyond bf16 max
-        torch.tensor([0.0, -0.0, 65504.0, 65519.0, 65520.0, -70000.0, 3.4e38, math.inf, -math.inf, math.nan]),
-    ])
+    x = torch.cat(
+        [
+            spread(5000, -150, 128, seed=1),  # fp32 subnormals up to beyond bf16 max
+            torch.tensor([0.0, -0.0, 65504.0, 65519.0, 65520.0, -70000.0, 3.4e38, math.inf, -math.inf, math.nan]),
+        ]
+    )
     assert same_bits(round_to(x, dtype), x.to(dtype))
     assert torch.equal(round_to(x[:-1], torch.float32), x[:-1])
 
@@ -80,7 +82,7 @@ def test_stochastic_lands_on_a_neighbour_and_keeps_the_sign(dtype):
     assert torch.all((rf == lo) | (rf == hi))
     assert torch.equal(torch.signbit(r), torch.signbit(x))
     # Both neighbours do occur (it is not round-to-nearest in disguise).
-    assert torch.any((rf != x.to(dtype).to(torch.float64)))
+    assert torch.any(rf != x.to(dtype).to(torch.float64))
 
 
 @pytest.mark.parametrize("dtype", REDUCED)
@@ -90,7 +92,9 @@ def test_stochastic_leaves_representable_values_unchanged(dtype):
     exact = bits.view(dtype)
     exact = exact[torch.isfinite(exact)]
     extremes = torch.tensor([0.0, -0.0, MAX[dtype], -MAX[dtype]]).to(dtype)
-    subnormal = torch.nextafter(torch.zeros(3, dtype=dtype), torch.ones(3, dtype=dtype)) * torch.tensor([1, -1, 7]).to(dtype)
+    subnormal = torch.nextafter(torch.zeros(3, dtype=dtype), torch.ones(3, dtype=dtype)) * torch.tensor([1, -1, 7]).to(
+        dtype
+    )
     exact = torch.cat([exact, extremes, subnormal])
     assert same_bits(round_to(exact.to(torch.float32), dtype, g), exact)
 
@@ -184,14 +188,30 @@ def test_stochastic_is_reproducible_from_the_seed():
 
 
 def test_bytes_per_entity_by_hand():
-    assert bytes_per_entity(256, "float16") == {"embedding": 512, "m": 512, "v": 512, "feature": 1536, "total": 256 * 2 * 3 + 768 * 2}
+    assert bytes_per_entity(256, "float16") == {
+        "embedding": 512,
+        "m": 512,
+        "v": 512,
+        "feature": 1536,
+        "total": 256 * 2 * 3 + 768 * 2,
+    }
     assert bytes_per_entity(256, "bfloat16")["total"] == 3072
     assert bytes_per_entity(256, "float32")["total"] == 256 * 4 * 3 + 768 * 2 == 4608
     assert bytes_per_entity(400, "float32")["total"] == 400 * 4 * 3 + 1536 == 6336
     assert bytes_per_entity(400, "float16")["total"] == 400 * 2 * 3 + 1536 == 3936
     assert bytes_per_entity(400, "float16", feature_dim=0)["total"] == 2400
     assert bytes_per_entity(256, "float32", feature_dtype="float32")["feature"] == 768 * 4
-    assert bytes_per_entity(256, "float16", optimizer="sgd") == {"embedding": 512, "m": 0, "v": 0, "feature": 1536, "total": 2048}
-    for bad in ({"storage": "half"}, {"storage": "float16", "feature_dtype": "int8"}, {"storage": "float16", "optimizer": "adagrad"}):
+    assert bytes_per_entity(256, "float16", optimizer="sgd") == {
+        "embedding": 512,
+        "m": 0,
+        "v": 0,
+        "feature": 1536,
+        "total": 2048,
+    }
+    for bad in (
+        {"storage": "half"},
+        {"storage": "float16", "feature_dtype": "int8"},
+        {"storage": "float16", "optimizer": "adagrad"},
+    ):
         with pytest.raises(KgeInputError):
             bytes_per_entity(256, **bad)

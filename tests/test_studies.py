@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
 import pytest
 
-from kge.errors import KgeInputError
-from kge.studies import stable_band, study_members, study_models, study_report, sweep_grid, sweep_models, sweep_report
+from kge.common.errors import KgeInputError
+from kge.techniques.studies import (
+    stable_band,
+    study_members,
+    study_models,
+    study_report,
+    sweep_grid,
+    sweep_models,
+    sweep_report,
+)
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-BASE = {"score_fn": "distmult", "batch_size": 512, "learning_rate": 0.01, "steps": 2000, "validate_every": 500,
-        "checkpoint_every": 250, "negatives": 256, "loss": {"type": "softmax", "in_batch_negatives": False}}
+BASE = {
+    "score_fn": "distmult",
+    "batch_size": 512,
+    "learning_rate": 0.01,
+    "steps": 2000,
+    "validate_every": 500,
+    "checkpoint_every": 250,
+    "negatives": 256,
+    "loss": {"type": "softmax", "in_batch_negatives": False},
+}
 
 
 def test_study_variants_are_the_base_with_overrides():
@@ -27,7 +42,10 @@ def test_study_variants_are_the_base_with_overrides():
     # Shared settings retrain the base under them as <study>--base.
     studies["enc"]["settings"] = {"steps": 100, "loss": {"type": "logsigmoid"}}
     models = study_models(studies, {"m": BASE})
-    assert models["enc--base"]["steps"] == 100 and models["enc--base"]["loss"] == {"type": "logsigmoid", "in_batch_negatives": False}
+    assert models["enc--base"]["steps"] == 100 and models["enc--base"]["loss"] == {
+        "type": "logsigmoid",
+        "in_batch_negatives": False,
+    }
     assert models["enc--grouped"]["steps"] == 100
     assert study_members("enc", studies["enc"])[0] == "enc--base"
     # retrain_base: the base as it is, trained again beside the variants.
@@ -47,7 +65,9 @@ def test_study_errors_name_the_config_key():
 def test_sweep_scales_the_learning_rate_and_holds_samples(rule, exponent):
     spec = {"base": "m", "batch_sizes": [128, 512, 2048], "learning_rates": [0.005, 0.02], "scaling": rule}
     grid = sweep_grid("s", spec, {"m": BASE})
-    assert [(p["batch_size"], p["base_lr"]) for p in grid] == [(b, lr) for b in (128, 512, 2048) for lr in (0.005, 0.02)]
+    assert [(p["batch_size"], p["base_lr"]) for p in grid] == [
+        (b, lr) for b in (128, 512, 2048) for lr in (0.005, 0.02)
+    ]
     for p in grid:
         assert p["learning_rate"] == pytest.approx(p["base_lr"] * (p["batch_size"] / 512) ** exponent)
         assert p["steps"] * p["batch_size"] == 2000 * 512  # equal samples
@@ -69,7 +89,9 @@ def test_sweep_refuses_in_batch_negatives_and_unknown_rules():
     with pytest.raises(KgeInputError, match="negatives per positive"):
         sweep_grid("s", {"base": "m", "batch_sizes": [64], "learning_rates": [0.1, 0.2]}, {"m": {**BASE, "loss": {}}})
     with pytest.raises(KgeInputError, match="scaling: 'cube'"):
-        sweep_grid("s", {"base": "m", "batch_sizes": [64], "learning_rates": [0.1, 0.2], "scaling": "cube"}, {"m": BASE})
+        sweep_grid(
+            "s", {"base": "m", "batch_sizes": [64], "learning_rates": [0.1, 0.2], "scaling": "cube"}, {"m": BASE}
+        )
 
 
 def test_stable_band_by_hand():
@@ -85,10 +107,12 @@ def test_stable_band_by_hand():
 def _write_member(results, model, mrr, config, loss=1.0, seconds=10.0, parameters=1000):
     (results / "predictions").mkdir(parents=True, exist_ok=True)
     (results / "models" / model).mkdir(parents=True, exist_ok=True)
-    (results / "predictions" / f"{model}.json").write_text(json.dumps(
-        {"model": model, "valid_mrr": mrr, "parameters": parameters, "train_seconds": seconds}))
-    (results / "models" / model / "history.json").write_text(json.dumps(
-        {"config": config, "history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": loss}]}))
+    (results / "predictions" / f"{model}.json").write_text(
+        json.dumps({"model": model, "valid_mrr": mrr, "parameters": parameters, "train_seconds": seconds})
+    )
+    (results / "models" / model / "history.json").write_text(
+        json.dumps({"config": config, "history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": loss}]})
+    )
 
 
 def test_study_report_sets_variants_beside_the_base(tmp_path):
@@ -96,25 +120,56 @@ def test_study_report_sets_variants_beside_the_base(tmp_path):
 
     base = resolve_model_config(BASE)
     _write_member(tmp_path, "m", 0.20, base, loss=1.5, seconds=40.0, parameters=4000)
-    _write_member(tmp_path, "st--half", 0.15, resolve_model_config({**BASE, "dim": 64, "dtype": "float16"}), loss=1.7, seconds=20.0, parameters=2000)
+    _write_member(
+        tmp_path,
+        "st--half",
+        0.15,
+        resolve_model_config({**BASE, "dim": 64, "dtype": "float16"}),
+        loss=1.7,
+        seconds=20.0,
+        parameters=2000,
+    )
     table, data = study_report("st", "m", ["st--half"], tmp_path, claim="halves the memory")
     base_row, row = data["rows"]
     assert base_row["variant"] == "base" and base_row["change"] == 0.0
     assert row["variant"] == "half" and row["changes"] == 'dim=64, dtype="float16"'
     assert row["change"] == pytest.approx(-0.05) and row["relative_change"] == pytest.approx(-0.25)
-    assert (row["stored_bytes_per_entity"], base_row["stored_bytes_per_entity"]) == (128.0, 512.0)  # 64 x 2 bytes, 128 x 4
+    assert (row["stored_bytes_per_entity"], base_row["stored_bytes_per_entity"]) == (
+        128.0,
+        512.0,
+    )  # 64 x 2 bytes, 128 x 4
     assert row["steps_per_second"] == pytest.approx(2000 / 20.0) and row["final_loss"] == 1.7
-    assert "Claim: halves the memory" in table and "| half | dim=64, dtype=\"float16\" | 0.1500 | -0.0500 (-25.0%) | 2,000 |" in table
+    assert (
+        "Claim: halves the memory" in table
+        and '| half | dim=64, dtype="float16" | 0.1500 | -0.0500 (-25.0%) | 2,000 |' in table
+    )
 
 
 def test_sweep_report_heat_map_and_bands(tmp_path):
-    spec = {"base": "m", "batch_sizes": [128, 512], "learning_rates": [0.005, 0.01, 0.02], "scaling": "sqrt", "tolerance": 0.1}
+    spec = {
+        "base": "m",
+        "batch_sizes": [128, 512],
+        "learning_rates": [0.005, 0.01, 0.02],
+        "scaling": "sqrt",
+        "tolerance": 0.1,
+    }
     grid = sweep_grid("s", spec, {"m": BASE})
-    values = {(128, 0.005): 0.20, (128, 0.01): 0.19, (128, 0.02): 0.10, (512, 0.005): 0.10, (512, 0.01): 0.30, (512, 0.02): 0.28}
+    values = {
+        (128, 0.005): 0.20,
+        (128, 0.01): 0.19,
+        (128, 0.02): 0.10,
+        (512, 0.005): 0.10,
+        (512, 0.01): 0.30,
+        (512, 0.02): 0.28,
+    }
     for p in grid:
         _write_member(tmp_path, p["model"], values[(p["batch_size"], p["base_lr"])], {})
     table, data = sweep_report("s", spec, grid, tmp_path, plot=tmp_path / "heat.png")
-    assert data["bands"]["128"]["low"] == 0.005 and data["bands"]["128"]["high"] == 0.01 and data["bands"]["128"]["open_low"]
+    assert (
+        data["bands"]["128"]["low"] == 0.005
+        and data["bands"]["128"]["high"] == 0.01
+        and data["bands"]["128"]["open_low"]
+    )
     assert data["bands"]["512"]["octaves"] == pytest.approx(1.0)
     assert data["stable_at_every_batch"] == [0.01]  # 0.19 >= 0.9 x 0.20 and 0.30 is the best of 512
     assert "| 128 | **0.2000** | 0.1900 | 0.1000 | <0.005 - 0.01 | 1.0+ |" in table
@@ -123,17 +178,47 @@ def test_sweep_report_heat_map_and_bands(tmp_path):
 
 def test_dry_run_plans_technique_models_outside_the_ensemble(tmp_path):
     overlay = tmp_path / "tech.yaml"
-    overlay.write_text(json.dumps({
-        "results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data"),
-        "techniques": {
-            "studies": {"two": {"base": "distmult_softmax", "variants": {"tp": {"two_phase": {"fraction": 0.8, "negatives": 64}}}}},
-            "sweeps": {"sb": {"base": "distmult_softmax", "batch_sizes": [256, 512], "learning_rates": [0.01, 0.02]}},
-        }}))
+    overlay.write_text(
+        json.dumps(
+            {
+                "results_dir": str(tmp_path / "results"),
+                "data_dir": str(tmp_path / "data"),
+                "techniques": {
+                    "studies": {
+                        "two": {
+                            "base": "distmult_softmax",
+                            "variants": {"tp": {"two_phase": {"fraction": 0.8, "negatives": 64}}},
+                        }
+                    },
+                    "sweeps": {
+                        "sb": {"base": "distmult_softmax", "batch_sizes": [256, 512], "learning_rates": [0.01, 0.02]}
+                    },
+                },
+            }
+        )
+    )
+
     def plan(target):
-        out = subprocess.run([sys.executable, "-m", "snakemake", "-n", target, "--configfile", "config.yaml", str(overlay), "--quiet", "rules"],
-                             cwd=REPO, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "-n",
+                target,
+                "--configfile",
+                "config.yaml",
+                str(overlay),
+                "--quiet",
+                "rules",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout + out.stderr
+
     techniques = plan("techniques")
     # 1 study variant + 3 sweep points (b512-lr0.01 is distmult_softmax itself), each trained and scored.
     for rule, count in (("train", 4 + 1), ("predict", 4 + 1), ("study_report", 1), ("sweep_report", 1)):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from kge.errors import KgeInputError
-from kge.submission import check_predictions, write_submission
+from kge.common.errors import KgeInputError
+from kge.ensemble.submission import check_predictions, write_submission
 
 
 def _valid(rows, num_entities=1000, seed=0):
@@ -41,20 +41,37 @@ def test_duplicates_and_shapes_refused():
 
 
 def test_leaderboard_text_carries_the_form_fields():
-    from kge.submission import leaderboard_text, package_versions
+    from kge.ensemble.submission import leaderboard_text, package_versions
 
     versions = package_versions()
     assert versions["ogb"] and versions["torch"] and versions["python"]
     metadata = {
-        "validation_mrr": 0.29216, "validation_heldout_mrr": 0.28891, "test-dev_mrr": 0.2034, "number_of_models": 2,
-        "parameters_per_model": {"a": 1_000, "b": 2_500}, "parameters_total": 3_500,
-        "hardware": ["CPU x86_64 x2"], "train_seconds": 3725.0, "inference_seconds": 61.0,
-        "ensemble": {"power": -0.5, "top_k": 100}, "versions": versions, "commit": "abc123",
+        "validation_mrr": 0.29216,
+        "validation_heldout_mrr": 0.28891,
+        "test-dev_mrr": 0.2034,
+        "number_of_models": 2,
+        "parameters_per_model": {"a": 1_000, "b": 2_500},
+        "parameters_total": 3_500,
+        "hardware": ["CPU x86_64 x2"],
+        "train_seconds": 3725.0,
+        "inference_seconds": 61.0,
+        "ensemble": {"power": -0.5, "top_k": 100},
+        "versions": versions,
+        "commit": "abc123",
         "files": {"test-dev": "/x/t_pred_wikikg90m-v2_test-dev.npz"},
     }
     text = leaderboard_text(metadata)
-    for expected in ("Validation MRR: 0.2922", "MRR on the other half: 0.2889", "test-dev MRR (local answers, not the official test): 0.2034",
-                     "Number of models in the ensemble: 2", "#Parameters: 3,500 in total (largest model 2,500)",
-                     "Hardware: CPU x86_64 x2", "Training time: 1 h 02 min", "Inference time: 1 min 01 s",
-                     f"ogb {versions['ogb']}", "Code commit: abc123", "t_pred_wikikg90m-v2_test-dev.npz"):
+    for expected in (
+        "Validation MRR: 0.2922",
+        "MRR on the other half: 0.2889",
+        "test-dev MRR (local answers, not the official test): 0.2034",
+        "Number of models in the ensemble: 2",
+        "#Parameters: 3,500 in total (largest model 2,500)",
+        "Hardware: CPU x86_64 x2",
+        "Training time: 1 h 02 min",
+        "Inference time: 1 min 01 s",
+        f"ogb {versions['ogb']}",
+        "Code commit: abc123",
+        "t_pred_wikikg90m-v2_test-dev.npz",
+    ):
         assert expected in text, expected

@@ -1,9 +1,10 @@
 """Blocked top-K equals torch.topk on the full matrix; padding is never returned."""
+
 import pytest
 import torch
 
-from kge.errors import KgeInputError
-from kge.topk import blocked_topk, merge_topk
+from kge.common.errors import KgeInputError
+from kge.predict.topk import blocked_topk, merge_topk
 
 
 def full_scores(q=6, n=1000, seed=0):
@@ -24,7 +25,7 @@ def test_blocked_equals_full_topk(block, k):
     want_s, want_i = torch.topk(s, k, dim=1)
     assert got_s.dtype == torch.float32 and got_i.dtype == torch.int64
     assert torch.equal(got_s, want_s)
-    assert torch.equal(got_i, want_i)          # continuous random scores: no ties
+    assert torch.equal(got_i, want_i)  # continuous random scores: no ties
     assert calls[0][0] == 0 and calls[-1][1] == 1000 and all(b - a <= block for a, b in calls)
 
 
@@ -32,7 +33,7 @@ def test_padding_rows_never_returned():
     s = full_scores(n=300)
     valid = torch.ones(300, dtype=torch.bool)
     valid[::3] = False
-    s[:, ~valid] += 10.0                       # padding rows score best: must still be excluded
+    s[:, ~valid] += 10.0  # padding rows score best: must still be excluded
     got_s, got_i = blocked_topk(lambda a, b: s[:, a:b], 300, 50, block_rows=64, valid_rows=valid)
     assert valid[got_i].all()
     masked = s.masked_fill(~valid, float("-inf"))

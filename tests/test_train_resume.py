@@ -11,21 +11,58 @@ import time
 
 import torch
 
-SETTINGS = {"score_fn": "complex", "dim": 32, "batch_size": 64, "negatives": 64, "steps": 80,
-            "learning_rate": 0.01, "checkpoint_every": 5, "validate_every": 0, "validate_queries": 200,
-            "features": {"dropout": 0.1}}
+SETTINGS = {
+    "score_fn": "complex",
+    "dim": 32,
+    "batch_size": 64,
+    "negatives": 64,
+    "steps": 80,
+    "learning_rate": 0.01,
+    "checkpoint_every": 5,
+    "validate_every": 0,
+    "validate_queries": 200,
+    "features": {"dropout": 0.1},
+}
 
 
 def _train_cmd(config_path, root, shards, out):
-    return [sys.executable, "-m", "kge", "train", "--config", str(config_path), "--root", str(root),
-            "--shard-dir", str(shards), "--out", str(out), "--threads", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "kge",
+        "train",
+        "--config",
+        str(config_path),
+        "--root",
+        str(root),
+        "--shard-dir",
+        str(shards),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
 
 
 def _model_config(settings: dict, tmp_path):
     """`kge config model` of ``settings`` -> the config path."""
     config_path = tmp_path / "config.json"
-    subprocess.run([sys.executable, "-m", "kge", "config", "model", "--name", "m", "--json", json.dumps(settings),
-                    "--out", str(config_path)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kge",
+            "config",
+            "model",
+            "--name",
+            "m",
+            "--json",
+            json.dumps(settings),
+            "--out",
+            str(config_path),
+        ],
+        check=True,
+    )
     return config_path
 
 
@@ -38,12 +75,14 @@ def _wait_for(path, proc) -> None:
 
 def _assert_identical_models(reference_dir, resumed_dir, steps: int) -> dict:
     """Both finished with ``steps`` steps, equal entity rows and dense parameters; no checkpoint left."""
-    from kge.checkpoint import load_entity_rows
+    from kge.train.checkpoint import load_entity_rows
 
     reference = torch.load(reference_dir / "model.pt", weights_only=False)
     resumed = torch.load(resumed_dir / "model.pt", weights_only=False)
     assert resumed["steps"] == reference["steps"] == steps
-    assert torch.equal(load_entity_rows(resumed_dir / "model.pt", resumed), load_entity_rows(reference_dir / "model.pt", reference))
+    assert torch.equal(
+        load_entity_rows(resumed_dir / "model.pt", resumed), load_entity_rows(reference_dir / "model.pt", reference)
+    )
     for key, value in reference["dense"].items():
         assert torch.equal(resumed["dense"][key], value), key
     assert not (resumed_dir / "checkpoint").exists()
@@ -66,7 +105,9 @@ def test_killed_run_resumes_to_identical_model(mini_root, mini_shards, tmp_path)
     killed_at = json.loads(checkpoint.read_text())["step"]
     assert 0 < killed_at < SETTINGS["steps"]
 
-    rerun = subprocess.run(_train_cmd(config_path, mini_root, mini_shards, resumed_dir), check=True, capture_output=True, text=True)
+    rerun = subprocess.run(
+        _train_cmd(config_path, mini_root, mini_shards, resumed_dir), check=True, capture_output=True, text=True
+    )
     assert "resumed from" in rerun.stderr and f"at step {killed_at}" in rerun.stderr
 
     reference = _assert_identical_models(reference_dir, resumed_dir, SETTINGS["steps"])
@@ -77,7 +118,7 @@ def test_killed_run_resumes_to_identical_model(mini_root, mini_shards, tmp_path)
 
 def test_stale_checkpoint_of_other_config_is_not_used(mini_root, mini_shards, tmp_path):
     from kge.config import resolve_model_config
-    from kge.train import Trainer
+    from kge.train.trainer import Trainer
 
     cfg = resolve_model_config(dict(SETTINGS, steps=10))
     first = Trainer(cfg, mini_shards, tmp_path)
@@ -111,7 +152,9 @@ def test_killed_worker_group_restarts_and_resumes_to_identical_model(mini_root, 
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     subprocess.run(_train_cmd(config_path, mini_root, mini_shards, reference_dir), check=True, capture_output=True)
 
-    launcher = subprocess.Popen(_train_cmd(config_path, mini_root, mini_shards, resumed_dir), stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        _train_cmd(config_path, mini_root, mini_shards, resumed_dir), stderr=subprocess.PIPE, text=True
+    )
     _wait_for(resumed_dir / "checkpoint" / "latest.json", launcher)
     workers = _children(launcher.pid)  # `kge train` exec'd into torchrun, whose children are the workers
     assert launcher.poll() is None and len(workers) == 2, "training ended before a worker could be killed; raise steps"

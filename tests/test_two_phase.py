@@ -7,12 +7,20 @@ import math
 import pytest
 import torch
 
+from kge.common.errors import KgeInputError
 from kge.config import negatives_at, phase_one_steps, resolve_model_config
-from kge.errors import KgeInputError
-from kge.train import Trainer
+from kge.train.trainer import Trainer
 
-BASE = {"score_fn": "distmult", "dim": 16, "batch_size": 32, "negatives": 64, "steps": 10, "learning_rate": 0.01,
-        "checkpoint_every": 1000, "loss": {"type": "softmax", "in_batch_negatives": False}}
+BASE = {
+    "score_fn": "distmult",
+    "dim": 16,
+    "batch_size": 32,
+    "negatives": 64,
+    "steps": 10,
+    "learning_rate": 0.01,
+    "checkpoint_every": 1000,
+    "loss": {"type": "softmax", "in_batch_negatives": False},
+}
 
 
 def _trainer(settings, shard_dir, tmp_path, name):
@@ -37,7 +45,9 @@ def test_phase_boundary_and_pool_sizes():
     assert [negatives_at(config, 2, s) for s in range(10)] == [8] * 7 + [64] * 3
     off = resolve_model_config(BASE)
     assert phase_one_steps(off) == 0 and {negatives_at(off, 2, s) for s in range(10)} == {64}
-    per_shard = resolve_model_config({**BASE, "negatives_per_shard": 48, "two_phase": {"fraction": 0.5, "negatives": 4}})
+    per_shard = resolve_model_config(
+        {**BASE, "negatives_per_shard": 48, "two_phase": {"fraction": 0.5, "negatives": 4}}
+    )
     assert [negatives_at(per_shard, 2, s) for s in (4, 5)] == [4, 96]  # the full pool is a2a x D
 
 

@@ -11,15 +11,22 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import sys
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
 
-from kge.data.layout import DATASET_DIRNAME, MARKER_NAME, META_NAME, PROCESSED_DIRNAME, SPLIT_FILES, dataset_dir, write_marker
-from kge.errors import KgeInputError
+from kge.common.errors import KgeInputError
+from kge.data.layout import (
+    DATASET_DIRNAME,
+    MARKER_NAME,
+    META_NAME,
+    PROCESSED_DIRNAME,
+    SPLIT_FILES,
+    dataset_dir,
+    write_marker,
+)
 
 # The URL ogb 1.3.6 itself uses (ogb/lsc/wikikg90mv2.py); the old Stanford mirror had md5 OLD_MD5.
 DEFAULT_URL = "https://dgl-data.s3-accelerate.amazonaws.com/dataset/OGB-LSC/wikikg90m-v2.zip"
@@ -52,10 +59,12 @@ def _fetch(url: str, part: Path, timeout: float) -> int | None:
             # Range not satisfiable: the .part already holds the whole file.
             m = re.search(r"/(\d+)", exc.headers.get("Content-Range", "") or "")
             return int(m.group(1)) if m else offset
-        raise KgeInputError(f"{url}: HTTP {exc.code} {exc.reason}; expected the WikiKG90Mv2 zip")
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+        raise KgeInputError(f"{url}: HTTP {exc.code} {exc.reason}; expected the WikiKG90Mv2 zip") from None
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise KgeInputError(f"cannot reach {url} ({reason}): no network? Download the zip by hand to {part.with_suffix('')} and rerun")
+        raise KgeInputError(
+            f"cannot reach {url} ({reason}): no network? Download the zip by hand to {part.with_suffix('')} and rerun"
+        ) from None
     with resp:
         if offset and resp.status == 206:
             m = re.search(r"/(\d+)", resp.headers.get("Content-Range", "") or "")
@@ -72,8 +81,10 @@ def _fetch(url: str, part: Path, timeout: float) -> int | None:
                 while True:
                     try:
                         block = resp.read(CHUNK_BYTES)
-                    except (socket.timeout, ConnectionError, OSError) as exc:
-                        raise KgeInputError(f"{url}: connection lost at {fh.tell()} bytes ({exc}); rerun to resume from {part}")
+                    except (TimeoutError, ConnectionError, OSError) as exc:
+                        raise KgeInputError(
+                            f"{url}: connection lost at {fh.tell()} bytes ({exc}); rerun to resume from {part}"
+                        ) from None
                     if not block:
                         break
                     fh.write(block)
@@ -101,7 +112,7 @@ def _unpack(zip_path: Path, root: Path) -> None:
     try:
         zf = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as exc:
-        raise KgeInputError(f"{zip_path}: not a valid zip ({exc}); delete it and rerun")
+        raise KgeInputError(f"{zip_path}: not a valid zip ({exc}); delete it and rerun") from None
     with zf:
         members = zf.infolist()
         for info in members:
@@ -123,13 +134,21 @@ def _unpack(zip_path: Path, root: Path) -> None:
     src_ds = tmp / DATASET_DIRNAME
     if not src_ds.is_dir():
         shutil.rmtree(tmp)
-        raise KgeInputError(f"{zip_path}: has no top-level {DATASET_DIRNAME}/ folder; expected the official WikiKG90Mv2 zip")
+        raise KgeInputError(
+            f"{zip_path}: has no top-level {DATASET_DIRNAME}/ folder; expected the official WikiKG90Mv2 zip"
+        )
     os.replace(src_ds, dataset_dir(root))
     shutil.rmtree(tmp)
 
 
-def download_wikikg90mv2(root: str | os.PathLike, url: str | None = None, expected_size: int | None = None,
-                         md5: str | None = None, keep_zip: bool = False, timeout: float = 60.0) -> Path:
+def download_wikikg90mv2(
+    root: str | os.PathLike,
+    url: str | None = None,
+    expected_size: int | None = None,
+    md5: str | None = None,
+    keep_zip: bool = False,
+    timeout: float = 60.0,
+) -> Path:
     """Make ``ROOT/wikikg90m-v2`` complete (download, check, unpack, marker); return that folder.
 
     Skips what is already done: a folder with the marker returns at once; a complete
@@ -160,12 +179,16 @@ def download_wikikg90mv2(root: str | os.PathLike, url: str | None = None, expect
             part.unlink()
             raise KgeInputError(f"{part}: {size} bytes but the server says {total}; deleted, rerun to download again")
         if expected_size is not None and size != expected_size:
-            raise KgeInputError(f"{part}: {size} bytes; expected {expected_size} (delete it and rerun if the server changed)")
+            raise KgeInputError(
+                f"{part}: {size} bytes; expected {expected_size} (delete it and rerun if the server changed)"
+            )
         if md5 is not None:
             got = _md5(part)
             if got != md5.lower():
                 part.unlink()
-                raise KgeInputError(f"{part}: md5 {got} does not match the expected {md5}; deleted, rerun to download again")
+                raise KgeInputError(
+                    f"{part}: md5 {got} does not match the expected {md5}; deleted, rerun to download again"
+                )
         os.replace(part, zip_path)
     else:
         if expected_size is not None and zip_path.stat().st_size != expected_size:
@@ -175,7 +198,9 @@ def download_wikikg90mv2(root: str | os.PathLike, url: str | None = None, expect
 
     _unpack(zip_path, root)
     if not _complete_folder(ds):
-        raise KgeInputError(f"{zip_path}: unpacked folder {ds} lacks {META_NAME} or processed/*.npy; expected the official zip")
+        raise KgeInputError(
+            f"{zip_path}: unpacked folder {ds} lacks {META_NAME} or processed/*.npy; expected the official zip"
+        )
     if not (ds / MARKER_NAME).is_file():
         write_marker(ds)
     if not keep_zip:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kge.atomic import save_text
+from kge.common.atomic import save_text
 
 
 def example_triples(seed: int = 0, people: int = 2000) -> list[tuple[str, str, str]]:
@@ -78,9 +78,13 @@ def write_example(out: str | os.PathLike, seed: int = 0, people: int = 2000) -> 
     triples = example_triples(seed, people)
     order = np.random.default_rng(seed + 1).permutation(len(triples))
     n_eval = len(triples) // 10
-    valid, test, train = order[:n_eval], order[n_eval:2 * n_eval], order[2 * n_eval:]
+    valid, test, train = order[:n_eval], order[n_eval : 2 * n_eval], order[2 * n_eval :]
     train_entities = {x for i in train for x in (triples[i][0], triples[i][2])}
-    moved = {int(i) for i in np.concatenate([valid, test]) if triples[i][0] not in train_entities or triples[i][2] not in train_entities}
+    moved = {
+        int(i)
+        for i in np.concatenate([valid, test])
+        if triples[i][0] not in train_entities or triples[i][2] not in train_entities
+    }
     train = [int(i) for i in train] + sorted(moved)
     valid = [int(i) for i in valid if int(i) not in moved]
     test = [int(i) for i in test if int(i) not in moved]

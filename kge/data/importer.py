@@ -57,7 +57,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kge.atomic import atomic_path, save_json, save_npy
+from kge.common.atomic import atomic_path, save_json, save_npy
+from kge.common.errors import KgeInputError
 from kge.data.layout import (
     PROCESSED_DIRNAME,
     SPLIT_FILES,
@@ -68,7 +69,6 @@ from kge.data.layout import (
     write_meta,
     write_split_arrays,
 )
-from kge.errors import KgeInputError
 
 MAPPING_DIRNAME = "mapping-kge"
 IMPORT_SUMMARY = "import.json"
@@ -76,8 +76,14 @@ FORMATS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".parquet": "parquet", "
 COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 # Random features carry no information; a narrow width keeps the (unused or learned) projection cheap.
 DEFAULT_FEATURE_DIM = 16
-HEADER_NAMES = {("head", "relation", "tail"), ("h", "r", "t"), ("subject", "predicate", "object"),
-                ("s", "p", "o"), ("source", "relation", "target"), ("head", "rel", "tail")}
+HEADER_NAMES = {
+    ("head", "relation", "tail"),
+    ("h", "r", "t"),
+    ("subject", "predicate", "object"),
+    ("s", "p", "o"),
+    ("source", "relation", "target"),
+    ("head", "rel", "tail"),
+}
 OTHER_SEPARATORS = {"\t": "tab", ",": "comma", ";": "semicolon"}
 
 
@@ -98,9 +104,15 @@ class Split:
     def where(self, i: int) -> str:
         return f"{self.path}:{self.lines[i]}" if self.unit == "line" else f"{self.path}: row {self.lines[i]}"
 
-    def take(self, keep: np.ndarray) -> "Split":
-        return Split(self.path, {k: v[keep] for k, v in self.columns.items()}, self.lines[keep], self.unit,
-                     self.header, self.blank_lines)
+    def take(self, keep: np.ndarray) -> Split:
+        return Split(
+            self.path,
+            {k: v[keep] for k, v in self.columns.items()},
+            self.lines[keep],
+            self.unit,
+            self.header,
+            self.blank_lines,
+        )
 
 
 def _format_of(path: Path, fmt: str | None) -> str:
@@ -111,7 +123,9 @@ def _format_of(path: Path, fmt: str | None) -> str:
     suffixes = [s.lower() for s in path.suffixes if s.lower() not in COMPRESSED]
     ext = suffixes[-1] if suffixes else ""
     if ext not in FORMATS:
-        raise KgeInputError(f"{path}: cannot tell the format from {ext!r}; expected .tsv, .csv or .parquet (or pass fmt)")
+        raise KgeInputError(
+            f"{path}: cannot tell the format from {ext!r}; expected .tsv, .csv or .parquet (or pass fmt)"
+        )
     return FORMATS[ext]
 
 
@@ -125,13 +139,15 @@ def _read_text(path: Path) -> str:
         else:
             data = path.read_bytes()
     except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise KgeInputError(f"{path}: cannot be read ({exc})")
+        raise KgeInputError(f"{path}: cannot be read ({exc})") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise KgeInputError(f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x} at byte offset {exc.start}); "
-                            "re-encode the file as UTF-8")
+        raise KgeInputError(
+            f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x} at byte offset {exc.start}); "
+            "re-encode the file as UTF-8"
+        ) from None
 
 
 def _is_header(fields: list[str], columns) -> bool:
@@ -159,7 +175,7 @@ def _parse_text(path: Path, kind: str, sep: str | None, columns, widths) -> Spli
                     yield start, fields
                     start = reader.line_num + 1
             except csv.Error as exc:
-                raise KgeInputError(f"{path}:{reader.line_num}: cannot parse as CSV ({exc})")
+                raise KgeInputError(f"{path}:{reader.line_num}: cannot parse as CSV ({exc})") from None
 
         rows = csv_rows()
     width = None
@@ -183,29 +199,39 @@ def _parse_text(path: Path, kind: str, sep: str | None, columns, widths) -> Spli
             text_line = delim.join(fields)
             others = [name for ch, name in OTHER_SEPARATORS.items() if ch != delim and ch in text_line]
             hint = f"; it holds a {others[0]} instead: the file mixes separators" if others else ""
-            raise KgeInputError(f"{path}:{n}: {len(fields)} field{'s' * (len(fields) != 1)}; expected {want} "
-                                f"({'/'.join(columns[:width or widths[-1]])}) separated by {delim!r}{hint}")
+            raise KgeInputError(
+                f"{path}:{n}: {len(fields)} field{'s' * (len(fields) != 1)}; expected {want} "
+                f"({'/'.join(columns[: width or widths[-1]])}) separated by {delim!r}{hint}"
+            )
         for i, f in enumerate(fields):
             if f == "":
                 raise KgeInputError(f"{path}:{n}: empty {columns[i]} label")
             cols[i].append(f)
         lines.append(n)
     width = width or widths[-1]
-    return Split(path, {c: np.array(cols[i], dtype=object) for i, c in enumerate(columns[:width])},
-                 np.asarray(lines, dtype=np.int64), "line", header, blank)
+    return Split(
+        path,
+        {c: np.array(cols[i], dtype=object) for i, c in enumerate(columns[:width])},
+        np.asarray(lines, dtype=np.int64),
+        "line",
+        header,
+        blank,
+    )
 
 
 def _parse_parquet(path: Path, columns, widths) -> Split:
     try:
         df = pd.read_parquet(path)
     except Exception as exc:
-        raise KgeInputError(f"{path}: cannot read as Parquet ({exc})")
+        raise KgeInputError(f"{path}: cannot read as Parquet ({exc})") from None
     if all(c in df.columns for c in columns):
         df = df[list(columns)]
     elif len(widths) > 1 and all(c in df.columns for c in columns[:2]):
         df = df[list(columns[:2])]
     elif df.shape[1] not in widths:
-        raise KgeInputError(f"{path}: {df.shape[1]} columns {list(df.columns)}; expected {len(columns)} columns {list(columns)}")
+        raise KgeInputError(
+            f"{path}: {df.shape[1]} columns {list(df.columns)}; expected {len(columns)} columns {list(columns)}"
+        )
     out = {}
     for name, col in zip(columns, df.columns):
         values = df[col]
@@ -216,22 +242,34 @@ def _parse_parquet(path: Path, columns, widths) -> Split:
     return Split(path, out, np.arange(1, len(df) + 1, dtype=np.int64), "row")
 
 
-def read_split(path: str | os.PathLike, fmt: str | None = None, sep: str | None = None,
-               columns=("head", "relation", "tail"), allow_two: bool = False) -> Split:
+def read_split(
+    path: str | os.PathLike,
+    fmt: str | None = None,
+    sep: str | None = None,
+    columns=("head", "relation", "tail"),
+    allow_two: bool = False,
+) -> Split:
     """Parse one split into label columns with the 1-based line of each row (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise KgeInputError(f"{path}: missing file; expected {'/'.join(columns)} triples")
     kind = _format_of(path, fmt)
     widths = (2, 3) if allow_two else (3,)
-    split = _parse_parquet(path, columns, widths) if kind == "parquet" else _parse_text(path, kind, sep, columns, widths)
+    split = (
+        _parse_parquet(path, columns, widths) if kind == "parquet" else _parse_text(path, kind, sep, columns, widths)
+    )
     if len(split) == 0:
         raise KgeInputError(f"{path}: empty split; expected at least one {'/'.join(columns)} row")
     return split
 
 
-def read_triples(path: str | os.PathLike, fmt: str | None = None, sep: str | None = None,
-                 columns=("head", "relation", "tail"), allow_two: bool = False) -> pd.DataFrame:
+def read_triples(
+    path: str | os.PathLike,
+    fmt: str | None = None,
+    sep: str | None = None,
+    columns=("head", "relation", "tail"),
+    allow_two: bool = False,
+) -> pd.DataFrame:
     """One split as a DataFrame of string labels with columns ``columns`` (tail may be absent if allow_two)."""
     split = read_split(path, fmt, sep, columns, allow_two)
     return pd.DataFrame({k: v.astype(str) for k, v in split.columns.items()})
@@ -290,7 +328,7 @@ def _write_random_features(path: Path, rows: int, dim: int, rng: np.random.Gener
         step = max(1, (64 << 20) // (4 * dim))
         for s in range(0, rows, step):
             n = min(step, rows - s)
-            out[s:s + n] = rng.standard_normal((n, dim), dtype=np.float32) / np.float32(np.sqrt(dim))
+            out[s : s + n] = rng.standard_normal((n, dim), dtype=np.float32) / np.float32(np.sqrt(dim))
         out.flush()
         del out
 
@@ -307,15 +345,26 @@ def _drop(split: Split, ids: np.ndarray, drop: np.ndarray, what: str, log) -> tu
     return split, ids, n
 
 
-def import_triples(train, valid, test, out_root, fmt: str | None = None, sep: str | None = None,
-                   columns=("head", "relation", "tail"), feature_dim: int = DEFAULT_FEATURE_DIM, seed: int = 0,
-                   entity_features: str | os.PathLike | None = None, progress: bool = True) -> Path:
+def import_triples(
+    train,
+    valid,
+    test,
+    out_root,
+    fmt: str | None = None,
+    sep: str | None = None,
+    columns=("head", "relation", "tail"),
+    feature_dim: int = DEFAULT_FEATURE_DIM,
+    seed: int = 0,
+    entity_features: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Path:
     """Convert labelled triples to the OGB layout under ``out_root``; return the dataset folder.
 
     train/valid: (h, r, t) rows; test: (h, r) or (h, r, t) rows, or None. Treatment of duplicates,
     leaks, unseen labels etc.: see the module docstring. Without ``entity_features`` the entity and
     relation features are seeded random Gaussian float16 rows of width ``feature_dim``.
     """
+
     def log(msg):
         if progress:
             print(f"import: {msg}", file=sys.stderr)
@@ -325,8 +374,11 @@ def import_triples(train, valid, test, out_root, fmt: str | None = None, sep: st
     ds = dataset_dir(out_root)
     # Nothing may look complete while (or after) this import fails: marker, summary and old answers go first.
     remove_marker(ds)
-    for stale in (ds / MAPPING_DIRNAME / IMPORT_SUMMARY, answers_dir(out_root) / "test-dev_t.npy",
-                  answers_dir(out_root) / "test-challenge_t.npy"):
+    for stale in (
+        ds / MAPPING_DIRNAME / IMPORT_SUMMARY,
+        answers_dir(out_root) / "test-dev_t.npy",
+        answers_dir(out_root) / "test-challenge_t.npy",
+    ):
         stale.unlink(missing_ok=True)
 
     h, r, t = columns
@@ -348,36 +400,50 @@ def import_triples(train, valid, test, out_root, fmt: str | None = None, sep: st
         rid = _codes(s.columns[r], rel_vocab)
         if (rid < 0).any():
             i = int(np.flatnonzero(rid < 0)[0])
-            raise KgeInputError(f"{s.where(i)}: relation {str(s.columns[r][i])!r} does not occur in the training "
-                                f"file {tr.path}; a relation needs training triples")
+            raise KgeInputError(
+                f"{s.where(i)}: relation {str(s.columns[r][i])!r} does not occur in the training "
+                f"file {tr.path}; a relation needs training triples"
+            )
         other_ents |= set(s.columns[h]) | (set(s.columns[t]) if t in s.columns else set())
     ent_vocab = np.array(sorted(train_ents | other_ents), dtype=str)
     unseen = len(other_ents - train_ents)
     if unseen:
-        log(f"{unseen} entities occur only in valid/test: they have no training triple, their embeddings stay "
-            "at their initial values")
+        log(
+            f"{unseen} entities occur only in valid/test: they have no training triple, their embeddings stay "
+            "at their initial values"
+        )
 
     def ids(s: Split) -> np.ndarray:
         return np.stack([_codes(s.columns[c], rel_vocab if c == r else ent_vocab) for c in s.columns], axis=1)
 
     train_hrt, val_hrt = ids(tr), ids(va)
     dropped = {}
-    tr, train_hrt, dropped["train_duplicates"] = _drop(tr, train_hrt, pd.DataFrame(train_hrt).duplicated().to_numpy(),
-                                                       "duplicate triples", log)
-    va, val_hrt, dropped["valid_duplicates"] = _drop(va, val_hrt, pd.DataFrame(val_hrt).duplicated().to_numpy(),
-                                                     "duplicate triples", log)
+    tr, train_hrt, dropped["train_duplicates"] = _drop(
+        tr, train_hrt, pd.DataFrame(train_hrt).duplicated().to_numpy(), "duplicate triples", log
+    )
+    va, val_hrt, dropped["valid_duplicates"] = _drop(
+        va, val_hrt, pd.DataFrame(val_hrt).duplicated().to_numpy(), "duplicate triples", log
+    )
     va, val_hrt, dropped["valid_in_train"] = _drop(va, val_hrt, _in(val_hrt, train_hrt), "triples also in train", log)
     if te is not None:
         test_arr = ids(te)
         if test_has_tails:
-            te, test_arr, dropped["test_duplicates"] = _drop(te, test_arr, pd.DataFrame(test_arr).duplicated().to_numpy(),
-                                                             "duplicate triples", log)
-            te, test_arr, dropped["test_in_train"] = _drop(te, test_arr, _in(test_arr, train_hrt), "triples also in train", log)
-            te, test_arr, dropped["test_in_valid"] = _drop(te, test_arr, _in(test_arr, val_hrt), "triples also in valid", log)
+            te, test_arr, dropped["test_duplicates"] = _drop(
+                te, test_arr, pd.DataFrame(test_arr).duplicated().to_numpy(), "duplicate triples", log
+            )
+            te, test_arr, dropped["test_in_train"] = _drop(
+                te, test_arr, _in(test_arr, train_hrt), "triples also in train", log
+            )
+            te, test_arr, dropped["test_in_valid"] = _drop(
+                te, test_arr, _in(test_arr, val_hrt), "triples also in valid", log
+            )
     else:
         test_arr = np.zeros((0, 2), dtype=np.int64)
-    self_loops = {name: int((a[:, 0] == a[:, 2]).sum()) for name, a in
-                  (("train", train_hrt), ("valid", val_hrt), ("test", test_arr if test_has_tails else None)) if a is not None}
+    self_loops = {
+        name: int((a[:, 0] == a[:, 2]).sum())
+        for name, a in (("train", train_hrt), ("valid", val_hrt), ("test", test_arr if test_has_tails else None))
+        if a is not None
+    }
     if any(self_loops.values()):
         log(f"kept self-loops (head == tail): {self_loops}")
     E, R = len(ent_vocab), len(rel_vocab)
@@ -392,8 +458,13 @@ def import_triples(train, valid, test, out_root, fmt: str | None = None, sep: st
     feat_dim = int(np.load(proc / SPLIT_FILES["entity_feat"], mmap_mode="r").shape[1])
     relation_feat = (rng.standard_normal((R, feat_dim), dtype=np.float32) / np.sqrt(feat_dim)).astype(np.float16)
     write_split_arrays(
-        ds, train_hrt=train_hrt, relation_feat=relation_feat, val_hr=val_hrt[:, :2], val_t=val_hrt[:, 2],
-        test_dev_hr=test_arr[:, :2], test_challenge_hr=test_arr[:, :2],
+        ds,
+        train_hrt=train_hrt,
+        relation_feat=relation_feat,
+        val_hr=val_hrt[:, :2],
+        val_t=val_hrt[:, 2],
+        test_dev_hr=test_arr[:, :2],
+        test_challenge_hr=test_arr[:, :2],
     )
     if test_has_tails:
         ans = answers_dir(out_root)
@@ -405,15 +476,28 @@ def import_triples(train, valid, test, out_root, fmt: str | None = None, sep: st
         with atomic_path(mapping / f"{name}.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
     write_meta(ds, E, R)
-    save_json(mapping / IMPORT_SUMMARY, {
-        "has_test": te is not None, "test_has_tails": test_has_tails, "has_features": entity_features is not None,
-        "feature_dim": feat_dim, "num_entities": E, "num_relations": R,
-        "triples": {"train": len(train_hrt), "valid": len(val_hrt), "test": len(test_arr)},
-        "dropped": dropped, "self_loops": self_loops, "entities_only_in_valid_test": unseen,
-        "header_rows": {name: s.header for name, s in (("train", tr), ("valid", va), ("test", te)) if s is not None},
-        "empty_lines": {name: s.blank_lines for name, s in (("train", tr), ("valid", va), ("test", te)) if s is not None},
-        "files": {name: str(s.path) for name, s in (("train", tr), ("valid", va), ("test", te)) if s is not None},
-    })
+    save_json(
+        mapping / IMPORT_SUMMARY,
+        {
+            "has_test": te is not None,
+            "test_has_tails": test_has_tails,
+            "has_features": entity_features is not None,
+            "feature_dim": feat_dim,
+            "num_entities": E,
+            "num_relations": R,
+            "triples": {"train": len(train_hrt), "valid": len(val_hrt), "test": len(test_arr)},
+            "dropped": dropped,
+            "self_loops": self_loops,
+            "entities_only_in_valid_test": unseen,
+            "header_rows": {
+                name: s.header for name, s in (("train", tr), ("valid", va), ("test", te)) if s is not None
+            },
+            "empty_lines": {
+                name: s.blank_lines for name, s in (("train", tr), ("valid", va), ("test", te)) if s is not None
+            },
+            "files": {name: str(s.path) for name, s in (("train", tr), ("valid", va), ("test", te)) if s is not None},
+        },
+    )
     write_marker(ds)  # last: the folder is complete
     log(f"wrote {ds} ({E} entities, {R} relations, {len(train_hrt)} train, {len(val_hrt)} valid, {len(test_arr)} test)")
     return ds

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kge.atomic import save_npy, save_text, torch_save
-from kge.errors import KgeInputError
+from kge.common.atomic import save_npy, save_text, torch_save
+from kge.common.errors import KgeInputError
 
 DATASET_DIRNAME = "wikikg90m-v2"
 MARKER_NAME = "RELEASE_v1.txt"
@@ -40,6 +40,9 @@ ANSWERS_DIRNAME = "mini-answers"
 # ogb's save_test_submission asserts exactly these row counts.
 OGB_TEST_QUERY_COUNTS = {"test-dev": 15000, "test-challenge": 10000}
 FEATURE_DIM = 768
+
+# The query splits a model predicts and the ensemble combines, in this order.
+SPLITS = ("valid", "test-dev", "test-challenge")
 
 # KGArrays field -> file name under processed/.
 SPLIT_FILES = {
@@ -136,9 +139,13 @@ def _read_meta(ds_dir: Path) -> tuple[int, int]:
     try:
         meta = torch.load(path, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/unsafe pickles
-        raise KgeInputError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); expected a torch.save'd dict of plain ints")
+        raise KgeInputError(
+            f"{path}: cannot be read ({type(exc).__name__}: {exc}); expected a torch.save'd dict of plain ints"
+        ) from None
     if not isinstance(meta, dict):
-        raise KgeInputError(f"{path}: expected a dict with 'num_entities' and 'num_relations', got {type(meta).__name__}")
+        raise KgeInputError(
+            f"{path}: expected a dict with 'num_entities' and 'num_relations', got {type(meta).__name__}"
+        )
     out = []
     for key in ("num_entities", "num_relations"):
         val = meta.get(key)
@@ -163,7 +170,7 @@ def _open_npy(path: Path) -> np.ndarray:
             shape, _fortran, dtype = reader(fh)
             offset = fh.tell()
     except Exception as exc:
-        raise KgeInputError(f"{path}: not a valid .npy file ({exc})")
+        raise KgeInputError(f"{path}: not a valid .npy file ({exc})") from None
     if dtype.hasobject:
         raise KgeInputError(f"{path}: holds Python objects; expected a numeric array")
     expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -172,7 +179,7 @@ def _open_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r")
     except Exception as exc:
-        raise KgeInputError(f"{path}: cannot be memory-mapped ({exc})")
+        raise KgeInputError(f"{path}: cannot be memory-mapped ({exc})") from None
     return arr
 
 
@@ -213,7 +220,7 @@ def _check_range(path: Path, arr: np.ndarray, cols: list[tuple[int | None, int, 
 
         chunks = tqdm(chunks, desc=f"check ids {path.name}", unit="chunk", file=sys.stderr)
     for start in chunks:
-        block = np.array(arr[start:start + ID_CHECK_ROWS])
+        block = np.array(arr[start : start + ID_CHECK_ROWS])
         drop_resident_pages(arr)
         for col, bound, name in cols:
             vals = block if col is None else block[:, col]
@@ -241,10 +248,12 @@ def _check_finite(path: Path, arr: np.ndarray, progress: bool, sampled: bool = F
     if progress and len(chunks) > 4:
         from tqdm import tqdm
 
-        chunks = tqdm(chunks, desc=f"check {path.name}" + (" (sampled)" if sampled else ""), unit="chunk", file=sys.stderr)
+        chunks = tqdm(
+            chunks, desc=f"check {path.name}" + (" (sampled)" if sampled else ""), unit="chunk", file=sys.stderr
+        )
     read = 0
     for start in chunks:
-        block = np.array(arr[start:start + rows])
+        block = np.array(arr[start : start + rows])
         drop_resident_pages(arr)
         read += block.shape[0]
         with np.errstate(over="ignore", invalid="ignore"):
@@ -257,8 +266,9 @@ def _check_finite(path: Path, arr: np.ndarray, progress: bool, sampled: bool = F
     return read / max(1, n)
 
 
-def open_dataset(root: str | os.PathLike, check: bool = True, check_features: bool | str | None = None,
-                 progress: bool = True) -> KGArrays:
+def open_dataset(
+    root: str | os.PathLike, check: bool = True, check_features: bool | str | None = None, progress: bool = True
+) -> KGArrays:
     """Memory-map ``ROOT/wikikg90m-v2`` and validate it; every problem is a one-line KgeInputError.
 
     Always checked (cheap): marker, meta.pt, every file present/untruncated, dtypes, shapes, empty splits.
@@ -269,9 +279,13 @@ def open_dataset(root: str | os.PathLike, check: bool = True, check_features: bo
     """
     ds = dataset_dir(root)
     if not ds.is_dir():
-        raise KgeInputError(f"{ds}: dataset folder missing; expected the OGB WikiKG90Mv2 layout (download, generate or import it)")
+        raise KgeInputError(
+            f"{ds}: dataset folder missing; expected the OGB WikiKG90Mv2 layout (download, generate or import it)"
+        )
     if not (ds / MARKER_NAME).is_file():
-        raise KgeInputError(f"{ds / MARKER_NAME}: missing marker; the folder is incomplete (rerun the download/generate/import step)")
+        raise KgeInputError(
+            f"{ds / MARKER_NAME}: missing marker; the folder is incomplete (rerun the download/generate/import step)"
+        )
     num_e, num_r = _read_meta(ds)
     proc = ds / PROCESSED_DIRNAME
     a = {key: _open_npy(proc / name) for key, name in SPLIT_FILES.items()}
@@ -287,20 +301,28 @@ def open_dataset(root: str | os.PathLike, check: bool = True, check_features: bo
     _check_rows(p["val_hr"], a["val_hr"], 2, "Q")
     _check_rows(p["val_t"], a["val_t"], None, "Q")
     if a["val_t"].shape[0] != a["val_hr"].shape[0]:
-        raise KgeInputError(f"{p['val_t']}: {a['val_t'].shape[0]} rows; expected {a['val_hr'].shape[0]} to match val_hr.npy")
+        raise KgeInputError(
+            f"{p['val_t']}: {a['val_t'].shape[0]} rows; expected {a['val_hr'].shape[0]} to match val_hr.npy"
+        )
     # 0 test queries: an imported graph without a test file (validation is then reported alone).
     _check_rows(p["test_dev_hr"], a["test_dev_hr"], 2, "Q", allow_empty=True)
     _check_rows(p["test_challenge_hr"], a["test_challenge_hr"], 2, "Q", allow_empty=True)
 
     ef, rf = a["entity_feat"], a["relation_feat"]
     if ef.ndim != 2 or ef.shape[0] != num_e or ef.shape[1] == 0:
-        raise KgeInputError(f"{p['entity_feat']}: shape {ef.shape}; expected ({num_e}, {FEATURE_DIM}) (num_entities from meta.pt)")
+        raise KgeInputError(
+            f"{p['entity_feat']}: shape {ef.shape}; expected ({num_e}, {FEATURE_DIM}) (num_entities from meta.pt)"
+        )
     if rf.ndim != 2 or rf.shape[0] != num_r or rf.shape[1] != ef.shape[1]:
-        raise KgeInputError(f"{p['relation_feat']}: shape {rf.shape}; expected ({num_r}, {ef.shape[1]}) (num_relations from meta.pt)")
+        raise KgeInputError(
+            f"{p['relation_feat']}: shape {rf.shape}; expected ({num_r}, {ef.shape[1]}) (num_relations from meta.pt)"
+        )
     # Any feature width is accepted (imported graphs may bring their own); the real data has 768.
 
     if check:
-        _check_range(p["train_hrt"], a["train_hrt"], [(0, num_e, "head"), (1, num_r, "relation"), (2, num_e, "tail")], progress)
+        _check_range(
+            p["train_hrt"], a["train_hrt"], [(0, num_e, "head"), (1, num_r, "relation"), (2, num_e, "tail")], progress
+        )
         for key in ("val_hr", "test_dev_hr", "test_challenge_hr"):
             _check_range(p[key], a[key], [(0, num_e, "head"), (1, num_r, "relation")], progress)
         _check_range(p["val_t"], a["val_t"], [(None, num_e, "tail")], progress)
@@ -318,7 +340,9 @@ def check_submission_counts(kg: KGArrays, root: str | os.PathLike = "ROOT") -> N
     for mode, arr in (("test-dev", kg.test_dev_hr), ("test-challenge", kg.test_challenge_hr)):
         want = OGB_TEST_QUERY_COUNTS[mode]
         if arr.shape[0] != want:
-            raise KgeInputError(f"{proc / (mode + '_hr.npy')}: {arr.shape[0]} queries; ogb's submission format needs exactly {want}")
+            raise KgeInputError(
+                f"{proc / (mode + '_hr.npy')}: {arr.shape[0]} queries; ogb's submission format needs exactly {want}"
+            )
 
 
 def load_with_ogb(root: str | os.PathLike):

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kge.atomic import save_json, save_npy
+from kge.common.atomic import save_json, save_npy
 from kge.data.layout import (
     FEATURE_DIM,
     answers_dir,
@@ -57,11 +57,28 @@ CHUNK = 4096
 
 # Pattern counts for the 60 relations (relation 0 is the dominant one).
 PATTERNS = (
-    ["dominant"] + ["symmetric"] * 8 + ["antisymmetric"] * 8 + ["inverse_a", "inverse_b"] * 6
-    + ["comp_1", "comp_2", "comp_3"] * 4 + ["one_to_n"] * 5 + ["n_to_one"] * 5 + ["generic"] * 9
+    ["dominant"]
+    + ["symmetric"] * 8
+    + ["antisymmetric"] * 8
+    + ["inverse_a", "inverse_b"] * 6
+    + ["comp_1", "comp_2", "comp_3"] * 4
+    + ["one_to_n"] * 5
+    + ["n_to_one"] * 5
+    + ["generic"] * 9
 )
-PATTERN_NAMES = ["dominant", "symmetric", "antisymmetric", "inverse_a", "inverse_b", "comp_1", "comp_2",
-                 "comp_3", "one_to_n", "n_to_one", "generic"]
+PATTERN_NAMES = [
+    "dominant",
+    "symmetric",
+    "antisymmetric",
+    "inverse_a",
+    "inverse_b",
+    "comp_1",
+    "comp_2",
+    "comp_3",
+    "one_to_n",
+    "n_to_one",
+    "generic",
+]
 
 
 def _progress(iterable, desc: str, total: int | None = None):
@@ -108,11 +125,11 @@ def _pick_tails(rng, z, w, heads, ids, logpop, top_k: int = 0) -> np.ndarray:
     top = np.empty((len(uh), k), np.int64)
     top_logit = np.empty((len(uh), k), np.float32)
     for s in range(0, len(uh), CHUNK):
-        q = z[uh[s:s + CHUNK]] * w
+        q = z[uh[s : s + CHUNK]] * w
         logits = np.concatenate([q.real, q.imag], axis=1).astype(np.float32) @ zt * scale + lp  # (n, m)
-        t = np.argpartition(logits, m - k, axis=1)[:, m - k:] if k < m else np.broadcast_to(np.arange(m), (len(q), m))
-        top[s:s + CHUNK] = t
-        top_logit[s:s + CHUNK] = np.take_along_axis(logits, t, axis=1)
+        t = np.argpartition(logits, m - k, axis=1)[:, m - k :] if k < m else np.broadcast_to(np.arange(m), (len(q), m))
+        top[s : s + CHUNK] = t
+        top_logit[s : s + CHUNK] = np.take_along_axis(logits, t, axis=1)
     choice = (top_logit[inv] + rng.gumbel(size=(len(heads), k))).argmax(axis=1)
     return ids[top[inv, choice]]
 
@@ -258,9 +275,9 @@ def _features(rng, signal: np.ndarray, dim: int, noise: float, nuisance: int) ->
     proj = rng.normal(size=(x.shape[1], dim)).astype(np.float32) / np.sqrt(x.shape[1])
     out = np.empty((n, dim), np.float16)
     for s in range(0, n, CHUNK):
-        f = x[s:s + CHUNK] @ proj + noise * rng.standard_normal(size=(len(x[s:s + CHUNK]), dim), dtype=np.float32)
+        f = x[s : s + CHUNK] @ proj + noise * rng.standard_normal(size=(len(x[s : s + CHUNK]), dim), dtype=np.float32)
         f /= np.linalg.norm(f, axis=1, keepdims=True)
-        out[s:s + CHUNK] = f
+        out[s : s + CHUNK] = f
     return out
 
 
@@ -286,7 +303,7 @@ def _split(r, pool, pattern, q_r, n_train, cold, E, train_parts, query_parts) ->
         p1, p2 = train_parts[r - 2], train_parts[r - 1]
         prio = np.isin(h[rest] * E + t[rest], _compose_keys(p1[:, 0], p1[:, 2], p2[:, 0], p2[:, 2], E))
         rest = np.concatenate([rest[prio], rest[~prio]])
-    tr_idx = rest[:n_train[r]]
+    tr_idx = rest[: n_train[r]]
     if pattern[r] == "symmetric":
         # Keep both directions in training: add the reverse of every kept triple and query
         # when it is in the pool, not itself a query, and its tail is warm.
@@ -324,10 +341,12 @@ def generate_mini(root: str | os.PathLike, seed: int = 0, scale: float = 1.0, pr
 
     # (tail sampler, head sampler) per type: heads use a flatter popularity, as every item has a few
     # outgoing facts while incoming links concentrate on popular items.
-    samplers = {k: (_Sampler(np.flatnonzero(etype == k), pop), _Sampler(np.flatnonzero(etype == k), pop ** 0.2))
-                for k in range(N_TYPES)}
+    samplers = {
+        k: (_Sampler(np.flatnonzero(etype == k), pop), _Sampler(np.flatnonzero(etype == k), pop**0.2))
+        for k in range(N_TYPES)
+    }
     # Dominant heads: every entity, flattened popularity (most items have an "instance of").
-    any_sampler = _Sampler(np.arange(E), pop ** 0.35)
+    any_sampler = _Sampler(np.arange(E), pop**0.35)
     pools: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     train_pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     train_parts, query_parts = [], []
@@ -361,13 +380,17 @@ def generate_mini(root: str | os.PathLike, seed: int = 0, scale: float = 1.0, pr
 
     # Features carry noisy latent structure: z observed with noise, type, log popularity.
     z_obs = z + (rng.normal(size=z.shape) + 1j * rng.normal(size=z.shape)) * 0.5
-    ent_signal = np.concatenate(
-        [z_obs.real, z_obs.imag, np.eye(N_TYPES)[etype] * 2.0, np.log(pop)[:, None]], axis=1
-    )
+    ent_signal = np.concatenate([z_obs.real, z_obs.imag, np.eye(N_TYPES)[etype] * 2.0, np.log(pop)[:, None]], axis=1)
     entity_feat = _features(rng, ent_signal, FEATURE_DIM, noise=0.6, nuisance=32)
     rel_signal = np.concatenate(
-        [w.real, w.imag, np.eye(N_TYPES + 1)[head_type + 1], np.eye(N_TYPES)[tail_type],
-         (pattern[:, None] == np.array(PATTERN_NAMES)[None, :]).astype(float)], axis=1
+        [
+            w.real,
+            w.imag,
+            np.eye(N_TYPES + 1)[head_type + 1],
+            np.eye(N_TYPES)[tail_type],
+            (pattern[:, None] == np.array(PATTERN_NAMES)[None, :]).astype(float),
+        ],
+        axis=1,
     )
     relation_feat = _features(rng, rel_signal, FEATURE_DIM, noise=0.3, nuisance=8)
 
@@ -375,15 +398,24 @@ def generate_mini(root: str | os.PathLike, seed: int = 0, scale: float = 1.0, pr
     ds.mkdir(parents=True, exist_ok=True)
     remove_marker(ds)  # an interrupted rewrite must not look complete
     write_split_arrays(
-        ds, train_hrt=train, entity_feat=entity_feat, relation_feat=relation_feat,
-        val_hr=val[:, :2], val_t=val[:, 2], test_dev_hr=dev[:, :2], test_challenge_hr=chal[:, :2],
+        ds,
+        train_hrt=train,
+        entity_feat=entity_feat,
+        relation_feat=relation_feat,
+        val_hr=val[:, :2],
+        val_t=val[:, 2],
+        test_dev_hr=dev[:, :2],
+        test_challenge_hr=chal[:, :2],
     )
     write_meta(ds, E, R)
     ans = answers_dir(root)
     save_npy(ans / "test-dev_t.npy", np.ascontiguousarray(dev[:, 2]))
     save_npy(ans / "test-challenge_t.npy", np.ascontiguousarray(chal[:, 2]))
     planted = {
-        "seed": int(seed), "scale": float(scale), "num_entities": E, "num_relations": R,
+        "seed": int(seed),
+        "scale": float(scale),
+        "num_entities": E,
+        "num_relations": R,
         "dominant_relation": 0,
         "patterns": {str(r): str(p) for r, p in enumerate(pattern)},
         "symmetric": [int(r) for r in np.flatnonzero(pattern == "symmetric")],
@@ -392,14 +424,18 @@ def generate_mini(root: str | os.PathLike, seed: int = 0, scale: float = 1.0, pr
         "compositions": [[int(r) - 2, int(r) - 1, int(r)] for r in np.flatnonzero(pattern == "comp_3")],
         "one_to_n": [int(r) for r in np.flatnonzero(pattern == "one_to_n")],
         "n_to_one": [int(r) for r in np.flatnonzero(pattern == "n_to_one")],
-        "head_type": head_type.tolist(), "tail_type": tail_type.tolist(),
+        "head_type": head_type.tolist(),
+        "tail_type": tail_type.tolist(),
         "num_cold_entities": int(cold.sum()),
     }
     save_json(ans / "planted.json", planted)
     write_marker(ds)
     if progress:
-        print(f"mini: wrote {ds} ({E} entities, {R} relations, {len(train)} training triples) "
-              f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        print(
+            f"mini: wrote {ds} ({E} entities, {R} relations, {len(train)} training triples) "
+            f"in {time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+        )
     return ds
 
 
@@ -448,5 +484,7 @@ def mini_statistics(root: str | os.PathLike) -> dict:
 
 if __name__ == "__main__":  # python -m kge.data.mini ROOT [seed] [scale]
     root = sys.argv[1]
-    ds = generate_mini(root, int(sys.argv[2]) if len(sys.argv) > 2 else 0, float(sys.argv[3]) if len(sys.argv) > 3 else 1.0)
+    ds = generate_mini(
+        root, int(sys.argv[2]) if len(sys.argv) > 2 else 0, float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
+    )
     print(json.dumps(mini_statistics(root), indent=2))

@@ -55,7 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kge.atomic import atomic_path, save_json, save_npy
+from kge.common.atomic import atomic_path, save_json, save_npy
+from kge.common.errors import KgeInputError
 from kge.data.layout import (
     FEATURE_DIM,
     SPLIT_FILES,
@@ -66,7 +67,6 @@ from kge.data.layout import (
     write_meta,
     write_split_arrays,
 )
-from kge.errors import KgeInputError
 
 REAL_ENTITIES = 91_230_610
 REAL_TRIPLES = 601_062_811
@@ -99,7 +99,9 @@ def scaled_sizes(fraction: float) -> tuple[int, int, int]:
     T = int(round(REAL_TRIPLES / fraction))
     R = int(min(REAL_RELATIONS, max(MIN_RELATIONS, round(REAL_RELATIONS / math.sqrt(fraction)))))
     if E < 1000:
-        raise KgeInputError(f"--fraction {fraction:g}: gives {E} entities; expected F <= 91230 (at least 1000 entities)")
+        raise KgeInputError(
+            f"--fraction {fraction:g}: gives {E} entities; expected F <= 91230 (at least 1000 entities)"
+        )
     return E, T, R
 
 
@@ -126,6 +128,7 @@ def _relation_shares(R: int) -> np.ndarray:
     """Training shares (R,): DOMINANT_SHARE for relation 0, rank^-a for the others, with the Zipf
     exponent a solved (bisection) so that the cube-root law gives relation 0 QUERY_DOMINANT_SHARE of
     the queries, whatever R is."""
+
     def shares(a: float) -> np.ndarray:
         rest = (1.0 + np.arange(R - 1)) ** -a
         return np.concatenate([[DOMINANT_SHARE], rest / rest.sum() * (1 - DOMINANT_SHARE)])
@@ -198,14 +201,15 @@ class _Plan:
         w_bt[:, N_TYPES] = w_bt[:, :N_TYPES].sum(1)
         col = np.where(self.head_type < 0, N_TYPES, self.head_type)
         share = w_bt[:, col] / w_bt[:, col].sum(0, keepdims=True)  # (n_blocks, R)
-        self.block_counts = np.stack([_largest_remainder(share[:, r] * self.n_train[r], int(self.n_train[r]))
-                                      for r in range(R)], axis=1)  # (n_blocks, R)
+        self.block_counts = np.stack(
+            [_largest_remainder(share[:, r] * self.n_train[r], int(self.n_train[r])) for r in range(R)], axis=1
+        )  # (n_blocks, R)
         # Feature standardisation constants (known for the whole graph, so blocks agree).
         self.z_mean, self.z_std = z.mean(0), z.std(0) + 1e-6
         lr = np.log(self.rank.astype(np.float64))
         self.lr_mean, self.lr_std = float(lr.mean()), float(lr.std() + 1e-6)
         n_in = 2 * LATENT_C + N_TYPES + 1 + 32
-        self.proj = (rng.standard_normal(size=(n_in, FEATURE_DIM), dtype=np.float32) / np.float32(np.sqrt(n_in)))
+        self.proj = rng.standard_normal(size=(n_in, FEATURE_DIM), dtype=np.float32) / np.float32(np.sqrt(n_in))
         self.rng = rng  # continues into the queries and relation features
 
     def cold_query_share(self) -> float:
@@ -254,8 +258,9 @@ class _Plan:
     def entity_features(self, rng, ids: np.ndarray) -> np.ndarray:
         """Feature rows for entity ids (n,) -> (n, 768) float16, unit norm."""
         n = len(ids)
-        z_obs = (self.z[ids] + rng.standard_normal(size=(n, 2 * LATENT_C), dtype=np.float32) * np.float32(0.5)
-                 - self.z_mean) / self.z_std
+        z_obs = (
+            self.z[ids] + rng.standard_normal(size=(n, 2 * LATENT_C), dtype=np.float32) * np.float32(0.5) - self.z_mean
+        ) / self.z_std
         onehot = np.zeros((n, N_TYPES), np.float32)
         onehot[np.arange(n), self.etype[ids]] = 2.0
         lp = ((np.log(self.rank[ids].astype(np.float64)) - self.lr_mean) / self.lr_std).astype(np.float32)[:, None]
@@ -379,8 +384,13 @@ class _WindowWriter:
         if self.pos + len(head) > self.shape[0]:
             raise RuntimeError(f"{self.path}: more than {self.shape[0]} rows written")
         if len(head):
-            win = np.memmap(self.path, dtype=self.dtype, mode="r+", shape=(len(head),) + self.shape[1:],
-                            offset=self.offset + self.pos * self.row_bytes)
+            win = np.memmap(
+                self.path,
+                dtype=self.dtype,
+                mode="r+",
+                shape=(len(head),) + self.shape[1:],
+                offset=self.offset + self.pos * self.row_bytes,
+            )
             win[:] = head
             win.flush()
             del win
@@ -394,8 +404,9 @@ class _WindowWriter:
             raise RuntimeError(f"{self.path}: {self.pos} rows written; expected {self.shape[0]}")
 
 
-def generate_scaled(root: str | os.PathLike, fraction: float = 512, seed: int = 0,
-                    chunk: int = DEFAULT_CHUNK, progress: bool = True) -> Path:
+def generate_scaled(
+    root: str | os.PathLike, fraction: float = 512, seed: int = 0, chunk: int = DEFAULT_CHUNK, progress: bool = True
+) -> Path:
     """Write a 1/fraction WikiKG90Mv2-shaped graph to ``ROOT/wikikg90m-v2`` (OGB layout), answers to
     ``ROOT/mini-answers``. Same seed and fraction give identical bytes whatever ``chunk`` (train rows
     per written window) is. Returns the dataset folder."""
@@ -406,10 +417,19 @@ def generate_scaled(root: str | os.PathLike, fraction: float = 512, seed: int = 
     E, T, R = plan.E, plan.T, plan.R
     queries = _queries(plan)
     query_keys = np.sort(_keys(queries[:, 0], queries[:, 1], queries[:, 2], R, E))
-    rel_signal = np.concatenate([plan.w, np.eye(N_TYPES + 1)[plan.head_type + 1], np.eye(N_TYPES)[plan.tail_type],
-                                 (np.arange(R) == 0)[:, None]], axis=1).astype(np.float32)
+    rel_signal = np.concatenate(
+        [
+            plan.w,
+            np.eye(N_TYPES + 1)[plan.head_type + 1],
+            np.eye(N_TYPES)[plan.tail_type],
+            (np.arange(R) == 0)[:, None],
+        ],
+        axis=1,
+    ).astype(np.float32)
     x = np.concatenate([rel_signal, plan.rng.standard_normal(size=(R, 8), dtype=np.float32)], axis=1)
-    rel_feat = x @ (plan.rng.standard_normal(size=(x.shape[1], FEATURE_DIM), dtype=np.float32) / np.float32(np.sqrt(x.shape[1])))
+    rel_feat = x @ (
+        plan.rng.standard_normal(size=(x.shape[1], FEATURE_DIM), dtype=np.float32) / np.float32(np.sqrt(x.shape[1]))
+    )
     rel_feat += plan.rng.standard_normal(size=rel_feat.shape, dtype=np.float32) * np.float32(0.3)
     rel_feat = (rel_feat / np.linalg.norm(rel_feat, axis=1, keepdims=True)).astype(np.float16)
 
@@ -430,25 +450,47 @@ def generate_scaled(root: str | os.PathLike, fraction: float = 512, seed: int = 
             train_w.append(hrt)
             feat_w.append(feats)
         if carry.sum():
-            raise RuntimeError(f"scaled graph: {int(carry.sum())} training triples could not be placed "
-                               f"(relations {np.flatnonzero(carry).tolist()[:10]}); the graph is too small")
+            raise RuntimeError(
+                f"scaled graph: {int(carry.sum())} training triples could not be placed "
+                f"(relations {np.flatnonzero(carry).tolist()[:10]}); the graph is too small"
+            )
         train_w.close()
         feat_w.close()
     val, dev, chal = np.split(queries, [N_VALID, N_VALID + N_TEST_DEV])
-    write_split_arrays(ds, relation_feat=rel_feat, val_hr=val[:, :2], val_t=val[:, 2],
-                       test_dev_hr=dev[:, :2], test_challenge_hr=chal[:, :2])
+    write_split_arrays(
+        ds,
+        relation_feat=rel_feat,
+        val_hr=val[:, :2],
+        val_t=val[:, 2],
+        test_dev_hr=dev[:, :2],
+        test_challenge_hr=chal[:, :2],
+    )
     write_meta(ds, E, R)
     ans = answers_dir(root)
     save_npy(ans / "test-dev_t.npy", np.ascontiguousarray(dev[:, 2]))
     save_npy(ans / "test-challenge_t.npy", np.ascontiguousarray(chal[:, 2]))
-    save_json(ans / "scaled.json", {
-        "generator": "kge.data.scaled", "fraction": float(fraction), "seed": int(seed),
-        "num_entities": E, "num_relations": R, "training_triples": T, "dominant_relation": 0,
-        "block": BLOCK, "head_type": plan.head_type.tolist(), "tail_type": plan.tail_type.tolist(),
-        "num_cold_entities": int(plan.cold.sum()), "n_train": plan.n_train.tolist(),
-    })
+    save_json(
+        ans / "scaled.json",
+        {
+            "generator": "kge.data.scaled",
+            "fraction": float(fraction),
+            "seed": int(seed),
+            "num_entities": E,
+            "num_relations": R,
+            "training_triples": T,
+            "dominant_relation": 0,
+            "block": BLOCK,
+            "head_type": plan.head_type.tolist(),
+            "tail_type": plan.tail_type.tolist(),
+            "num_cold_entities": int(plan.cold.sum()),
+            "n_train": plan.n_train.tolist(),
+        },
+    )
     write_marker(ds)
     if progress:
-        print(f"scaled: wrote {ds} ({E} entities, {R} relations, {T} training triples) "
-              f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        print(
+            f"scaled: wrote {ds} ({E} entities, {R} relations, {T} training triples) "
+            f"in {time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+        )
     return ds

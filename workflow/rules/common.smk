@@ -6,7 +6,7 @@ import re
 import sys
 
 from kge.config import deep_merge, resolve_model_config, scale_settings
-from kge.studies import study_models, sweep_models
+from kge.techniques.studies import study_models, sweep_models
 
 DATASET = config["dataset"]
 # A scaled graph's folder names its fraction and seed, so graphs of several sizes live side by side.

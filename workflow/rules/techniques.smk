@@ -82,7 +82,7 @@ if QUANTISE_VARIANTS:
 # ----- studies: variants of one model, trained and scored by the pipeline's own rules ----------
 import shlex
 
-from kge.studies import study_members, sweep_grid
+from kge.techniques.studies import study_members, sweep_grid
 
 STUDIES = (config.get("techniques") or {}).get("studies") or {}
 SWEEPS = (config.get("techniques") or {}).get("sweeps") or {}

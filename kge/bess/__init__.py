@@ -1,0 +1,1 @@
+"""BESS data: the entity partition, sharding to Parquet by bucket, balanced sampling, features."""

@@ -1,0 +1,5 @@
+"""The ``kge`` command."""
+
+from kge.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""The bottom of the stack, imported by every stage: atomic writes, the user-input error."""

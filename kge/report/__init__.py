@@ -1,0 +1,1 @@
+"""What a user reads about a run: figures, status of a running workflow, resuming it, benchmarks."""

@@ -1,0 +1,1 @@
+"""The entity table as stored: sparse row Adam, 16-bit storage, block sparsity, quantised formats."""

@@ -1,0 +1,1 @@
+"""Techniques measured beside the ensemble: studies, sweeps and quantisation of trained models."""
