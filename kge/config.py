@@ -187,7 +187,7 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
     sparsity.check_config(config, where)
     if mlp["norm"] != "none" and not mlp["hidden"]:
         raise KgeInputError(
-            f"{where}: key 'features.mlp.norm' = {mlp['norm']} normalises the MLP's hidden layer; set 'features.mlp.hidden' > 0"
+            f"{where}: key 'features.mlp.norm' = {mlp['norm']} normalizes the MLP's hidden layer; set 'features.mlp.hidden' > 0"
         )
     return config
 

@@ -1,7 +1,7 @@
 """Parity: a W-worker BESS step over torch.distributed (gloo) equals the single-process reference.
 
 For every scoring function, both losses and both exchange variants (tails moving, scores moving),
-with the feature-branch options (encoder variants and random-subspace optimisation included)
+with the feature-branch options (encoder variants and random-subspace optimization included)
 spread over the configurations, one block-sparse entity table (W = 2, a prune/regrow event
 after each step), and false-negative masking where collisions are certain (W = 2 and 4), on the
 same sampled indices: the loss, the all-reduced dense gradients, and after two steps every
@@ -89,7 +89,7 @@ def _configs(workers: int, exchanges=("tails", "scores"), score_fns=SCORE_FNS) -
                     "norm": "layer_proxy" if n % 6 == 1 and p == 2 else "none",
                 },
             },
-            # Random-subspace optimisation of the dense gradients (P drawn alike on every worker).
+            # Random-subspace optimization of the dense gradients (P drawn alike on every worker).
             "subspace": {"dim": subspace},
             "lr_modifiers": {"head_feature_projection": 0.5, "tail_feature_projection": 2.0}
             if separate

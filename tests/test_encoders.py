@@ -1,4 +1,4 @@
-"""Encoder variants of the feature branch and random-subspace optimisation, against hand computations.
+"""Encoder variants of the feature branch and random-subspace optimization, against hand computations.
 
 Grouped (block-diagonal) and fixed random projections M; the MLP's hidden layer with BatchNorm or
 LayerNorm + Proxy Normalization (proxy moments against the analytic ReLU-of-a-Gaussian values,
@@ -156,10 +156,10 @@ def test_random_projection_is_a_fixed_buffer():
     # With extras the role keeps a group holding only its trained parts.
     mlp = _model(_mlp("none", projection="random"))
     assert [len(g["params"]) for g in mlp.dense_param_groups()] == [1, 4]
-    torch.optim.Adam(mlp.dense_param_groups())  # the optimiser accepts them
+    torch.optim.Adam(mlp.dense_param_groups())  # the optimizer accepts them
 
 
-# ----- normalised MLP -----------------------------------------------------------------------------
+# ----- normalized MLP -----------------------------------------------------------------------------
 def _relu_gaussian_moments(mu: float, sigma: float) -> tuple[float, float]:
     a = mu / sigma
     phi, Phi = math.exp(-a * a / 2) / math.sqrt(2 * math.pi), 0.5 * (1 + math.erf(a / math.sqrt(2)))
@@ -359,7 +359,7 @@ def test_batch_norm_and_random_projection_train_save_and_load(mini_shards, tmp_p
         )
 
 
-# ----- random-subspace optimisation ------------------------------------------------------------------
+# ----- random-subspace optimization ------------------------------------------------------------------
 def test_projected_gradient_by_hand():
     n, k, seed, step = 10, 3, 7, 5
     g = torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
@@ -446,7 +446,7 @@ def _batch_norm_worker(rank: int, world_size: int, init_file: str, config: dict,
 
 
 def test_batch_norm_running_statistics_stay_replicated(mini_shards, tmp_path):
-    """Each worker normalises with its own batch; the running statistics are averaged, so replicas agree."""
+    """Each worker normalizes with its own batch; the running statistics are averaged, so replicas agree."""
     import torch.multiprocessing as mp
 
     config = _train_config(

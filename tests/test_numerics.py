@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kge.config import resolve_model_config
-from kge.table.storage import bytes_per_entity
+from kge.table.footprint import bytes_per_entity
 
 SETTINGS = {
     "score_fn": "distmult",
@@ -87,9 +87,9 @@ def test_final_model_is_stored_in_the_storage_dtype(mini_shards, tmp_path):
 
 def test_bytes_per_entity_of_the_submission_layout():
     """fp16 embedding + m + sqrt(v) at d = 256 and a 768-d fp16 feature: 3*256*2 + 768*2 bytes."""
-    row = bytes_per_entity(256, "float16")
+    row = bytes_per_entity(256, "float16", optimizer="adam", feature_dim=768)
     assert row["total"] == 3 * 256 * 2 + 768 * 2
-    assert bytes_per_entity(256, "float32")["total"] == 3 * 256 * 4 + 768 * 2
+    assert bytes_per_entity(256, "float32", optimizer="adam", feature_dim=768)["total"] == 3 * 256 * 4 + 768 * 2
 
 
 def test_loss_scale_leaves_adam_updates_unchanged_but_lifts_gradients(mini_shards, tmp_path):

@@ -22,7 +22,7 @@ MODELS = {
 
 
 # One study of transe (one worker, so no torchrun per job), a 1 x 2 sweep of it (one point is
-# transe itself) and one quantised format, run by `snakemake techniques`.
+# transe itself) and one quantized format, run by `snakemake techniques`.
 TECHNIQUES = {
     "studies": {
         "mix": {
@@ -149,7 +149,7 @@ def test_pipeline_writes_valid_submission(tmp_path):
     ] + [f"{m}.png" for m in MODELS]:
         assert name in html, name
 
-    # Techniques: a study, a sweep and quantisation train and score through the pipeline's own rules,
+    # Techniques: a study, a sweep and quantization train and score through the pipeline's own rules,
     # beside the ensemble, not in it.
     techniques = _snakemake(tmp_path, config_path, "techniques")
     assert techniques.returncode == 0, techniques.stderr[-4000:]
@@ -162,7 +162,7 @@ def test_pipeline_writes_valid_submission(tmp_path):
     sweep = json.loads((results / "techniques" / "sweep.json").read_text())
     assert len(sweep["valid_mrr"]) == 2 and set(sweep["bands"]) == {"128"}
     assert (results / "techniques" / "sweep.png").stat().st_size > 0
-    assert {row["variant"] for row in json.loads((results / "techniques" / "quantise.json").read_text())} == {
+    assert {row["variant"] for row in json.loads((results / "techniques" / "quantize.json").read_text())} == {
         "e4m3_row"
     }
     assert json.loads((results / "ensemble" / "summary.json").read_text()) == summary

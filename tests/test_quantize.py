@@ -1,5 +1,5 @@
 """8-bit formats: round-trip error within the documented bound, saturation, unbiased stochastic
-rounding, bytes per row, and a trained model quantised and scored through `kge predict`'s path.
+rounding, bytes per row, and a trained model quantized and scored through `kge predict`'s path.
 
 Neighbouring representable values are found independently of kge.table.quantize, by enumerating every
 bit pattern of the format.
@@ -11,10 +11,10 @@ import torch
 
 from kge.common.errors import KgeInputError
 from kge.config import resolve_model_config
+from kge.table.footprint import bytes_per_entity
 from kge.table.quantize import (
     FORMATS,
     SCALINGS,
-    bytes_per_row,
     dequantize,
     error_bound,
     format_spec,
@@ -190,23 +190,23 @@ def test_int8_without_a_scale_and_unknown_names_are_refused():
     with pytest.raises(KgeInputError, match="int8 needs a scale"):
         quantize(x, "int8", "none")
     with pytest.raises(KgeInputError, match="int8 needs a scale"):
-        bytes_per_row("int8", "none", 8)
+        bytes_per_entity(8, "int8", scaling="none")["total"]
     with pytest.raises(KgeInputError, match="format.*'fp8'"):
         quantize(x, "fp8", "row")
     with pytest.raises(KgeInputError, match="scaling.*'block'"):
         quantize(x, "float16", "block")
 
 
-def test_bytes_per_row():
-    assert bytes_per_row("float32", "none", 256) == 1024
-    assert bytes_per_row("bfloat16", "none", 256) == 512
-    assert bytes_per_row("float16", "tensor", 256) == 512
+def test_bytes_per_entity_of_quantized_rows():
+    assert bytes_per_entity(256, "float32", scaling="none")["total"] == 1024
+    assert bytes_per_entity(256, "bfloat16", scaling="none")["total"] == 512
+    assert bytes_per_entity(256, "float16", scaling="tensor")["total"] == 512
     for fmt in FP8:
-        assert bytes_per_row(fmt, "none", 256) == 256
-        assert bytes_per_row(fmt, "tensor", 256) == 256
-        assert bytes_per_row(fmt, "row", 256) == 260
-    assert bytes_per_row("int8", "row", 256) == 260
-    assert bytes_per_row("int8", "tensor", 768) == 768
+        assert bytes_per_entity(256, fmt, scaling="none")["total"] == 256
+        assert bytes_per_entity(256, fmt, scaling="tensor")["total"] == 256
+        assert bytes_per_entity(256, fmt, scaling="row")["total"] == 260
+    assert bytes_per_entity(256, "int8", scaling="row")["total"] == 260
+    assert bytes_per_entity(768, "int8", scaling="tensor")["total"] == 768
 
 
 def test_zero_rows_and_tiny_rows():
@@ -246,7 +246,7 @@ def trained(mini_shards, tmp_path_factory):
     return model_dir / "model.pt"
 
 
-def test_quantised_model_loads_and_holds_the_dequantised_table(trained, mini_shards, tmp_path):
+def test_quantized_model_loads_and_holds_the_dequantized_table(trained, mini_shards, tmp_path):
     from kge.predict.predictor import load_model
     from kge.techniques.quantization import quantize_model
     from kge.train.checkpoint import load_entity_rows, read_model
@@ -279,7 +279,7 @@ def test_quantised_model_loads_and_holds_the_dequantised_table(trained, mini_sha
     assert float((model.entity_table - original).abs().max()) <= scale * (1 + 1e-5)  # within one step
 
 
-def test_quantised_features_are_scored_as_stored(trained, mini_shards, tmp_path):
+def test_quantized_features_are_scored_as_stored(trained, mini_shards, tmp_path):
     from kge.bess.features import FeatureStore
     from kge.bess.partition import Partition
     from kge.predict.predictor import Predictor, load_model
@@ -300,7 +300,7 @@ def test_quantised_features_are_scored_as_stored(trained, mini_shards, tmp_path)
     store = FeatureStore(mini_shards, partition.n_shards)
     scored = quantized_features(store, saved)
     assert isinstance(scored, DequantizedFeatures) and quantized_features(store, {"config": {}}) is store
-    # A gathered block equals the block of the whole quantised matrix (one tensor scale for all).
+    # A gathered block equals the block of the whole quantized matrix (one tensor scale for all).
     whole = quantize_dequantize(store.block(0, store.num_rows), "float8_e5m2", "tensor")
     rows = torch.tensor([5, 0, store.num_rows - 1, 17])
     assert torch.equal(scored.gather(rows), whole[rows])
@@ -310,7 +310,7 @@ def test_quantised_features_are_scored_as_stored(trained, mini_shards, tmp_path)
     assert ids.shape == (3, 5) and np.isfinite(scores).all()
 
 
-def test_quantise_and_predict_commands(trained, mini_root, mini_shards, tmp_path, monkeypatch):
+def test_quantize_and_predict_commands(trained, mini_root, mini_shards, tmp_path, monkeypatch):
     """`kge quantise` writes the model; `kge predict` scores its features as stored and reports the bytes."""
     import json
 

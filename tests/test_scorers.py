@@ -192,7 +192,7 @@ def test_pairre_by_hand():
         q = head_query_vectors("pairre", t, r)  # [t/|t| o r_T | r_H]
         assert q.tolist() == [[0.0, 3.0, 2.0, 1.0]]
         assert score_queries("pairre", q, h, p=p, gamma=5.0).item() == pytest.approx(5.0 - dist, abs=1e-12)
-    # The entity scale does not matter (normalised inside the score), the relation scale does.
+    # The entity scale does not matter (normalized inside the score), the relation scale does.
     assert score_triples("pairre", 7 * h, r, 0.1 * t, p=1).item() == pytest.approx(-3.4, abs=1e-12)
     assert score_triples("pairre", h, 2 * r, t, p=1).item() == pytest.approx(-6.8, abs=1e-12)
 
@@ -234,7 +234,7 @@ def test_pairre_query_shapes_and_checks():
     assert scoring.relation_dim("pairre", 6) == 12 and get_scorer("pairre").query_dim(6) == 12
     with pytest.raises(KgeInputError, match="2d = 12"):
         query_vectors("pairre", torch.randn(4, 6), torch.randn(4, 6))
-    with pytest.raises(KgeInputError, match=r"expected query \(B, 12\)"):
+    with pytest.raises(ValueError, match=r"expected query \(B, 12\)"):
         score_queries("pairre", torch.randn(4, 6), torch.randn(3, 6), p=1)
     with pytest.raises(KgeInputError, match="p: expected 1 or 2 for pairre"):
         score_matrix("pairre", torch.randn(4, 6), torch.randn(4, 12), torch.randn(3, 6), p=3)

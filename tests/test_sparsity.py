@@ -12,6 +12,7 @@ from kge.common.errors import KgeInputError
 from kge.config import config_hash, resolve_model_config
 from kge.nn.model import KGEModel
 from kge.table import sparsity
+from kge.table.footprint import bytes_per_entity
 
 BLOCK = 8
 SETTINGS = {
@@ -81,8 +82,17 @@ def test_counts_and_stored_bytes():
     assert sparsity.swap_count(_config(density=0.75, prune_fraction=0.9)) == 1
     fp16 = resolve_model_config(dict(SETTINGS, dtype="float16", sparsity=SPARSE))
     # 16 values x 2 bytes, 2 uint8 block indices, m and sqrt v for the 16 values.
-    assert sparsity.stored_bytes_per_entity(fp16) == {"values": 32, "indices": 2, "m": 32, "v": 32, "total": 98}
-    assert sparsity.stored_bytes_per_entity(resolve_model_config(SETTINGS), optimizer_state=False)["total"] == 32 * 4
+    assert bytes_per_entity(32, "float16", sparsity=fp16["sparsity"], optimizer="adam") == {
+        "values": 32,
+        "indices": 2,
+        "scale": 0,
+        "m": 32,
+        "v": 32,
+        "feature": 0,
+        "total": 98,
+    }
+    dense = resolve_model_config(SETTINGS)
+    assert bytes_per_entity(dense["dim"], dense["dtype"], sparsity=dense["sparsity"])["total"] == 32 * 4
 
 
 def test_parameter_count_matches_dense_model_of_half_the_dim():

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from kge.common.errors import KgeInputError
+from kge.table.footprint import bytes_per_entity
 from kge.table.storage import (
     BF16_MAX,
     FP16_MAX,
     STORAGE_DTYPES,
     _sr_bfloat16,
     _sr_float16,
-    bytes_per_entity,
     round_to,
     storage_dtype,
 )
@@ -188,30 +188,40 @@ def test_stochastic_is_reproducible_from_the_seed():
 
 
 def test_bytes_per_entity_by_hand():
-    assert bytes_per_entity(256, "float16") == {
-        "embedding": 512,
+    # The submission's layout: Adam's m and v (or sqrt v) beside the row, a 768-d float16 feature.
+    def row(dim, storage, **kw):
+        return bytes_per_entity(dim, storage, **{"optimizer": "adam", "feature_dim": 768, **kw})
+
+    assert row(256, "float16") == {
+        "values": 512,
+        "indices": 0,
+        "scale": 0,
         "m": 512,
         "v": 512,
         "feature": 1536,
         "total": 256 * 2 * 3 + 768 * 2,
     }
-    assert bytes_per_entity(256, "bfloat16")["total"] == 3072
-    assert bytes_per_entity(256, "float32")["total"] == 256 * 4 * 3 + 768 * 2 == 4608
-    assert bytes_per_entity(400, "float32")["total"] == 400 * 4 * 3 + 1536 == 6336
-    assert bytes_per_entity(400, "float16")["total"] == 400 * 2 * 3 + 1536 == 3936
-    assert bytes_per_entity(400, "float16", feature_dim=0)["total"] == 2400
-    assert bytes_per_entity(256, "float32", feature_dtype="float32")["feature"] == 768 * 4
-    assert bytes_per_entity(256, "float16", optimizer="sgd") == {
-        "embedding": 512,
+    assert row(256, "bfloat16")["total"] == 3072
+    assert row(256, "float32")["total"] == 256 * 4 * 3 + 768 * 2 == 4608
+    assert row(400, "float32")["total"] == 400 * 4 * 3 + 1536 == 6336
+    assert row(400, "float16")["total"] == 400 * 2 * 3 + 1536 == 3936
+    assert row(400, "float16", feature_dim=0)["total"] == 2400
+    assert row(256, "float32", feature_format="float32")["feature"] == 768 * 4
+    assert row(256, "float16", optimizer="sgd") == {
+        "values": 512,
+        "indices": 0,
+        "scale": 0,
         "m": 0,
         "v": 0,
         "feature": 1536,
         "total": 2048,
     }
+    assert bytes_per_entity(256, "float16")["total"] == 512  # the row alone: no optimizer state, no feature
     for bad in (
         {"storage": "half"},
-        {"storage": "float16", "feature_dtype": "int8"},
+        {"storage": "float16", "feature_format": "int8"},  # int8 needs a scale
         {"storage": "float16", "optimizer": "adagrad"},
+        {"storage": "float8_e4m3fn", "optimizer": "adam"},  # only 32/16-bit tables train
     ):
         with pytest.raises(KgeInputError):
             bytes_per_entity(256, **bad)

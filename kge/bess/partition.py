@@ -104,7 +104,7 @@ class Partition:
 def owned_shards(n_shards: int, rank: int, world_size: int) -> list[int]:
     """Shards of worker ``rank``: i with i % world_size == rank (D must be a multiple of W).
 
-    A worker's local tables (entity rows, optimiser state, features) are its shards' rows
+    A worker's local tables (entity rows, optimizer state, features) are its shards' rows
     concatenated in this order, so shard ``owned[k]`` occupies local rows [k*S, (k+1)*S).
     """
     if world_size < 1 or n_shards % world_size:

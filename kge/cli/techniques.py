@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 
-def _quantise(args) -> None:
+def _quantize(args) -> None:
     import torch
 
     from kge.techniques.quantization import quantize_model
@@ -25,17 +25,16 @@ def _quantise(args) -> None:
 
 def _write_report(args, table: str, data) -> None:
     """A report command's outputs: the data as --json, the Markdown table as --out (both atomic), the table on stdout."""
-    from kge.common import atomic
+    from kge.common.tables import write_report
 
-    atomic.save_json(args.json, data)
-    atomic.save_text(args.out, table)
+    write_report(args.out, args.json, table, data)
     print(table)
 
 
-def _quantise_report(args) -> None:
-    from kge.techniques.quantization import quantise_report
+def _quantize_report(args) -> None:
+    from kge.techniques.quantization import quantize_report
 
-    _write_report(args, *quantise_report(args.baselines, args.variants))
+    _write_report(args, *quantize_report(args.baselines, args.variants))
 
 
 def _study_report(args) -> None:
@@ -82,16 +81,16 @@ def register(sub) -> None:
         "--stochastic", action="store_true", help="stochastic rounding of the table (features: always nearest)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of --stochastic")
-    p.set_defaults(func=_quantise)
+    p.set_defaults(func=_quantize)
 
-    p = sub.add_parser("quantise-report", help="MRR and bytes per entity of quantised models beside their originals")
+    p = sub.add_parser("quantise-report", help="MRR and bytes per entity of quantized models beside their originals")
     p.add_argument("--baselines", nargs="+", required=True, help="kge predict metrics of the original models")
     p.add_argument(
-        "--variants", nargs="+", required=True, help="kge predict metrics of the quantised copies (<model>.<variant>)"
+        "--variants", nargs="+", required=True, help="kge predict metrics of the quantized copies (<model>.<variant>)"
     )
     p.add_argument("--out", required=True, help="Markdown table")
     p.add_argument("--json", required=True, help="the same rows as JSON")
-    p.set_defaults(func=_quantise_report)
+    p.set_defaults(func=_quantize_report)
     p = sub.add_parser(
         "study-report", help="a technique study's variants beside its baseline: MRR, parameters, time, loss"
     )

@@ -88,7 +88,7 @@ def _progress(iterable, desc: str, total: int | None = None):
 
 
 class _Sampler:
-    """The entities of one type with normalised weights (cumulative, for vectorised sampling)."""
+    """The entities of one type with normalized weights (cumulative, for vectorised sampling)."""
 
     def __init__(self, ids: np.ndarray, weight: np.ndarray):
         self.ids = ids

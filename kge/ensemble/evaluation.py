@@ -23,6 +23,7 @@ import numpy as np
 
 from kge.common import atomic
 from kge.common.errors import KgeInputError
+from kge.common.tables import markdown_table
 from kge.ensemble.rank_power import mrr_weights, rank_power_scores, validation_halves
 from kge.predict.evaluate_model import load_evaluation, relation_labels
 from kge.predict.evaluation import rank_metrics, ranks_from_counts, split_metrics
@@ -244,19 +245,19 @@ def summary_markdown(summary: dict) -> str:
         f"Filtered link prediction, both directions, realistic ties (columns `both.realistic.*` unless named), "
         f"measured on the {summary['reported_on']}; {summary['report_queries']} triples x 2 directions.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
     ]
     members = [r for r in summary["rows"] if r["model"] != "ensemble"]
     rows = sorted(members, key=lambda r: -r["both.realistic.mrr"]) + [
         r for r in summary["rows"] if r["model"] == "ensemble"
     ]
+    cells = []
     for row in rows:
         scoring = row["score_fn"] + (f" L{row['distance']}" if row.get("distance") else "")
         weight = "" if row["weight"] is None else f"{row['weight']:.3f}"
         values = [f"{row[k]:.2f}" if k.endswith(".mr") else f"{row[k]:.4f}" for k in keys]
         name = f"**{row['model']}**" if row["model"] == "ensemble" else row["model"]
-        lines.append("| " + " | ".join([name, scoring, row["loss"], weight] + values) + " |")
+        cells.append([name, scoring, row["loss"], weight] + values)
+    lines += markdown_table(head, cells)
     ens = summary["ensemble"]
     if summary["sampled"]:
         lines[0] = (

@@ -9,6 +9,7 @@ import numpy as np
 
 from kge.common import atomic
 from kge.common.errors import KgeInputError
+from kge.common.tables import markdown_table
 from kge.data.layout import SPLITS, open_dataset
 from kge.ensemble.analysis import greedy_curve, leave_one_family_out
 from kge.ensemble.rank_power import mrr_weights, rank_power_ensemble, tune_ensemble, validation_halves
@@ -121,38 +122,57 @@ def run_ensemble(
         f"OGB protocol (raw tail ranks, top-10). Power and member weights chosen on half of the validation queries "
         f"({len(tuning)}); every column marked held-out is measured on the other {n_held}.",
         "",
-        "| model | scoring | loss | dim | steps | weight | held-out MRR | valid MRR (all) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {m['model']} | {m['score_fn']}{'' if not m.get('distance') else ' L' + str(m['distance'])} | {m['loss']} | {m['dim']} | {m['steps']} | {m['weight']:.3f} | {m['heldout_mrr']:.4f} | {m['valid_mrr']:.4f} |"
+    member_rows = [
+        [
+            m["model"],
+            m["score_fn"] + ("" if not m.get("distance") else f" L{m['distance']}"),
+            m["loss"],
+            m["dim"],
+            m["steps"],
+            f"{m['weight']:.3f}",
+            f"{m['heldout_mrr']:.4f}",
+            f"{m['valid_mrr']:.4f}",
+        ]
         for m in rows
     ]
-    lines.append(
-        f"| ensemble, equal weights (RECIPE formula, p = {chosen:g}, K = {top_k}) | {len(members)} models | | | | 1 | {recipe_heldout:.4f} | |"
+    member_rows.append(
+        [
+            f"ensemble, equal weights (RECIPE formula, p = {chosen:g}, K = {top_k})",
+            f"{len(members)} models",
+            "",
+            "",
+            "",
+            1,
+            f"{recipe_heldout:.4f}",
+            "",
+        ]
     )
-    lines.append(
-        f"| **ensemble** (p = {chosen:g}, weights (MRR/best)^{exponent:g}, K = {top_k}) | {len(members)} models | | | | | **{heldout_mrr:.4f}** | {ensemble_mrr:.4f} (half tuned on) |"
+    member_rows.append(
+        [
+            f"**ensemble** (p = {chosen:g}, weights (MRR/best)^{exponent:g}, K = {top_k})",
+            f"{len(members)} models",
+            "",
+            "",
+            "",
+            "",
+            f"**{heldout_mrr:.4f}**",
+            f"{ensemble_mrr:.4f} (half tuned on)",
+        ]
     )
-    lines += [
-        "",
-        "Greedy order (chosen on the tuning half; each row adds one model to those above):",
-        "",
-        "| n | added | ensemble held-out MRR |",
-        "|---|---|---|",
-    ]
-    lines += [
-        f"| {c['n']} | {c['added']} | {'-' if c['valid_mrr'] is None else format(c['valid_mrr'], '.4f')} |"
-        for c in curve
-    ]
-    lines += [
-        "",
-        "Without one scoring-function family (held-out half):",
-        "",
-        "| family removed | models removed | held-out MRR | change |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {f['family']} | {f['removed']} | {f['valid_mrr']:.4f} | {f['change']:+.4f} |" for f in families]
+    lines += markdown_table(
+        ["model", "scoring", "loss", "dim", "steps", "weight", "held-out MRR", "valid MRR (all)"], member_rows
+    )
+    lines += ["", "Greedy order (chosen on the tuning half; each row adds one model to those above):", ""]
+    lines += markdown_table(
+        ["n", "added", "ensemble held-out MRR"],
+        [[c["n"], c["added"], "-" if c["valid_mrr"] is None else format(c["valid_mrr"], ".4f")] for c in curve],
+    )
+    lines += ["", "Without one scoring-function family (held-out half):", ""]
+    lines += markdown_table(
+        ["family removed", "models removed", "held-out MRR", "change"],
+        [[f["family"], f["removed"], f"{f['valid_mrr']:.4f}", f"{f['change']:+.4f}"] for f in families],
+    )
     atomic.save_text(out_dir / "summary.md", "\n".join(lines) + "\n")
     csv = ["model,score_fn,loss,dim,steps,weight,heldout_mrr,valid_mrr"] + [
         f"{m['model']},{m['score_fn']},{m['loss']},{m['dim']},{m['steps']},{m['weight']:.6f},{m['heldout_mrr']:.6f},{m['valid_mrr']:.6f}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from kge.common.errors import KgeInputError
+from kge.common.tables import format_duration
 
 SUBMISSION_ROWS = {"test-dev": 15000, "test-challenge": 10000}
 
@@ -85,11 +86,6 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def _duration(seconds: float) -> str:
-    hours, rest = divmod(int(round(seconds)), 3600)
-    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
-
-
 def leaderboard_text(metadata: dict) -> str:
     """The OGB-LSC submission form's fields, ready to paste, from ``metadata.json``'s contents."""
     lines = [
@@ -105,8 +101,8 @@ def leaderboard_text(metadata: dict) -> str:
         f"Number of models in the ensemble: {metadata['number_of_models']}",
         f"#Parameters: {metadata['parameters_total']:,} in total (largest model {max(metadata['parameters_per_model'].values()):,})",
         f"Hardware: {'; '.join(metadata['hardware'])}",
-        f"Training time: {_duration(metadata['train_seconds'])} summed over models",
-        f"Inference time: {_duration(metadata['inference_seconds'])} summed over models and splits",
+        f"Training time: {format_duration(metadata['train_seconds'])} summed over models",
+        f"Inference time: {format_duration(metadata['inference_seconds'])} summed over models and splits",
         f"Ensemble: rank-power mean, power {metadata['ensemble']['power']}, top-{metadata['ensemble']['top_k']} per model"
         + (
             f", members weighted by (MRR / best)^{metadata['ensemble']['weight_exponent']:g}"

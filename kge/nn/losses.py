@@ -27,11 +27,11 @@ from kge.common.errors import KgeInputError
 
 def _check(pos: torch.Tensor, neg: torch.Tensor, neg_mask: torch.Tensor | None) -> torch.Tensor:
     if pos.ndim != 1 or neg.ndim != 2 or neg.shape[0] != pos.shape[0]:
-        raise KgeInputError(f"loss: expected pos (B,) and neg (B, M), got {tuple(pos.shape)} and {tuple(neg.shape)}")
+        raise ValueError(f"loss: expected pos (B,) and neg (B, M), got {tuple(pos.shape)} and {tuple(neg.shape)}")
     if neg_mask is None:
         return torch.ones_like(neg, dtype=torch.bool)
     if neg_mask.shape != neg.shape or neg_mask.dtype != torch.bool:
-        raise KgeInputError(f"loss: neg_mask must be a bool tensor of shape {tuple(neg.shape)}")
+        raise ValueError(f"loss: neg_mask must be a bool tensor of shape {tuple(neg.shape)}")
     return neg_mask
 
 
@@ -123,7 +123,7 @@ def softmax_loss(
     """Sampled-softmax cross-entropy, a scalar: mean_b of -log softmax([s+_b, s-_b + c])[0].
 
     Every valid negative logit gets + ``correction`` (see ``sampling_correction``); masked columns are
-    excluded from the normaliser.
+    excluded from the normalizer.
     """
     mask = _check(pos, neg, neg_mask)
     neg_logits = (neg + correction).masked_fill(~mask, float("-inf"))
@@ -180,7 +180,7 @@ def batch_softmax_loss(
     ``false_negatives`` (rows, cols) (K,): cells also excluded (``false_negative_pairs``).
     """
     if scores.ndim != 2 or scores.shape[0] > scores.shape[1]:
-        raise KgeInputError(f"batch_softmax_loss: expected scores (B, M) with B <= M, got {tuple(scores.shape)}")
+        raise ValueError(f"batch_softmax_loss: expected scores (B, M) with B <= M, got {tuple(scores.shape)}")
     pairs = _pairs(false_negatives, *scores.shape, scores.device)
     return _BatchSoftmaxLoss.apply(scores, float(correction), bool(in_batch_negatives), pairs)
 
@@ -202,7 +202,7 @@ class _DotSoftmaxLoss(torch.autograd.Function):
                 scores[pairs[0], pairs[1]] = float("-inf")
             probs = torch.softmax(scores, dim=1)
             log_p = torch.log(probs.diagonal())
-            bad = log_p < -69.0  # p below 1e-30: that row's log-normaliser the long way
+            bad = log_p < -69.0  # p below 1e-30: that row's log-normalizer the long way
             if bool(bad.any()):
                 idx = torch.nonzero(bad).squeeze(1)
                 log_p[idx] = scores[idx, idx] - torch.logsumexp(scores[idx], dim=1)
@@ -210,10 +210,10 @@ class _DotSoftmaxLoss(torch.autograd.Function):
             ctx.in_batch_negatives = True
             return -log_p.mean()
         # Only the shared negatives are scored; softmax(s + c) = softmax(s), and the negatives'
-        # log-normaliser is read off the largest probability (>= 1/N, so never underflowed).
+        # log-normalizer is read off the largest probability (>= 1/N, so never underflowed).
         scores = query @ tails[B:].T  # (B, N)
         shared = _shared_pairs(pairs, B)
-        if shared is not None:  # a masked negative leaves the max and the normaliser alike
+        if shared is not None:  # a masked negative leaves the max and the normalizer alike
             scores[shared[0], shared[1]] = float("-inf")
         probs = torch.softmax(scores, dim=1)
         top = scores.amax(dim=1)
@@ -271,7 +271,7 @@ def dot_softmax_loss(
     ``false_negatives`` (rows, cols) (K,), columns in [0, M): cells excluded as in ``batch_softmax_loss``.
     """
     if query.ndim != 2 or tails.ndim != 2 or query.shape[1] != tails.shape[1] or query.shape[0] > tails.shape[0]:
-        raise KgeInputError(
+        raise ValueError(
             f"dot_softmax_loss: expected query (B, d) and tails (M, d) with B <= M, got "
             f"{tuple(query.shape)} and {tuple(tails.shape)}"
         )
@@ -381,7 +381,7 @@ def dot_logsigmoid_loss(
     ones only. Equal to ``logsigmoid_loss(s_diag, s, mask, ...)`` with ``s = query @ tails.T``;
     ``false_negatives`` (rows, cols) (K,), columns in [0, M): cells also False in that mask."""
     if query.ndim != 2 or tails.ndim != 2 or query.shape[1] != tails.shape[1] or query.shape[0] > tails.shape[0]:
-        raise KgeInputError(
+        raise ValueError(
             f"dot_logsigmoid_loss: expected query (B, d) and tails (M, d) with B <= M, got "
             f"{tuple(query.shape)} and {tuple(tails.shape)}"
         )
@@ -446,7 +446,7 @@ def batch_logsigmoid_loss(
     (rows, cols) (K,) (value and gradient, to rounding).
     """
     if scores.ndim != 2 or scores.shape[0] > scores.shape[1]:
-        raise KgeInputError(f"batch_logsigmoid_loss: expected scores (B, M) with B <= M, got {tuple(scores.shape)}")
+        raise ValueError(f"batch_logsigmoid_loss: expected scores (B, M) with B <= M, got {tuple(scores.shape)}")
     if not in_batch_negatives and scores.shape[0] == scores.shape[1]:
         raise KgeInputError("batch_logsigmoid_loss: no negatives (M = B and in_batch_negatives off)")
     pairs = _pairs(false_negatives, *scores.shape, scores.device)

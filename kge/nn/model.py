@@ -7,7 +7,7 @@ dense (relations, TransH normals, the feature projections) is an ``nn.Parameter`
 
 Encoder variants (config ``features``): the projection M is dense (d, F), grouped (GroupBERT's
 block-diagonal linear layer: G blocks (d/G, F/G), stored (G, d/G, F/G)) or a fixed random
-Gaussian (d, F) buffer; the MLP's hidden layer may be batch-normalised or layer-normalised with
+Gaussian (d, F) buffer; the MLP's hidden layer may be batch-normalized or layer-normalized with
 Proxy Normalization after its activation (``features.mlp.norm``).
 """
 
@@ -89,7 +89,7 @@ class FeatureExtras(nn.Module):
     momentum 0.1, in eval mode), then the activation. layer_proxy: y = LayerNorm(u) with affine
     weight, bias (C,) (statistics over the C channels of each row), h = act(y) (n, H), then Proxy
     Normalization (h - E[act(Y)]) / sqrt(Var[act(Y)] + eps) with the proxy Y ~ N(bias, weight^2)
-    per channel (``proxy_statistics``): every row is normalised on its own, in training and eval alike.
+    per channel (``proxy_statistics``): every row is normalized on its own, in training and eval alike.
     """
 
     def __init__(self, features: dict, d: int, feature_dim: int, generator: torch.Generator):
@@ -120,10 +120,10 @@ class FeatureExtras(nn.Module):
             self.w2, self.b2 = linear(self.hidden, d)
             if self.norm == "batch":  # BatchNorm removes any per-channel shift: b1's gradient would be rounding noise
                 self.b1 = None
-            if self.norm != "none":  # affine parameters of the normalisation (C,), identity at start
+            if self.norm != "none":  # affine parameters of the normalization (C,), identity at start
                 self.norm_weight = nn.Parameter(torch.ones(width_hidden))
                 self.norm_bias = nn.Parameter(torch.zeros(width_hidden))
-            if self.norm == "batch":  # saved with the model: prediction normalises with them
+            if self.norm == "batch":  # saved with the model: prediction normalizes with them
                 self.register_buffer("running_mean", torch.zeros(width_hidden))
                 self.register_buffer("running_var", torch.ones(width_hidden))
             elif self.norm == "layer_proxy":  # a constant, rebuilt on load: not in state_dict
@@ -229,7 +229,7 @@ class KGEModel(nn.Module):
             tail = head if self.share_projection else projection()
             for name, value in (("head_projection", head), ("tail_projection", tail)):
                 if self.projection_kind == "random" and value is not None:
-                    self.register_buffer(name, value)  # fixed: in state_dict, no gradient, no optimiser state
+                    self.register_buffer(name, value)  # fixed: in state_dict, no gradient, no optimizer state
                 else:
                     setattr(self, name, value)
             self.head_extras = extras()

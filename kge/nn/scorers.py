@@ -14,7 +14,7 @@ Adding a scorer is one entry here (its functions next to its formula) plus its t
 ``SCORERS``.
 
 Shapes: head/tail/candidates (·, d) entity vectors; relation (B, dr) with dr = ``relation_dim(d)``;
-folded queries (B, dq) with dq = ``query_dim(d)``; ``normal`` (B, d) TransH's unnormalised w_r.
+folded queries (B, dq) with dq = ``query_dim(d)``; ``normal`` (B, d) TransH's unnormalized w_r.
 """
 
 from __future__ import annotations
@@ -377,11 +377,11 @@ RESCAL = Scorer(
 
 # ------------------------------------------------------------------------------------------ PairRE
 # PairRE (Chao et al. 2021): score = gamma - || h/|h| o r_H - t/|t| o r_T ||_p, relation row
-# [r_H | r_T] (2d), entities L2-normalised inside the score; p = 1 (the paper) or 2.
+# [r_H | r_T] (2d), entities L2-normalized inside the score; p = 1 (the paper) or 2.
 # The candidates are scaled by the query relation's own r_T (r_H for heads), so the query cannot
 # fold into d values: the folded query is (B, 2d) = [a | s] with a the known side already scaled
 # and s the candidates' scaling. Tail query: [h/|h| o r_H | r_T]; head query: [t/|t| o r_T | r_H]
-# (the norm is symmetric, ||a - s o c|| with c the normalised candidate, in both directions).
+# (the norm is symmetric, ||a - s o c|| with c the normalized candidate, in both directions).
 # Matrix form: p = 2 by one matmul, ||a - s o c||^2 = |a|^2 + (s o s).(c o c) - 2 (a o s).c;
 # p = 1 by the fused scaled-L1 kernel (scoring._pairre_l1, kge.nn.fused_distance).
 # Init: r_H = r_T = 1 + N(0, init_scale^2): the identity relation (score = gamma - ||h/|h| - t/|t|||),

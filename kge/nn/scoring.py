@@ -11,8 +11,8 @@ Conventions (all functions; plausibility, higher is better):
 - Relation vectors have width ``relation_dim(score_fn, d)``: ``d/2`` phases for RotatE, ``d*d`` for
   RESCAL, ``2d`` for PairRE, ``d`` else.
 - Folded query vectors have width ``d``, except PairRE's ``2d`` (see kge/nn/scorers.py).
-- TransH additionally takes ``normal`` (B, d), the unnormalised w_r of each query's relation;
-  it is normalised here (w = w_r / ||w_r||).
+- TransH additionally takes ``normal`` (B, d), the unnormalized w_r of each query's relation;
+  it is normalized here (w = w_r / ||w_r||).
 - ``gamma`` is the margin of the distance scores (TransE, TransH, RotatE, PairRE); ignored by the
   dot-product scores (DistMult, ComplEx, RESCAL).
 - RotatE distance: for p = 2 the L2 norm over all d real components (= sqrt(sum_k |z_k|^2));
@@ -175,7 +175,7 @@ def score_queries(
     scorer = _scorer(score_fn)
     _check_p(scorer, p)
     if query.ndim != 2 or tails.ndim != 2 or query.shape[1] != scorer.query_dim(tails.shape[1]):
-        raise KgeInputError(
+        raise ValueError(
             f"score_queries: expected query (B, {scorer.query_dim(tails.shape[-1])}) and tails (M, d) "
             f"for {score_fn}, got {tuple(query.shape)} and {tuple(tails.shape)}"
         )
@@ -218,7 +218,7 @@ def score_matrix(
     """
     _scorer(score_fn)
     if head.shape[0] != relation.shape[0]:
-        raise KgeInputError(
+        raise ValueError(
             f"score_matrix: head {tuple(head.shape)} and relation {tuple(relation.shape)} must have the same batch size"
         )
     q = query_vectors(score_fn, head, relation, normal)

@@ -447,7 +447,7 @@ def export_embeddings(trained: TrainedModel, out_dir: str | Path, progress: bool
             "relations.npy": f"({count}, relation_dim) float32, row = relation id"
             + (" (ids R..2R-1: the reverse of id - R)" if trained.inverse_relations else ""),
             **(
-                {"relations_normal.npy": f"({count}, d) float32: TransH normals w_r (unnormalised)"}
+                {"relations_normal.npy": f"({count}, d) float32: TransH normals w_r (unnormalized)"}
                 if model.normal is not None
                 else {}
             ),

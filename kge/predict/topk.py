@@ -79,9 +79,7 @@ def blocked_topk(
     if valid_rows is not None:
         valid_rows = torch.as_tensor(valid_rows, dtype=torch.bool)
         if valid_rows.shape != (num_rows,):
-            raise KgeInputError(
-                f"valid_rows: expected a bool mask of shape ({num_rows},), got {tuple(valid_rows.shape)}"
-            )
+            raise ValueError(f"valid_rows: expected a bool mask of shape ({num_rows},), got {tuple(valid_rows.shape)}")
     runs = valid_runs(valid_rows, num_rows)
     n_valid = sum(stop - start for start, stop in runs)
     if k > n_valid:
@@ -105,7 +103,7 @@ def blocked_topk(
             stop = min(start + block_rows, run_stop)
             s = query_scores_fn(start, stop)
             if s.ndim != 2 or s.shape[1] != stop - start:
-                raise KgeInputError(
+                raise ValueError(
                     f"query_scores_fn: expected (Q, {stop - start}) scores for rows "
                     f"[{start}, {stop}), got {tuple(s.shape)}"
                 )
@@ -132,14 +130,14 @@ def merge_topk(
     returned as given (global ids are expected); entries scored -inf (padding) sort last.
     """
     if not parts:
-        raise KgeInputError("merge_topk: expected at least one (scores, ids) part")
+        raise ValueError("merge_topk: expected at least one (scores, ids) part")
     scores = torch.cat([torch.as_tensor(s).float() for s, _ in parts], dim=1)
     ids = torch.cat([torch.as_tensor(i).long().to(scores.device) for _, i in parts], dim=1)
     if scores.shape != ids.shape:
-        raise KgeInputError(f"merge_topk: scores {tuple(scores.shape)} and ids {tuple(ids.shape)} differ")
+        raise ValueError(f"merge_topk: scores {tuple(scores.shape)} and ids {tuple(ids.shape)} differ")
     if k is None:
         k = max(int(s.shape[1]) for s, _ in parts)
     if not 1 <= k <= scores.shape[1]:
-        raise KgeInputError(f"k: expected 1..{scores.shape[1]} merged candidates, got {k}")
+        raise ValueError(f"k: expected 1..{scores.shape[1]} merged candidates, got {k}")
     top_s, pos = torch.topk(scores, k, dim=1)
     return top_s, torch.gather(ids, 1, pos)

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from kge.common.atomic import atomic_path, save_text
+from kge.common.tables import markdown_table
 
 CURVE_TITLES = ("loss", "train MRR (sampled triples)", "validation MRR (sampled queries)")
 LEGEND_MAX = 12  # beyond this many models a legend hides the curves
@@ -126,15 +127,23 @@ def timing_figure(bench_dir: str, out: str, table_out: str) -> None:
     axes[1].set_xscale("log")
     axes[1].set_xlabel("seconds per job")
     _save(fig, out)
-    lines = ["| rule | jobs | total min | mean s | max s | slowest job | max RSS MB |", "|---|---|---|---|---|---|---|"]
+    cells = []
     for r in rules:
         jobs = by_rule[r]
         slowest = max(jobs, key=lambda x: x["seconds"])
         rss = [x["max_rss_mb"] for x in jobs if x["max_rss_mb"] is not None]
-        peak = f" {max(rss):.0f} " if rss else " "
-        lines.append(
-            f"| {r} | {len(jobs)} | {total[r] / 60:.1f} | {total[r] / len(jobs):.1f} | {slowest['seconds']:.1f} | {slowest['job']} |{peak}|"
+        cells.append(
+            [
+                r,
+                len(jobs),
+                f"{total[r] / 60:.1f}",
+                f"{total[r] / len(jobs):.1f}",
+                f"{slowest['seconds']:.1f}",
+                slowest["job"],
+                f"{max(rss):.0f}" if rss else "",
+            ]
         )
+    lines = markdown_table(["rule", "jobs", "total min", "mean s", "max s", "slowest job", "max RSS MB"], cells)
     save_text(table_out, "\n".join(lines) + "\n")
 
 

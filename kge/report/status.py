@@ -11,18 +11,10 @@ import json
 import time
 from pathlib import Path
 
+from kge.common.tables import format_duration
 from kge.train.checkpoint import MODEL_NAME, PROGRESS_NAME
 
 STALE_SECONDS = 120.0
-
-
-def _duration(seconds) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-    )
 
 
 def model_states(results_dir: str | Path, now: float | None = None) -> list[dict]:
@@ -78,7 +70,7 @@ def status_text(results_dir: str | Path, now: float | None = None) -> str:
         loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
         mrr = f"{r['valid_mrr']:.4f}" if r["valid_mrr"] is not None else "-"
         rate = f"{r['steps_per_second']:.1f}" if r["steps_per_second"] else "-"
-        eta = _duration(r["eta_seconds"]) if r["state"] == "training" else "-"
+        eta = format_duration(r["eta_seconds"], compact=True) if r["state"] == "training" else "-"
         lines.append(f"{r['model']:<40} {r['state']:<9} {step + pct:>17} {loss:>8} {mrr:>9} {rate:>8} {eta:>8}")
     counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "training", "stalled", "started", "pending")}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n))

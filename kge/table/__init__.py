@@ -1,1 +1,1 @@
-"""The entity table as stored: sparse row Adam, 16-bit storage, block sparsity, quantised formats."""
+"""The entity table as stored: sparse row Adam, 16-bit storage, block sparsity, quantized formats."""

@@ -1,4 +1,4 @@
-"""8-bit (and 16/32-bit) formats for stored rows: quantise, dequantise, bytes and error bounds.
+"""8-bit (and 16/32-bit) formats for stored rows: quantize, dequantize, bytes and error bounds.
 
 A 2-D float tensor (one row per entity) is stored in a named format with a scaling mode:
 
@@ -38,7 +38,7 @@ bfloat16: 2^-8, float32: 2^-24); below it (subnormals) by at most half the small
 int8 by at most 0.5. In units of x both absolute terms are multiplied by the scale, and the
 fp32 divide and multiply by the scale add at most 2^-23 of |x|.
 
-Bytes per row (``bytes_per_row``): the payload (d times 4, 2, 2, 1, 1, 1, 1, 1 bytes) plus 4 for
+Bytes per row (``kge.table.footprint.bytes_per_entity``): the payload (d times 4, 2, 2, 1, 1, 1, 1, 1 bytes) plus 4 for
 the fp32 scale under ``row`` scaling; a ``tensor`` scale is 4 bytes for the whole tensor. At d =
 256: float32 1024, float16/bfloat16 512, FP8 and int8 256, FP8 or int8 with row scales 260.
 """
@@ -128,7 +128,7 @@ def check_scaling(fmt: str, scaling: str, what: str = "scaling") -> str:
 
 @dataclass(frozen=True)
 class Quantized:
-    """A quantised (n, d) tensor.
+    """A quantized (n, d) tensor.
 
     data: (n, d) in the format's dtype (x / scale, rounded). scales: float32, (n,) for ``row``,
     0-d for ``tensor``, None for ``none``.
@@ -230,7 +230,7 @@ def quantize(
     x = x.detach().float()
     if not bool(torch.isfinite(x).all()):
         raise KgeInputError(
-            f"quantize: {int((~torch.isfinite(x)).sum())} values are NaN or inf; only finite tensors can be quantised"
+            f"quantize: {int((~torch.isfinite(x)).sum())} values are NaN or inf; only finite tensors can be quantized"
         )
     if tensor_scale is not None:
         if scaling != "tensor":
@@ -267,25 +267,13 @@ def quantize_dequantize(
     tensor_scale: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """dequantize(quantize(x, ...)): x (n, d) -> (n, d) float32 holding exactly what the format stores
-    (simulated quantisation: compute stays fp32)."""
+    (simulated quantization: compute stays fp32)."""
     return dequantize(quantize(x, fmt, scaling, generator, tensor_scale))
-
-
-def bytes_per_row(fmt: str, scaling: str, dim: int) -> int:
-    """Bytes stored per row of width ``dim``: the payload plus 4 (fp32 scale) for ``row`` scaling.
-
-    A ``tensor`` scale is 4 bytes for the whole tensor and adds nothing per row.
-    """
-    spec = format_spec(fmt)
-    check_scaling(fmt, scaling)
-    if int(dim) < 0:
-        raise KgeInputError(f"dim must be >= 0, got {dim}")
-    return int(dim) * spec.bytes + (4 if scaling == "row" else 0)
 
 
 @dataclass(frozen=True)
 class ErrorBound:
-    """Worst case of nearest rounding: |dequantised - x| <= max(relative * |x|, absolute * scale)
+    """Worst case of nearest rounding: |dequantized - x| <= max(relative * |x|, absolute * scale)
     + SCALE_ARITHMETIC_SLACK * |x| for finite x whose scaled value is within range.
 
     relative: 2^-(mantissa_bits + 1), for values in the format's normal range (0 for int8).
@@ -316,7 +304,7 @@ def error_bound(fmt: str, scaling: str) -> ErrorBound:
 
 
 class DequantizedFeatures:
-    """A FeatureStore whose gathered rows are quantise-dequantised (nearest rounding) on the way out.
+    """A FeatureStore whose gathered rows are quantize-dequantized (nearest rounding) on the way out.
 
     Provides what Predictor reads: ``gather(rows) -> (n, F) float32``, ``block(start, stop)``,
     ``num_rows`` and ``dim``.

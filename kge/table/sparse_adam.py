@@ -9,7 +9,7 @@ stored in that dtype and, instead of v, s = sqrt(v) (which stays inside fp16 ran
 A step gathers the touched rows, casts them to fp32, does the Adam update in fp32 (v = s^2) and
 writes table row, m and sqrt(v) back rounded: to nearest, or stochastically when
 ``stochastic_rounding`` (random integers from the ``generator`` given to ``step`` or else the
-optimiser's own CPU generator, whose state is part of ``state_dict``; drawn in the order table,
+optimizer's own CPU generator, whose state is part of ``state_dict``; drawn in the order table,
 m, sqrt(v)).
 """
 
@@ -64,7 +64,7 @@ class SparseRowAdam:
         """rows (n,) unique int64 rows; grad (n, d) their summed gradient.
 
         generator: the random source of stochastic rounding for this step (any device); ignored
-        unless the optimiser was built with stochastic_rounding=True.
+        unless the optimizer was built with stochastic_rounding=True.
         """
         self.step_count += 1
         # rows are unique: index_select / index_copy_ (the same values as [rows] gets and sets, a

@@ -7,7 +7,7 @@ storage). They stay 0 because the trainer zeroes the inactive coordinates of the
 the sparse Adam step: with g = 0 and m = v = 0 the update is 0 / (0 + eps) = 0, and a stored 0 is
 representable, so rounding (to nearest or stochastic) keeps it 0.
 
-Dynamic sparsity (``every`` > 0): after every ``every`` optimiser steps (not after the last
+Dynamic sparsity (``every`` > 0): after every ``every`` optimizer steps (not after the last
 step: nothing would train the regrown blocks), each row prunes the n = min(round(prune_fraction *
 k), n_blocks - k) active blocks of smallest L2 norm (ties: lower block index first) and regrows n
 blocks drawn uniformly among the blocks that were inactive before this prune; pruned and regrown
@@ -22,7 +22,7 @@ resumed run draws what an uninterrupted one draws. The mask is part of each shar
 density = 1 is the dense model: nothing here runs and training is bit-identical to a config
 without ``sparsity``.
 
-Stored parameters (``stored_bytes_per_entity``): a sparse row keeps k * block values and one block
+Stored parameters (``kge.table.footprint.bytes_per_entity`` with ``sparsity``): a sparse row keeps k * block values and one block
 index per active block (uint8 while n_blocks <= 256, else int16); with Adam, m and v (or sqrt v)
 for the k * block active values. A model compares with a dense one of dim = k * block.
 """
@@ -34,7 +34,6 @@ import hashlib
 import torch
 
 from kge.common.errors import KgeInputError
-from kge.table.storage import storage_dtype
 
 MASK_KEY = "sparsity_mask"  # in a checkpoint shard state: that shard's (S, n_blocks) bool mask
 
@@ -76,22 +75,6 @@ def swap_count(config: dict) -> int:
 def stored_values_per_entity(config: dict) -> int:
     """Entity-table values one row stores: k * block when sparse, dim when dense."""
     return active_blocks(config) * config["sparsity"]["block"] if is_sparse(config) else config["dim"]
-
-
-def stored_bytes_per_entity(config: dict, optimizer_state: bool = True) -> dict:
-    """Bytes one entity row stores in the ``dtype`` storage: {"values", "indices", "m", "v", "total"}.
-
-    values: k * block (dense: dim) numbers; indices: one per active block (uint8 while n_blocks
-    <= 256, else int16; 0 for a dense row); m and v (sqrt v for 16-bit): the same width as
-    values when ``optimizer_state``, else 0. Features are not counted (see storage.bytes_per_entity).
-    """
-    width = storage_dtype(config["dtype"]).itemsize
-    values = stored_values_per_entity(config) * width
-    indices = active_blocks(config) * (1 if block_count(config) <= 256 else 2) if is_sparse(config) else 0
-    state = values if optimizer_state else 0
-    out = {"values": values, "indices": indices, "m": state, "v": state}
-    out["total"] = sum(out.values())
-    return out
 
 
 def _seed(*parts) -> int:

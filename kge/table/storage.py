@@ -3,9 +3,9 @@
 The WikiKG90Mv2 winning submission stored, per entity row, the trainable embedding, Adam m and
 sqrt(Adam v) in fp16 (sqrt keeps the second moment inside fp16 range); touched rows are cast to
 fp32, updated and written back. This module names the storage options, rounds fp32 results back
-to a storage dtype (round-to-nearest or stochastic rounding) and counts bytes per entity row.
+to a storage dtype (round-to-nearest or stochastic rounding).
 
-Bytes per entity row, Adam, 768-d fp16 feature (``bytes_per_entity``); the last column is the
+Bytes per entity row, Adam, 768-d fp16 feature (``kge.table.footprint.bytes_per_entity``); the last column is the
 whole table (E = 91,230,610 WikiKG90Mv2 entities, 10^9 bytes)::
 
     d    storage    embedding  m     v or sqrt v  feature  total  x E
@@ -42,7 +42,7 @@ Rounding (``round_to``):
 
   Saturation, documented difference from nearest: a finite |x| above the format's largest
   finite value (65504 for fp16, about 3.39e38 for bf16) becomes +-max, never inf (biased, but
-  a stored optimiser value must not turn into inf). +-inf and NaN are passed through as
+  a stored optimizer value must not turn into inf). +-inf and NaN are passed through as
   ``x.to(dtype)``. The sign is kept, including -0.0 for negative values that round to zero.
   Random integers are drawn on the generator's device and moved to x's device, so a CPU
   generator gives the same result on any device. Random words drawn per call: bf16 one int32
@@ -82,30 +82,6 @@ def storage_name(dtype: torch.dtype) -> str:
         if value == dtype:
             return name
     raise KgeInputError(f"storage: dtype {dtype} is not one of {sorted(STORAGE_DTYPES)}")
-
-
-def bytes_per_entity(
-    dim: int, storage: str, feature_dim: int = 768, feature_dtype: str = "float16", optimizer: str = "adam"
-) -> dict:
-    """Bytes per entity row: {"embedding", "m", "v", "feature", "total"} (ints).
-
-    "v" is the second-moment slot: v for float32 storage, sqrt(v) for bfloat16/float16 (same
-    width either way). optimizer "adam" keeps m and v; "sgd" keeps none (m = v = 0).
-    """
-    width = _BYTES[_check(storage)]
-    if optimizer not in OPTIMIZERS:
-        raise KgeInputError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
-    if int(dim) <= 0 or int(feature_dim) < 0:
-        raise KgeInputError(f"dim must be > 0 and feature_dim >= 0, got dim={dim}, feature_dim={feature_dim}")
-    state = dim * width if OPTIMIZERS[optimizer] else 0
-    out = {
-        "embedding": dim * width,
-        "m": state,
-        "v": state,
-        "feature": feature_dim * _BYTES[_check(feature_dtype, "feature_dtype")],
-    }
-    out["total"] = sum(out.values())
-    return out
 
 
 # ----- rounding ---------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""Techniques measured beside the ensemble: studies, sweeps and quantisation of trained models."""
+"""Techniques measured beside the ensemble: studies, sweeps and quantization of trained models."""

@@ -1,17 +1,17 @@
 """`kge quantise`: a trained model with its entity table (and features) in a low-precision format.
 
-Simulated quantisation: the entity rows are quantised to the chosen format and dequantised back
+Simulated quantization: the entity rows are quantized to the chosen format and dequantized back
 to float32, and the new model directory holds those float32 rows, so `kge predict` scores exactly
 what the format can represent with its unchanged fp32 code; ``quantization.json`` reports the
 bytes per entity the format itself would store, and the errors measured::
 
-    OUT/entities/shard_XXXX.pt   dequantised rows (S, d) float32, one file per shard
+    OUT/entities/shard_XXXX.pt   dequantized rows (S, d) float32, one file per shard
     OUT/quantization.json        formats, scalings, bytes per entity, measured errors
     OUT/model.pt                 the source model.pt plus a "quantization" entry; written last
 
-Features stay in the shard directory (float16, shared by every model), so they are quantised
+Features stay in the shard directory (float16, shared by every model), so they are quantized
 when read: `kge predict` wraps its FeatureStore with ``quantized_features(store, saved)``, which
-quantise-dequantises each gathered block. That is the same as quantising the whole feature
+quantize-dequantizes each gathered block. That is the same as quantizing the whole feature
 matrix once because row scales depend on the row alone, a tensor scale is computed here over
 every feature shard and stored, and feature rounding is always to nearest (deterministic).
 Table rounding may be stochastic (a seeded generator, shards in order).
@@ -32,8 +32,9 @@ import torch
 
 from kge.common import atomic
 from kge.common.errors import KgeInputError
+from kge.common.tables import markdown_table
+from kge.table.footprint import bytes_per_entity
 from kge.table.quantize import (
-    bytes_per_row,
     check_scaling,
     compute_scales,
     error_bound,
@@ -83,7 +84,7 @@ def _say(progress: bool, message: str) -> None:
 
 def _check_finite(rows: torch.Tensor, where: str) -> None:
     if not bool(torch.isfinite(rows).all()):
-        raise KgeInputError(f"{where}: holds NaN or inf values; only finite rows can be quantised")
+        raise KgeInputError(f"{where}: holds NaN or inf values; only finite rows can be quantized")
 
 
 def _describe(fmt: str, scaling: str, rounding: str, dim: int, source_format: str, tensor_scale: float | None) -> dict:
@@ -93,7 +94,7 @@ def _describe(fmt: str, scaling: str, rounding: str, dim: int, source_format: st
         "scaling": scaling,
         "rounding": rounding,
         "dim": dim,
-        "bytes_per_entity": bytes_per_row(fmt, scaling, dim),
+        "bytes_per_entity": bytes_per_entity(dim, fmt, scaling=scaling)["total"],
         "source_format": source_format,
         "source_bytes_per_entity": dim * format_spec(source_format).bytes,
         "tensor_scale": tensor_scale,
@@ -180,7 +181,7 @@ def quantize_model(
     features = _quantize_features(saved, feature_store, feature_format, feature_scaling, progress)
     report = {
         "source": str(model_path),
-        "simulated": True,  # the entity shards hold dequantised float32 rows
+        "simulated": True,  # the entity shards hold dequantized float32 rows
         "table": table,
         "features": features,
         "bytes_per_entity": table["bytes_per_entity"] + features["bytes_per_entity"],
@@ -196,7 +197,7 @@ def quantize_model(
 
 
 def _open_features(saved: dict, fmt: str | None, scaling: str | None, shard_dir):
-    """The model's FeatureStore when its features are to be quantised, else None; checks the arguments."""
+    """The model's FeatureStore when its features are to be quantized, else None; checks the arguments."""
     if fmt is None:
         if scaling is not None:
             raise KgeInputError("--feature-scaling: needs --feature-format")
@@ -206,7 +207,7 @@ def _open_features(saved: dict, fmt: str | None, scaling: str | None, shard_dir)
         raise KgeInputError("--feature-format: needs --feature-scaling (none, tensor or row)")
     check_scaling(fmt, scaling, "--feature-scaling")
     if not saved["config"]["features"]["use"]:
-        return None  # nothing to quantise: the model reads no features
+        return None  # nothing to quantize: the model reads no features
     if shard_dir is None:
         raise KgeInputError("--feature-format: needs --shard-dir (the model's shards, where its features are)")
     from kge.bess.features import FeatureStore
@@ -256,11 +257,11 @@ def quantization_summary(report: dict) -> dict:
     }
 
 
-def quantise_report(baseline_paths: list[str], variant_paths: list[str]) -> tuple[str, list[dict]]:
-    """Side-by-side table of quantised variants and their original models.
+def quantize_report(baseline_paths: list[str], variant_paths: list[str]) -> tuple[str, list[dict]]:
+    """Side-by-side table of quantized variants and their original models.
 
     baseline_paths: `kge predict` metrics of the original models (predictions/<model>.json);
-    variant_paths: metrics of `<model>.<variant>` predictions of quantised copies. Returns the
+    variant_paths: metrics of `<model>.<variant>` predictions of quantized copies. Returns the
     Markdown table and its rows: model, variant, formats, bytes per entity, validation MRR, and
     the change against the original (absolute and relative).
     """
@@ -294,14 +295,30 @@ def quantise_report(baseline_paths: list[str], variant_paths: list[str]) -> tupl
             }
         )
     rows.sort(key=lambda r: (r["model"], -r["bytes_per_entity"]))
-    lines = [
-        "| model | variant | table format / scaling | features | bytes per entity | valid MRR | original | change |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    cells = []
     for r in rows:
         rel = f" ({100 * r['relative_change']:+.2f}%)" if r["relative_change"] is not None else ""
-        lines.append(
-            f"| {r['model']} | {r['variant']} | {r['table']} | {r['features']} | {r['bytes_per_entity']}"
-            f" (from {r['source_bytes_per_entity']}) | {r['valid_mrr']:.4f} | {r['original_valid_mrr']:.4f} | {r['change']:+.4f}{rel} |"
+        cells.append(
+            [
+                r["model"],
+                r["variant"],
+                r["table"],
+                r["features"],
+                f"{r['bytes_per_entity']} (from {r['source_bytes_per_entity']})",
+                f"{r['valid_mrr']:.4f}",
+                f"{r['original_valid_mrr']:.4f}",
+                f"{r['change']:+.4f}{rel}",
+            ]
         )
+    columns = [
+        "model",
+        "variant",
+        "table format / scaling",
+        "features",
+        "bytes per entity",
+        "valid MRR",
+        "original",
+        "change",
+    ]
+    lines = markdown_table(columns, cells)
     return "\n".join(lines) + "\n", rows

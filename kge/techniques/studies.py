@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 from kge.common.errors import KgeInputError
+from kge.common.tables import markdown_table
 from kge.config import MODEL_DEFAULTS, deep_merge, with_defaults
 
 SEPARATOR = "--"
@@ -181,17 +182,17 @@ def _member(results: Path, model: str) -> dict:
         "train_seconds": metrics["train_seconds"],
         "steps": config["steps"],
         "final_loss": _final_loss(trained["history"]),
-        "stored_bytes_per_entity": stored_bytes_per_entity(config),
+        "stored_bytes_per_entity": _row_bytes(config),
     }
 
 
-def stored_bytes_per_entity(config: dict) -> float:
+def _row_bytes(config: dict) -> float:
     """Bytes of one entity's stored embedding row in the storage dtype: its values (the active blocks
-    of a sparse row) and their block indices; not its feature or optimiser state. config: complete
+    of a sparse row) and their block indices; not its feature or optimizer state. config: complete
     (with_defaults), as _member passes it."""
-    from kge.table.sparsity import stored_bytes_per_entity as row_bytes
+    from kge.table.footprint import bytes_per_entity
 
-    stored = row_bytes(config, optimizer_state=False)
+    stored = bytes_per_entity(config["dim"], config["dtype"], sparsity=config["sparsity"])
     return float(stored["values"] + stored["indices"])
 
 
@@ -229,9 +230,8 @@ def study_report(
         f"Study `{name}`: baseline `{baseline}`; validation MRR by ogb's evaluator over all entities.",
         *([f"Claim: {claim}"] if claim else []),
         "",
-        "| variant | settings changed | valid MRR | change | parameters | row bytes | train s | steps/s | final loss |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for r in rows:
         rel = (
             f" ({100 * r['relative_change']:+.1f}%)"
@@ -240,10 +240,31 @@ def study_report(
         )
         loss = f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-"
         rate = f"{r['steps_per_second']:.1f}" if r["steps_per_second"] else "-"
-        lines.append(
-            f"| {r['variant']} | {r['changes']} | {r['valid_mrr']:.4f} | {r['change']:+.4f}{rel} | {r['parameters']:,} |"
-            f" {r['stored_bytes_per_entity']:g} | {r['train_seconds']:.1f} | {rate} | {loss} |"
+        cells.append(
+            [
+                r["variant"],
+                r["changes"],
+                f"{r['valid_mrr']:.4f}",
+                f"{r['change']:+.4f}{rel}",
+                f"{r['parameters']:,}",
+                f"{r['stored_bytes_per_entity']:g}",
+                f"{r['train_seconds']:.1f}",
+                rate,
+                loss,
+            ]
         )
+    columns = [
+        "variant",
+        "settings changed",
+        "valid MRR",
+        "change",
+        "parameters",
+        "row bytes",
+        "train s",
+        "steps/s",
+        "final loss",
+    ]
+    lines += markdown_table(columns, cells)
     return "\n".join(lines) + "\n", {"study": name, "claim": claim, "baseline": baseline, "rows": rows}
 
 
@@ -299,13 +320,11 @@ def sweep_report(
         f" ({rule} scaling), steps x B_ref / B (equal samples), negatives per positive fixed. Validation MRR by ogb's evaluator.",
         *([f"Claim: {spec['claim']}"] if spec.get("claim") else []),
         "",
-        "| batch \\ base lr | " + " | ".join(_lr_label(lr) for lr in base_lrs) + " | stable band (within "
-        f"{100 * tolerance:g}% of best) | octaves |",
-        "|---" * (len(base_lrs) + 3) + "|",
     ]
+    cells = []
     for b in batches:
         band = bands[b]
-        cells = [f"**{mrr[(b, lr)]:.4f}**" if lr == band["best_lr"] else f"{mrr[(b, lr)]:.4f}" for lr in base_lrs]
+        mrr_cells = [f"**{mrr[(b, lr)]:.4f}**" if lr == band["best_lr"] else f"{mrr[(b, lr)]:.4f}" for lr in base_lrs]
         edge = (
             ("<" if band["open_low"] else "")
             + _lr_label(band["low"])
@@ -313,11 +332,15 @@ def sweep_report(
             + _lr_label(band["high"])
             + (">" if band["open_high"] else "")
         )
-        lines.append(
-            f"| {b} | "
-            + " | ".join(cells)
-            + f" | {edge} | {band['octaves']:.1f}{'+' if band['open_low'] or band['open_high'] else ''} |"
-        )
+        open_band = "+" if band["open_low"] or band["open_high"] else ""
+        cells.append([b, *mrr_cells, edge, f"{band['octaves']:.1f}{open_band}"])
+    columns = [
+        "batch \\ base lr",
+        *map(_lr_label, base_lrs),
+        f"stable band (within {100 * tolerance:g}% of best)",
+        "octaves",
+    ]
+    lines += markdown_table(columns, cells)
     common = (
         f"{_lr_label(min(stable_everywhere))} - {_lr_label(max(stable_everywhere))}" if stable_everywhere else "none"
     )

@@ -40,6 +40,7 @@ from kge.dist.device import resolve_device
 from kge.nn import losses
 from kge.nn.model import KGEModel, init_entity_rows
 from kge.table import sparsity
+from kge.table.footprint import bytes_per_entity
 from kge.table.sparse_adam import SparseRowAdam
 from kge.train import checkpoint, subspace
 
@@ -502,7 +503,9 @@ class Trainer:
                 "block": self.sparsity.block,
                 "active_blocks": self.sparsity.k,
                 "n_blocks": sparsity.block_count(self.config),
-                "bytes_per_entity": sparsity.stored_bytes_per_entity(self.config, optimizer_state=False),
+                "bytes_per_entity": bytes_per_entity(
+                    self.config["dim"], self.config["dtype"], sparsity=self.config["sparsity"]
+                ),
             }
         if self.is_main:
             atomic.torch_save(self.model_dir / MODEL_NAME, final)

@@ -65,7 +65,7 @@ if QUANTISE_VARIANTS:
             " --workers 1 --threads {threads} 2> {log}"
 
     # MRR and bytes per entity of every variant beside the original model's.
-    rule quantise_report:
+    rule quantize_report:
         input:
             baselines=expand(f"{RESULTS}/predictions/{{model}}.json", model=QUANTISE_MODELS),
             variants=expand(f"{QUANTISED}/{{model}}/{{variant}}/predictions.json", model=QUANTISE_MODELS, variant=QUANTISE_VARIANTS),
