@@ -41,7 +41,7 @@ def main() -> None:
         last = now
 
     mark("interpreter + torch")
-    from kge.cli.main import _load_model_config
+    from kge.cli.train import _load_model_config
     from kge.train.trainer import Trainer
 
     config = _load_model_config(args.config)
