@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kge.common.tables import format_duration, markdown_table, write_report
+from kge.common.tables import format_duration, markdown_table, text_table, write_report
 
 
 def test_markdown_table_lines():
@@ -37,3 +37,14 @@ def test_write_report_writes_both(tmp_path):
     assert (tmp_path / "t.md").read_text() == "| a |\n"
     assert json.loads((tmp_path / "t.json").read_text()) == {"rows": [1]}
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_text_table_aligns_and_widens():
+    lines = text_table(
+        ["rank", "label", "score"], [[1, "alice", "0.5"], [10, "bob", "12.25"]], "><>", widths=[4, 0, 6], sep="  "
+    )
+    assert lines == ["rank  label   score", "   1  alice     0.5", "  10  bob     12.25"]
+    # A cell wider than the minimum widens its column; trailing spaces are stripped.
+    assert text_table(["a", "b"], [["long cell", ""]], "<<") == ["a         b", "long cell"]
+    with pytest.raises(ValueError, match="2 columns"):
+        text_table(["a", "b"], [["x"]], "<<")

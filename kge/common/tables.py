@@ -27,6 +27,29 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     return [markdown_row(columns), "|" + "---|" * len(columns)] + [markdown_row(row) for row in rows]
 
 
+def text_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    align: str,
+    widths: Sequence[int] | None = None,
+    sep: str = " ",
+) -> list[str]:
+    """A fixed-width table for a terminal, as lines (trailing spaces stripped): ``align`` has one
+    character per column, ``<`` left or ``>`` right; each column is as wide as its widest cell, at
+    least ``widths[i]``; ``sep`` between columns."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    if len(align) != len(columns) or any(len(row) != len(columns) for row in rows):
+        raise ValueError(
+            f"text table: {len(columns)} columns, align {align!r}, rows of {sorted({len(r) for r in rows})} cells"
+        )
+    width = [
+        max([len(str(c)), *(len(row[i]) for row in rows), (widths or [0] * len(columns))[i]])
+        for i, c in enumerate(columns)
+    ]
+    line = lambda cells: sep.join(f"{cell:{a}{w}}" for cell, a, w in zip(cells, align, width)).rstrip()  # noqa: E731
+    return [line([str(c) for c in columns])] + [line(row) for row in rows]
+
+
 def format_duration(seconds: float | None, compact: bool = False) -> str:
     """Seconds as a person reads them: ``"3 min 05 s"`` / ``"2 h 07 min"``; ``compact`` for narrow
     columns: ``"3m05s"`` / ``"2h07m"``. None (unknown) is ``"-"``."""

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from kge.common.errors import KgeInputError
+from kge.common.tables import text_table
 
 # difflib over more labels than this is too slow for an error message; then no suggestion.
 SUGGEST_LIMIT = 200_000
@@ -465,13 +466,13 @@ def export_embeddings(trained: TrainedModel, out_dir: str | Path, progress: bool
 
 def format_table(frame, query: str) -> str:
     """A query's answer DataFrame -> readable text: the query, then rank, label, score (and known)."""
-    lines = [query]
-    width = max([len("label")] + [len(s) for s in frame["label"]])
     has_known = "known" in frame.columns
-    lines.append(f"{'rank':>4}  {'label':<{width}}  {'score':>12}" + ("  known" if has_known else ""))
-    for rank, row in enumerate(frame.itertuples(index=False), start=1):
-        known = ("  " + ("yes" if row.known else "")) if has_known else ""
-        lines.append(f"{rank:>4}  {row.label:<{width}}  {row.score:>12.6g}{known}".rstrip())
+    cells = [
+        [rank, row.label, f"{row.score:.6g}", *(["yes" if row.known else ""] if has_known else [])]
+        for rank, row in enumerate(frame.itertuples(index=False), start=1)
+    ]
+    columns = ["rank", "label", "score", *(["known"] if has_known else [])]
+    lines = [query] + text_table(columns, cells, "><><"[: len(columns)], widths=[4, 5, 12, 5], sep="  ")
     return "\n".join(lines)
 
 

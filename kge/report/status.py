@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from kge.common.tables import format_duration
+from kge.common.tables import format_duration, text_table
 from kge.train.checkpoint import MODEL_NAME, PROGRESS_NAME
 
 STALE_SECONDS = 120.0
@@ -63,7 +63,7 @@ def status_text(results_dir: str | Path, now: float | None = None) -> str:
     rows = model_states(results_dir, now)
     if not rows:
         return f"{results_dir}/models: no model has started"
-    lines = [f"{'model':<40} {'state':<9} {'step':>17} {'loss':>8} {'valid MRR':>9} {'steps/s':>8} {'ETA':>8}"]
+    cells = []
     for r in rows:
         step = f"{r['step']}/{r['steps']}" if r["step"] is not None else "-"
         pct = f" {100 * r['step'] / r['steps']:3.0f}%" if r["step"] is not None and r["steps"] else ""
@@ -71,7 +71,9 @@ def status_text(results_dir: str | Path, now: float | None = None) -> str:
         mrr = f"{r['valid_mrr']:.4f}" if r["valid_mrr"] is not None else "-"
         rate = f"{r['steps_per_second']:.1f}" if r["steps_per_second"] else "-"
         eta = format_duration(r["eta_seconds"], compact=True) if r["state"] == "training" else "-"
-        lines.append(f"{r['model']:<40} {r['state']:<9} {step + pct:>17} {loss:>8} {mrr:>9} {rate:>8} {eta:>8}")
+        cells.append([r["model"], r["state"], step + pct, loss, mrr, rate, eta])
+    columns = ["model", "state", "step", "loss", "valid MRR", "steps/s", "ETA"]
+    lines = text_table(columns, cells, "<<>>>>>", widths=[40, 9, 17, 8, 9, 8, 8])
     counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "training", "stalled", "started", "pending")}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n))
     return "\n".join(lines)
