@@ -91,6 +91,16 @@ def model_settings_json(wildcards):
     return json.dumps(MODEL_SETTINGS[wildcards.model], sort_keys=True)
 
 
+def folder_of(path, depth=1):
+    """The folder `depth` levels above file `path`, spelled as in `path` (f"{folder}/a/b", depth 2 -> folder).
+
+    A rule's params that name a folder of its own input or output (--root, --shard-dir, --out ...) derive
+    it from that file (`lambda wildcards, input: folder_of(input.shards)`) instead of repeating the path,
+    so the folder follows the file wherever Snakemake stages it (storage without a shared file system).
+    """
+    return path.rsplit("/", depth)[0]
+
+
 # ----- launching multi-worker models (config key `launcher`) ---------------------------------------
 # launcher: null -> today's behaviour: `kge train`/`kge predict` start torchrun themselves on the node
 # the job runs on, and jobs take `threads_per_job` threads. launcher: {...} -> per-model cluster
@@ -219,3 +229,52 @@ def launch_resources(step):
     if (LAUNCHER.get("runtime") or {}).get(step):
         keys.append("runtime")
     return {key: _resource(step, key) for key in keys}
+
+
+# ----- techniques (rules/techniques.smk): quantised variants, studies and sweeps --------------------
+import shlex
+
+from kge.techniques.studies import study_members, sweep_grid
+
+_QUANTISE = _TECHNIQUES.get("quantise") or {}
+QUANTISE_MODELS = _QUANTISE.get("models") or []
+QUANTISE_VARIANTS = _QUANTISE.get("variants") or {}
+check_model_names("techniques.quantise.models", QUANTISE_MODELS)
+QUANTISED = f"{RESULTS}/techniques/quantise"
+STUDIES = _TECHNIQUES.get("studies") or {}
+SWEEPS = _TECHNIQUES.get("sweeps") or {}
+STUDY_MEMBERS = {name: study_members(name, spec) for name, spec in STUDIES.items()}
+SWEEP_GRIDS = {name: sweep_grid(name, spec, MODEL_SETTINGS) for name, spec in SWEEPS.items()}
+TECHNIQUE_TARGETS = (
+    ([f"{RESULTS}/techniques/quantise.md"] if QUANTISE_VARIANTS and QUANTISE_MODELS else [])
+    + [f"{RESULTS}/techniques/{name}.md" for name in STUDIES]
+    + [f"{RESULTS}/techniques/{name}.png" for name in SWEEPS]
+)
+
+
+def quantise_args(wildcards):
+    """kge quantise flags of one variant (table format and scaling, optional feature format)."""
+    variant = QUANTISE_VARIANTS[wildcards.variant]
+    args = f"--format {variant['table']} --scaling {variant.get('scaling', 'none')}"
+    if variant.get("features"):
+        args += f" --feature-format {variant['features']} --feature-scaling {variant.get('feature_scaling', 'none')}"
+    if variant.get("stochastic"):
+        args += f" --stochastic --seed {variant.get('seed', 0)}"
+    return args
+
+
+def study_inputs(wildcards):
+    baseline, variants = STUDY_MEMBERS[wildcards.study]
+    return [f"{RESULTS}/predictions/{model}.json" for model in [baseline] + variants] + [
+        f"{RESULTS}/models/{model}/model.pt" for model in [baseline] + variants  # history.json is written with it
+    ]
+
+
+def study_args(wildcards):
+    baseline, variants = STUDY_MEMBERS[wildcards.study]
+    claim = STUDIES[wildcards.study].get("claim")
+    return f"--baseline {baseline} --variants {' '.join(variants)}" + (f" --claim {shlex.quote(claim)}" if claim else "")
+
+
+def sweep_inputs(wildcards):
+    return [f"{RESULTS}/predictions/{point['model']}.json" for point in SWEEP_GRIDS[wildcards.sweep]]

@@ -6,9 +6,11 @@ if DATASET == "mini":
         output:
             DATASET_OK,
         params:
-            root=ROOT,
+            root=lambda wildcards, output: folder_of(output[0]),
             seed=config["mini"]["seed"],
             scale=config["mini"]["scale"],
+        conda:
+            "../../envs/kge.yaml"
         log:
             f"{RESULTS}/logs/dataset.log",
         benchmark:
@@ -23,9 +25,11 @@ elif DATASET == "scaled":
         output:
             DATASET_OK,
         params:
-            root=ROOT,
+            root=lambda wildcards, output: folder_of(output[0]),
             fraction=config["scaled"]["fraction"],
             seed=config["scaled"]["seed"],
+        conda:
+            "../../envs/kge.yaml"
         log:
             f"{RESULTS}/logs/dataset.log",
         benchmark:
@@ -40,7 +44,9 @@ elif DATASET == "wikikg90mv2":
         output:
             DATASET_OK,
         params:
-            root=ROOT,
+            root=lambda wildcards, output: folder_of(output[0]),
+        conda:
+            "../../envs/kge.yaml"
         log:
             f"{RESULTS}/logs/dataset.log",
         benchmark:
@@ -56,12 +62,14 @@ else:
         output:
             DATASET_OK,
         params:
-            root=ROOT,
+            root=lambda wildcards, output: folder_of(output[0]),
             fmt=f"--format {config['import']['format']}" if config["import"].get("format") else "",
             optional=" ".join(
                 f"--{flag} {config['import'][key]}" for key, flag in (("test", "test"), ("entity_features", "entity-features"))
                 if config["import"].get(key)
             ),
+        conda:
+            "../../envs/kge.yaml"
         log:
             f"{RESULTS}/logs/dataset.log",
         benchmark:

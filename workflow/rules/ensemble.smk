@@ -11,12 +11,14 @@ rule ensemble:
         csv=f"{RESULTS}/ensemble/summary.csv",
     params:
         root=ROOT,
-        out=f"{RESULTS}/ensemble",
+        out=lambda wildcards, output: folder_of(output.ensemble),
         power=config["ensemble"]["power"],
         top_k=config["ensemble"]["top_k"],
         tune="--tune" if config["ensemble"]["tune_power"] else "",
         powers=" ".join(str(p) for p in config["ensemble"]["powers"]),
         exponents=" ".join(str(g) for g in config["ensemble"].get("weight_exponents", [0.0])),
+    conda:
+        "../../envs/kge.yaml"
     log:
         f"{RESULTS}/logs/ensemble.log",
     benchmark:
@@ -43,6 +45,8 @@ rule plots:
         families=report(f"{RESULTS}/plots/mrr_by_family.png", category="Ensemble", caption="../report/families.rst"),
     params:
         histories=expand(f"{RESULTS}/models/{{model}}/history.json", model=ENSEMBLE_MEMBERS),
+    conda:
+        "../../envs/kge.yaml"
     log:
         f"{RESULTS}/logs/plots.log",
     shell:
@@ -59,7 +63,9 @@ rule timing:
         figure=report(f"{RESULTS}/plots/timing.png", category="Timing", caption="../report/timing.rst"),
         table=report(f"{RESULTS}/plots/timing.md", category="Timing", caption="../report/timing.rst"),
     params:
-        benchmarks=f"{RESULTS}/benchmarks",
+        benchmarks=lambda wildcards, input: folder_of(input.benchmarks[0]),
+    conda:
+        "../../envs/kge.yaml"
     log:
         f"{RESULTS}/logs/timing.log",
     shell:

@@ -12,11 +12,13 @@ rule evaluate:
         arrays=f"{RESULTS}/evaluation/{{model}}.npz",
     params:
         root=ROOT,
-        shards=SHARDS,
+        shards=lambda wildcards, input: folder_of(input.shards),
         heads=EVALUATION["heads"],
         samples=f"--samples {EVALUATION['samples']}" if EVALUATION.get("samples") else "",
         top_k=EVALUATION["top_k"],
     threads: THREADS
+    conda:
+        "../../envs/kge.yaml"
     log:
         f"{RESULTS}/logs/evaluate/{{model}}.log",
     benchmark:
@@ -35,11 +37,13 @@ rule evaluation_summary:
         table=report(f"{RESULTS}/evaluation/summary.md", category="Evaluation", caption="../report/evaluation.rst"),
     params:
         root=ROOT,
-        out=f"{RESULTS}/evaluation",
+        out=lambda wildcards, output: folder_of(output.summary),
         powers=" ".join(str(p) for p in config["ensemble"]["powers"]),
         exponents=" ".join(str(g) for g in config["ensemble"].get("weight_exponents", [0.0])),
         power=config["ensemble"]["power"],
         tune="" if config["ensemble"]["tune_power"] else "--no-tune",
+    conda:
+        "../../envs/kge.yaml"
     log:
         f"{RESULTS}/logs/evaluation_summary.log",
     shell:

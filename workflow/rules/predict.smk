@@ -10,12 +10,14 @@ rule predict:
         metrics=f"{RESULTS}/predictions/{{model}}.json",
     params:
         root=ROOT,
-        shards=SHARDS,
+        shards=lambda wildcards, input: folder_of(input.shards),
         top_k=config["top_k"],
         launch=launch_prefix,
     threads: job_threads
     resources:
         **launch_resources("predict"),
+    conda:
+        "../../envs/kge.yaml"
     log:
         f"{RESULTS}/logs/predict/{{model}}.log",
     benchmark:

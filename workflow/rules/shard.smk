@@ -7,10 +7,12 @@ rule shard:
     output:
         f"{SHARDS}/shard_meta.json",
     params:
-        root=ROOT,
-        out=SHARDS,
+        root=lambda wildcards, input: folder_of(input[0]),
+        out=lambda wildcards, output: folder_of(output[0]),
         n_shards=config["shards"]["count"],
         seed=config["shards"]["seed"],
+    conda:
+        "../../envs/kge.yaml"
     log:
         f"{RESULTS}/logs/shard.log",
     benchmark:

@@ -10,9 +10,11 @@ rule submit:
         leaderboard=f"{RESULTS}/submission/leaderboard.txt",
     params:
         root=ROOT,
-        ensemble=f"{RESULTS}/ensemble",
-        out=f"{RESULTS}/submission",
+        ensemble=lambda wildcards, input: folder_of(input.ensemble),
+        out=lambda wildcards, output: folder_of(output.metadata),
         answers=f"--answers {ROOT}/mini-answers" if DATASET in ("mini", "scaled") else "",
+    conda:
+        "../../envs/kge.yaml"
     log:
         f"{RESULTS}/logs/submit.log",
     shell:

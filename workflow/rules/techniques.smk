@@ -1,23 +1,6 @@
 # The sibling papers' techniques as rules over any trained model (docs/techniques.md).
 # `snakemake techniques` runs every technique configured under `techniques:`; none is part of `all`.
-
-_QUANTISE = (config.get("techniques") or {}).get("quantise") or {}
-QUANTISE_MODELS = _QUANTISE.get("models") or []
-QUANTISE_VARIANTS = _QUANTISE.get("variants") or {}
-check_model_names("techniques.quantise.models", QUANTISE_MODELS)
-QUANTISED = f"{RESULTS}/techniques/quantise"
-
-
-def quantise_args(wildcards):
-    """kge quantise flags of one variant (table format and scaling, optional feature format)."""
-    variant = QUANTISE_VARIANTS[wildcards.variant]
-    args = f"--format {variant['table']} --scaling {variant.get('scaling', 'none')}"
-    if variant.get("features"):
-        args += f" --feature-format {variant['features']} --feature-scaling {variant.get('feature_scaling', 'none')}"
-    if variant.get("stochastic"):
-        args += f" --stochastic --seed {variant.get('seed', 0)}"
-    return args
-
+# What they run on (models, variants, studies, sweeps) and their input functions: rules/common.smk.
 
 if QUANTISE_VARIANTS:
 
@@ -32,9 +15,11 @@ if QUANTISE_VARIANTS:
         output:
             f"{QUANTISED}/{{model}}/{{variant}}/model.pt",
         params:
-            out=f"{QUANTISED}/{{model}}/{{variant}}",
-            shards=SHARDS,
+            out=lambda wildcards, output: folder_of(output[0]),
+            shards=lambda wildcards, input: folder_of(input.shards),
             args=quantise_args,
+        conda:
+            "../../envs/kge.yaml"
         log:
             f"{RESULTS}/logs/quantise/{{model}}.{{variant}}.log",
         benchmark:
@@ -52,9 +37,11 @@ if QUANTISE_VARIANTS:
             metrics=f"{QUANTISED}/{{model}}/{{variant}}/predictions.json",
         params:
             root=ROOT,
-            shards=SHARDS,
+            shards=lambda wildcards, input: folder_of(input.shards),
             top_k=config["top_k"],
         threads: THREADS
+        conda:
+            "../../envs/kge.yaml"
         log:
             f"{RESULTS}/logs/quantise/{{model}}.{{variant}}.predict.log",
         benchmark:
@@ -72,6 +59,8 @@ if QUANTISE_VARIANTS:
         output:
             table=report(f"{RESULTS}/techniques/quantise.md", category="Techniques", caption="../report/quantise.rst"),
             json=f"{RESULTS}/techniques/quantise.json",
+        conda:
+            "../../envs/kge.yaml"
         log:
             f"{RESULTS}/logs/quantise/report.log",
         shell:
@@ -80,28 +69,6 @@ if QUANTISE_VARIANTS:
 
 
 # ----- studies: variants of one model, trained and scored by the pipeline's own rules ----------
-import shlex
-
-from kge.techniques.studies import study_members, sweep_grid
-
-STUDIES = (config.get("techniques") or {}).get("studies") or {}
-SWEEPS = (config.get("techniques") or {}).get("sweeps") or {}
-STUDY_MEMBERS = {name: study_members(name, spec) for name, spec in STUDIES.items()}
-SWEEP_GRIDS = {name: sweep_grid(name, spec, MODEL_SETTINGS) for name, spec in SWEEPS.items()}
-
-
-def study_inputs(wildcards):
-    baseline, variants = STUDY_MEMBERS[wildcards.study]
-    return [f"{RESULTS}/predictions/{model}.json" for model in [baseline] + variants] + [
-        f"{RESULTS}/models/{model}/model.pt" for model in [baseline] + variants  # history.json is written with it
-    ]
-
-
-def study_args(wildcards):
-    baseline, variants = STUDY_MEMBERS[wildcards.study]
-    claim = STUDIES[wildcards.study].get("claim")
-    return f"--baseline {baseline} --variants {' '.join(variants)}" + (f" --claim {shlex.quote(claim)}" if claim else "")
-
 
 if STUDIES:
 
@@ -117,16 +84,14 @@ if STUDIES:
             json=f"{RESULTS}/techniques/{{study}}.json",
         params:
             args=study_args,
-            results=RESULTS,
+            results=lambda wildcards, output: folder_of(output.json, 2),
+        conda:
+            "../../envs/kge.yaml"
         log:
             f"{RESULTS}/logs/techniques/{{study}}.log",
         shell:
             "kge study-report --name {wildcards.study} {params.args} --results {params.results}"
             " --out {output.table} --json {output.json} 2> {log}"
-
-
-def sweep_inputs(wildcards):
-    return [f"{RESULTS}/predictions/{point['model']}.json" for point in SWEEP_GRIDS[wildcards.sweep]]
 
 
 if SWEEPS:
@@ -145,19 +110,14 @@ if SWEEPS:
         params:
             spec=lambda wildcards: json.dumps(SWEEPS[wildcards.sweep]),
             base=lambda wildcards: json.dumps(MODEL_SETTINGS[SWEEPS[wildcards.sweep]["base"]]),
-            results=RESULTS,
+            results=lambda wildcards, output: folder_of(output.json, 2),
+        conda:
+            "../../envs/kge.yaml"
         log:
             f"{RESULTS}/logs/techniques/{{sweep}}.log",
         shell:
             "kge sweep-report --name {wildcards.sweep} --spec {params.spec:q} --base-settings {params.base:q}"
             " --results {params.results} --out {output.table} --json {output.json} --plot {output.plot} 2> {log}"
-
-
-TECHNIQUE_TARGETS = (
-    ([f"{RESULTS}/techniques/quantise.md"] if QUANTISE_VARIANTS and QUANTISE_MODELS else [])
-    + [f"{RESULTS}/techniques/{name}.md" for name in STUDIES]
-    + [f"{RESULTS}/techniques/{name}.png" for name in SWEEPS]
-)
 
 
 rule techniques:

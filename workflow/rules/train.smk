@@ -13,8 +13,12 @@ rule model_config:
         f"{RESULTS}/models/{{model}}/config.json",
     params:
         settings=model_settings_json,
+    conda:
+        "../../envs/kge.yaml"
+    log:
+        f"{RESULTS}/logs/model_config/{{model}}.log",
     shell:
-        "kge config model --name {wildcards.model} --json {params.settings:q} --out {output}"
+        "kge config model --name {wildcards.model} --json {params.settings:q} --out {output} 2> {log}"
 
 
 rule train:
@@ -25,12 +29,14 @@ rule train:
         f"{RESULTS}/models/{{model}}/model.pt",
     params:
         root=ROOT,
-        shards=SHARDS,
-        out=f"{RESULTS}/models/{{model}}",
+        shards=lambda wildcards, input: folder_of(input.shards),
+        out=lambda wildcards, output: folder_of(output[0]),
         launch=launch_prefix,
     threads: job_threads
     resources:
         **launch_resources("train"),
+    conda:
+        "../../envs/kge.yaml"
     log:
         f"{RESULTS}/logs/train/{{model}}.log",
     benchmark:
