@@ -47,7 +47,7 @@ class ValidationCallback(Callback):
         if not self.due(end):
             return
         loop.losses.settle(end.step)  # a non-finite loss stops training before any evaluation
-        end.metrics = dict(end.metrics or {}, **self.evaluator(loop.trainer))
+        end.metrics = {**(end.metrics or {}), **self.evaluator(loop.trainer)}
 
 
 class HistoryCallback(Callback):
@@ -116,6 +116,7 @@ class ProgressFileCallback(Callback):
         self.every_seconds = every_seconds
         self.clock = clock
         self.last_write: float | None = None
+        self.session_start, self.session_first_step = 0.0, 0  # set when the steps start
 
     def before_steps(self, loop: TrainingLoop) -> None:
         self.session_start, self.session_first_step = self.clock(), loop.trainer.step

@@ -61,7 +61,14 @@ class TailsExchange:
 class DotTailsExchange(TailsExchange):
     """``exchange: tails`` with a dot-product scorer: the move only; the fused objective scores."""
 
-    def exchange_and_score(self, model, heads, relations, served_tails, unorder) -> DotOperands:
+    def exchange_and_score(
+        self,
+        model: KGEModel,
+        heads: torch.Tensor,
+        relations: torch.Tensor,
+        served_tails: torch.Tensor,
+        unorder: torch.Tensor | None,
+    ) -> DotOperands:
         """heads (B, d), relations (B,), served_tails (W, c, d) -> DotOperands((B, dq), (M, d))."""
         tails = self.tails(served_tails, unorder)  # moved first, as the other strategies order it
         return DotOperands(model.query(heads, relations), tails)
