@@ -6,6 +6,10 @@ negatives from each shard j; the tails it needs travel from their owners in one 
 ``exchange: scores``, its queries are all-gathered and the owners send back scores). Dense
 parameters are replicated; their gradients are summed across workers with one all-reduce.
 
+``Trainer`` builds one worker's state, chooses its exchange strategy and objective once, and
+saves and resumes it; the step's phases are ``kge.train.step.StepPhases``. ``train`` runs the
+loop of ``kge.train.loop`` with the callbacks of ``kge.train.callbacks``.
+
 Every step seeds its own generators from (seed, step, rank), so a run resumed from a checkpoint
 draws the same batches and dropout masks as an uninterrupted run and ends with identical parameters.
 
@@ -16,25 +20,21 @@ steps each owned row prunes and regrows blocks; each shard's mask is part of its
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from kge.bess.features import FeatureStore
-from kge.bess.partition import Partition, locate_rows, owned_shards
-from kge.bess.sampling import Batch, BessSampler
+from kge.bess.partition import Partition, owned_shards
+from kge.bess.sampling import BessSampler
 from kge.bess.shard import read_shard_meta
 from kge.common import atomic
 from kge.common.errors import KgeInputError
-from kge.config import adversarial_scale, config_hash, negatives_at, negatives_per_step
+from kge.config import config_hash, negatives_per_step
 from kge.dist.comm import LocalComm
 from kge.dist.device import resolve_device
 from kge.nn import losses
@@ -42,48 +42,34 @@ from kge.nn.model import KGEModel, init_entity_rows
 from kge.table import sparsity
 from kge.table.footprint import bytes_per_entity
 from kge.table.sparse_adam import SparseRowAdam
-from kge.train import checkpoint, subspace
+from kge.train import checkpoint
+from kge.train.callbacks import PROGRESS_SECONDS, training_callbacks
+from kge.train.exchange import make_exchange
+from kge.train.loop import TrainingLoop
+from kge.train.objective import Penalties, make_objective
+from kge.train.schedule import learning_rate, step_seed
+from kge.train.step import Prepared, StepPhases, check_loss
+from kge.train.timing import STEP_BUCKETS, PhaseTimer
 
 MODEL_NAME, HISTORY_NAME, PROGRESS_NAME = checkpoint.MODEL_NAME, checkpoint.HISTORY_NAME, checkpoint.PROGRESS_NAME
-PROGRESS_SECONDS = 10.0
+# Names importers had from this module before the step, the loop and its callbacks moved out of it.
+__all__ = [
+    "HISTORY_NAME",
+    "MODEL_NAME",
+    "PROGRESS_NAME",
+    "PROGRESS_SECONDS",
+    "Prepared",
+    "Trainer",
+    "check_loss",
+    "learning_rate",
+    "step_seed",
+    "train",
+]
 
 
-def step_seed(seed: int, step: int, rank: int = 0) -> int:
-    """Seed of worker ``rank``'s generators at ``step`` (rank 0 of 1 is the single-worker run)."""
-    return (seed * 1_000_003 + step * 7_919 + 12_345 + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
-
-
-class Prepared(NamedTuple):
-    """One step's parameter-free work (``Trainer._prepare``)."""
-
-    step: int
-    negatives: int  # this step's shared negatives N
-    batch: Batch
-    head_local: torch.Tensor  # (B,) the heads' local rows (all ours)
-    requests: torch.Tensor  # (W, c) the local rows asked of each worker, owner-grouped
-    unorder: torch.Tensor | None  # (M,) owner-grouped -> batch column order; None with one worker
-    false_negatives: tuple | None
-    unique: tuple | None  # one worker: torch.unique(local rows, return_inverse=True)
-    features: torch.Tensor | None  # one worker with features: the local rows' features
-
-
-def check_loss(loss: torch.Tensor | float, step: int) -> float:
-    """The loss as a float; FloatingPointError if it is not finite (``step``: the steps done)."""
-    value = float(loss)
-    if not math.isfinite(value):
-        raise FloatingPointError(f"loss became {value} at step {step}; lower learning_rate")
-    return value
-
-
-def learning_rate(config: dict, step: int) -> float:
-    """Base learning rate at ``step`` (0-based): linear decay to 0 at the last step, or constant."""
-    if config["lr_decay"] == "linear":
-        return config["learning_rate"] * (1.0 - step / config["steps"])
-    return config["learning_rate"]
-
-
-class Trainer:
-    """One worker's model rows, optimisers, sampler and feature store (``comm`` None = the only worker)."""
+class Trainer(StepPhases):
+    """One worker's model rows, optimisers, sampler and feature store (``comm`` None = the only worker),
+    with its exchange strategy and objective; ``train_step`` runs one step (``StepPhases``)."""
 
     def __init__(self, config: dict, shard_dir: str | Path, model_dir: str | Path, comm=None):
         self.config = config
@@ -148,8 +134,7 @@ class Trainer:
         )
         self.step = 0
         # Wall time per phase of train_step, for `kge bench`; "exchange" is waiting on collectives.
-        self.phase_seconds = {"sample": 0.0, "gather": 0.0, "compute": 0.0, "exchange": 0.0, "optimizer": 0.0}
-        self._phase_start = 0.0
+        self.timer = PhaseTimer(STEP_BUCKETS, self.device)
         self.history: list[dict] = []
         self.train_seconds = 0.0
         self.hash = config_hash(config)
@@ -161,6 +146,10 @@ class Trainer:
             n: losses.sampling_correction(self.num_entities, n, config["loss"]["correction_weight"])
             for n in {self.negatives, small or self.negatives}
         }
+        # How the scores come together and what loss they feed: decided here, once, not per step.
+        self.exchange = make_exchange(config, self.model, self.comm)
+        self.objective = make_objective(config, self.model)
+        self.penalties = Penalties(config["regularisation"])
         self.last_step: dict = {}  # the last step's indices, for parity checks and debugging
         # Step t + 1's sampling and id routing run in a background thread while step t computes.
         self._prefetch = os.environ.get("KGE_PREFETCH", "1") != "0"
@@ -170,235 +159,6 @@ class Trainer:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    # ----- one step -------------------------------------------------------------------------
-    def _phase(self, name: str | None) -> None:
-        """Charge the time since the last mark to phase ``name`` (None only starts the clock)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # kernels run asynchronously; time what ran
-        now = time.perf_counter()
-        if name is not None:
-            self.phase_seconds[name] += now - self._phase_start
-        self._phase_start = now
-
-    def _prepare(self, step: int) -> Prepared:
-        """Everything of ``step`` that needs no collective and no parameter: the batch (seeded by
-        (seed, step, rank) alone), its rows' owners and local rows, the false-negative pairs and,
-        with one worker (whose requests are its own rows), the unique rows and their features.
-        Pure in ``step``: run ahead in the prefetch thread or inline, it gives the same tensors."""
-        config, W, S = self.config, self.world_size, self.shard_size
-        n_negatives = negatives_at(config, self.n_shards, step)
-        batch = self.sampler.sample(
-            torch.Generator().manual_seed(step_seed(config["seed"], step, self.rank)), n_negatives
-        )
-        _, head_local = locate_rows(self.partition.row_of(batch.head), S, W)  # heads are all ours
-        columns = torch.cat([batch.tail, batch.negatives])
-        owner, target_local = locate_rows(self.partition.row_of(columns), S, W)
-        M = owner.shape[0]
-        # Columns grouped by owner: (W, c); one worker owns them all, in batch order already.
-        order = None if W == 1 else torch.argsort(owner, stable=True)
-        unorder = None if W == 1 else torch.argsort(order)  # back from owner-grouped to batch order
-        requests = (target_local if order is None else target_local[order]).view(W, M // W)
-        # Columns (in batch order, both exchanges) holding query b's own tail id again: not its
-        # negatives. A sparse (rows, cols) list, found on the CPU ids; None with the switch off.
-        false_negatives = None
-        if config["loss"]["mask_false_negatives"]:
-            false_negatives = losses.false_negative_pairs(batch.tail, columns)
-        unique = features = None
-        if W == 1:  # served == requests: the rows to gather are known before any exchange
-            local_rows = torch.cat([head_local, requests.reshape(-1)])
-            unique = torch.unique(local_rows, return_inverse=True)
-            if self.model.use_features:
-                features = self.features.gather(local_rows)
-        return Prepared(step, n_negatives, batch, head_local, requests, unorder, false_negatives, unique, features)
-
-    def _prepared(self) -> Prepared:
-        """This step's ``_prepare``, from the prefetch thread when it ran ahead; queues the next step.
-
-        Only the step's index selects the work, so a resume (which moves ``self.step``) discards a
-        stale prefetch and prepares inline. ``KGE_PREFETCH=0`` in the environment: always inline."""
-        ahead = self._ahead
-        self._ahead = None
-        prepared = None
-        if ahead is not None and ahead[0] == self.step:
-            prepared = ahead[1].result()
-        elif ahead is not None:
-            ahead[1].cancel()
-        if prepared is None:
-            prepared = self._prepare(self.step)
-        if self._prefetch:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kge-prefetch")
-            self._ahead = (self.step + 1, self._executor.submit(self._prepare, self.step + 1))
-        return prepared
-
-    def close(self) -> None:
-        """Stop the prefetch thread (the trainer stays usable: a later step prepares inline and
-        starts a new one)."""
-        if self._ahead is not None:
-            self._ahead[1].cancel()
-            self._ahead = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-
-    def _seed_dropout(self, seed: int) -> None:
-        """The step's dropout masks: the default generator of the training device, seeded as
-        torch.manual_seed(seed) seeds it. (torch.manual_seed itself also queues a lazy seed call per
-        uninitialised accelerator backend, each formatting a stack trace: ~0.4 ms a step on CPU,
-        and a queue that grows every step.)"""
-        torch.random.default_generator.manual_seed(seed)
-        if self.device.type == "cuda":
-            torch.cuda.manual_seed(seed)  # the current device's generator, as torch.manual_seed seeds it
-
-    def train_step(self, sync: bool = True) -> float | torch.Tensor:
-        """One BESS step; returns the loss summed over workers' queries / W (the same on every worker).
-
-        ``sync=False`` returns the loss as a 0-d tensor on the device, unchecked, so the step ends
-        without waiting for the device (the caller checks it with ``check_loss`` when it reads it).
-
-        Shapes: B triples and N shared negatives per worker, M = B + N target columns, of which
-        c = M / W live on each worker (equal by construction of the sampler).
-        """
-        config, model, comm, device = self.config, self.model, self.comm, self.device
-        W = self.world_size
-        self._phase(None)
-        seed = step_seed(config["seed"], self.step, self.rank)
-        prepared = self._prepared()
-        batch, head_local, false_negatives = prepared.batch, prepared.head_local, prepared.false_negatives
-        correction = self.corrections[prepared.negatives]
-        self._phase("sample")
-        self._seed_dropout(seed)  # dropout masks
-        B = batch.head.shape[0]
-        M = prepared.requests.numel()
-        served = comm.all_to_all_ints(prepared.requests.to(device)).cpu()  # (W, c): our rows each worker needs
-        self.last_step = {"batch": batch, "served": served}
-        self._phase("exchange")
-        local_rows = torch.cat([head_local, served.reshape(-1)])
-        unique_rows, inverse = (
-            prepared.unique if prepared.unique is not None else torch.unique(local_rows, return_inverse=True)
-        )
-        unique_rows = unique_rows.to(device)
-        embedding_rows = model.entity_table.index_select(0, unique_rows).float().requires_grad_(True)
-        inverse = inverse.to(device)
-        # Heads and tails gathered apart: backward is two index_add_ into the rows' gradient, not
-        # slice gradients zero-filled to (B + M, d) and summed.
-        head_s = embedding_rows.index_select(0, inverse[:B])
-        tail_s = embedding_rows.index_select(0, inverse[B:])
-        features = None
-        if model.use_features:
-            features = (prepared.features if prepared.features is not None else self.features.gather(local_rows)).to(
-                device
-            )
-        self._phase("gather")
-        head_e, head_f = model.encode(head_s, None if features is None else features[:B], "head")
-        # Tails are encoded where they live: (W * c, d), block u = the tails worker u asked for.
-        tail_e, tail_f = model.encode(tail_s, None if features is None else features[B:], "tail")
-        relations = batch.relation.to(device)
-        served_tails = tail_e.view(W, M // W, -1)
-        # Back from owner-grouped to batch column order (one worker: already in order).
-        unorder = None if prepared.unorder is None else prepared.unorder.to(device)
-        loss_cfg = config["loss"]
-        adversarial = adversarial_scale(loss_cfg)
-        fused = model.scorer.dot  # scores = query @ tails.T: the matmul and the loss in one function
-        self.last_step["false_negatives"] = false_negatives
-        loss = scores = None
-        if config["exchange"] == "tails":
-            received = comm.all_to_all(served_tails).reshape(M, -1)  # (M, d) in owner-grouped order
-            if unorder is not None:
-                received = received.index_select(0, unorder)
-            if fused and loss_cfg["type"] == "softmax":  # dot-product scores: matmuls and loss in one function
-                loss = losses.dot_softmax_loss(
-                    model.query(head_e, relations),
-                    received,
-                    correction,
-                    loss_cfg["in_batch_negatives"],
-                    false_negatives,
-                )
-            elif fused:
-                loss = losses.dot_logsigmoid_loss(
-                    model.query(head_e, relations),
-                    received,
-                    adversarial,
-                    loss_cfg["positive_weight"],
-                    loss_cfg["negative_weight"],
-                    loss_cfg["in_batch_negatives"],
-                    false_negatives,
-                )
-            else:
-                scores = model.scores(head_e, relations, received)  # (B, B + N)
-        else:
-            queries = comm.all_gather(model.query(head_e, relations))  # (W, B, d)
-            query_relations = comm.all_gather_ints(relations)  # (W, B)
-            served_scores = torch.stack(
-                [model.score_queries(queries[u], query_relations[u], served_tails[u]) for u in range(W)]
-            )
-            received = comm.all_to_all(served_scores)  # (W, B, c): our queries against worker v's tails
-            scores = received.permute(1, 0, 2).reshape(B, M)
-            if unorder is not None:
-                scores = scores[:, unorder]
-        if loss is None and loss_cfg["type"] == "softmax":
-            # One softmax pass over (B, M); the correction only on the shared negatives.
-            loss = losses.batch_softmax_loss(scores, correction, loss_cfg["in_batch_negatives"], false_negatives)
-        elif loss is None:
-            # Closed-form gradient of the self-adversarial log-sigmoid (equal to losses.logsigmoid_loss
-            # with the diagonal, in-batch columns if off, and false negatives masked).
-            loss = losses.batch_logsigmoid_loss(
-                scores,
-                adversarial,
-                loss_cfg["positive_weight"],
-                loss_cfg["negative_weight"],
-                loss_cfg["in_batch_negatives"],
-                false_negatives,
-            )
-        # Penalties on heads here and on tails where they are encoded: summed over workers this is
-        # every worker's (heads, tails, negatives), as in one process.
-        reg = config["regularisation"]
-        for key, tensors in (
-            ("entity", [head_e, tail_e]),
-            ("embedding", [head_s, tail_s]),
-            ("feature", [head_f, tail_f]),
-        ):
-            if reg[key]["weight"] > 0:
-                loss = loss + losses.l3_penalty(tensors, reg[key]["weight"], reg[key]["power"])
-        self.dense_optimizer.zero_grad(set_to_none=True)
-        # The objective is the mean over workers: each backpropagates loss / W, dense gradients are summed.
-        (loss * (self.loss_scale / W)).backward()
-        self._phase("compute")
-        for p in self.dense_params:
-            if p.grad is None:  # every worker must contribute the same tensors to the all-reduce
-                p.grad = torch.zeros_like(p)
-        loss_sum = loss.detach().reshape(1) / W
-        # BatchNorm running statistics (none by default) were updated by each worker's own batches:
-        # averaged in the same all-reduce, so every replica keeps the same buffers.
-        running_stats = model.running_statistics()
-        comm.all_reduce_([p.grad for p in self.dense_params] + [loss_sum] + running_stats)
-        if W > 1:
-            for buffer in running_stats:
-                buffer.div_(W)
-        self._phase("exchange")
-        # Random-subspace optimisation: P P^T g with P drawn from (seed, step, tensor), alike on every worker.
-        subspace.project_gradients_(self.dense_params, config["subspace"]["dim"], config["seed"], self.step)
-        lr = learning_rate(config, self.step)
-        for group in self.dense_optimizer.param_groups:
-            group["lr"] = lr * group["lr_modifier"]
-        self.dense_optimizer.step()
-        rounding = torch.Generator(device=device).manual_seed(seed) if config["stochastic_rounding"] else None
-        entity_grad = embedding_rows.grad
-        if self.sparsity is not None:  # zero gradient, zero m and v: inactive blocks get a zero update
-            entity_grad = self.sparsity.mask_gradient(unique_rows, entity_grad)
-        self.entity_optimizer.step(
-            unique_rows, entity_grad, lr * config["lr_modifiers"]["entity_embedding"], generator=rounding
-        )
-        if self.sparsity is not None and self.sparsity.event_due(self.step + 1):
-            self.sparsity.prune_and_regrow_(
-                self.step + 1, self.entity_optimizer.table, sparsity.optimizer_state_tensors(self.entity_optimizer)
-            )
-        self._phase("optimizer")
-        self.step += 1
-        if not sync:
-            return loss_sum.reshape(())
-        return check_loss(loss_sum, self.step)
 
     # ----- checkpoints ----------------------------------------------------------------------
     def _shard_rows(self, k: int) -> slice:
@@ -522,97 +282,10 @@ def train(
 
     ``evaluator(trainer) -> dict`` is called (on every worker) every ``validate_every`` steps and
     at the end; its metrics (e.g. train and validation MRR) are appended to the history with the
-    mean loss. ``comm`` is this worker's communicator (None: the only worker).
+    mean loss. ``comm`` is this worker's communicator (None: the only worker). Returns model.pt's
+    contents. The loop and what it does between steps: ``kge.train.loop``, ``kge.train.callbacks``.
     """
     trainer = Trainer(config, shard_dir, model_dir, comm)
     trainer.model_dir.mkdir(parents=True, exist_ok=True)
     trainer.try_resume()
-    total = config["steps"]
-    last_save = time.monotonic()
-    running: list[float] = []
-    bar = tqdm(
-        total=total,
-        initial=trainer.step,
-        desc=f"train {config['score_fn']}",
-        unit="step",
-        disable=not progress or not trainer.is_main,
-        mininterval=2.0,
-    )
-    log_every = max(1, min(100, total // 20))
-    session_start, session_first_step, last_progress = time.monotonic(), trainer.step, 0.0
-
-    def write_progress(state: str) -> None:
-        """model_dir/progress.json (rank 0, atomically): step, rate, ETA, last loss and MRRs."""
-        elapsed = time.monotonic() - session_start
-        rate = (trainer.step - session_first_step) / elapsed if elapsed > 0 else 0.0
-        last = trainer.history[-1] if trainer.history else {}
-        mrrs = [h for h in trainer.history if "valid_mrr" in h]
-        atomic.save_json(
-            trainer.model_dir / PROGRESS_NAME,
-            {
-                "state": state,
-                "step": trainer.step,
-                "steps": total,
-                "steps_per_second": rate,
-                "eta_seconds": (total - trainer.step) / rate if rate > 0 else None,
-                "loss": last.get("loss"),
-                "valid_mrr": mrrs[-1]["valid_mrr"] if mrrs else None,
-                "train_seconds": trainer.train_seconds,
-                "workers": trainer.world_size,
-                "updated": time.time(),
-            },
-        )
-
-    def settle() -> None:
-        """Read the losses since the last entry from the device, once, and check each (the step
-        that went non-finite is named as it would have been at once); before any log or save."""
-        pending = [k for k, value in enumerate(running) if torch.is_tensor(value)]
-        if not pending:
-            return
-        values = torch.stack([running[k] for k in pending]).cpu().tolist()
-        first = trainer.step - len(running) + 1
-        for k, value in zip(pending, values):
-            running[k] = check_loss(value, first + k)
-
-    try:
-        while trainer.step < total:
-            start = time.perf_counter()
-            running.append(trainer.train_step(sync=False))  # no host-device sync: read when logged
-            trainer.train_seconds += time.perf_counter() - start
-            bar.update(1)
-            done = trainer.step == total
-            every = config["validate_every"]
-            evaluate = evaluator is not None and (done or (every and trainer.step % every == 0))
-            if trainer.step % log_every == 0 or done or evaluate:
-                settle()
-                entry = {
-                    "step": trainer.step,
-                    "loss": float(np.mean(running)),
-                    "lr": learning_rate(config, trainer.step - 1),
-                }
-                if config["two_phase"]["fraction"] > 0:  # which pool the last step drew from
-                    entry["negatives"] = negatives_at(config, trainer.n_shards, trainer.step - 1)
-                running.clear()
-                if evaluate:
-                    entry.update(evaluator(trainer))
-                trainer.history.append(entry)
-                bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "step"})
-            if trainer.is_main and time.monotonic() - last_progress > PROGRESS_SECONDS:
-                write_progress("training")
-                last_progress = time.monotonic()
-            due = (
-                trainer.step % config["checkpoint_every"] == 0
-                or time.monotonic() - last_save > config["checkpoint_seconds"]
-            )
-            # Every worker must take the same decision (the save has barriers): rank 0's clock decides.
-            if not done and trainer.comm.broadcast_flag(due):
-                settle()  # never checkpoint parameters that a non-finite loss has reached
-                trainer.save_checkpoint()
-                last_save = time.monotonic()
-    finally:
-        trainer.close()
-    bar.close()
-    final = trainer.save_final()
-    if trainer.is_main:
-        write_progress("done")
-    return final
+    return TrainingLoop(trainer, config["steps"], training_callbacks(trainer, evaluator, progress)).run()
