@@ -131,17 +131,17 @@ def _close(a, b, what, atol=2e-6):
     torch.testing.assert_close(a, b, rtol=2e-5, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
-def _check(configs, per_rank, shard_dir):
+def _check(configs, per_rank, shard_dir, expansion_atol=1e-5):
     failures = []
     for n in range(len(configs)):
         try:
-            _check_one(n, configs, per_rank, shard_dir)
+            _check_one(n, configs, per_rank, shard_dir, expansion_atol)
         except AssertionError as err:
             failures.append(" ".join(str(err).splitlines()[:4]))
     assert not failures, "\n".join(failures)
 
 
-def _check_one(n, configs, per_rank, shard_dir):
+def _check_one(n, configs, per_rank, shard_dir, expansion_atol=1e-5):
     from kge.bess.partition import Partition
 
     S = Partition.load(shard_dir / "partition.npz").shard_size
@@ -167,17 +167,23 @@ def _check_one(n, configs, per_rank, shard_dir):
                     assert torch.equal(rec["mask"][k * S : (k + 1) * S], ref["mask"][shard * S : (shard + 1) * S]), (
                         f"{name} mask of shard {shard}"
                     )
+            # atol 1e-5 = 2e-4 of one Adam step (lr 0.05): an L1 coordinate at |q - t| ~ 1e-7 may
+            # take the other subgradient sign after a different summation order. The fused L2
+            # distance of TransE/RotatE (sqrt(|q|^2 + |t|^2 - 2 q.t), kge/nn/fused_distance.py) loses
+            # digits to cancellation where a query sits near a tail: its gradients agree within the
+            # 2e-6 above, but Adam (eps 1e-4) turns a near-zero element's rounding into up to 1e-3 of
+            # a step: test_two_workers_match_reference allows 5e-5 for those two (measured: 2.3e-5 after two steps).
+            expansion = config["distance"] == 2 and config["score_fn"] in ("transe", "rotate")
+            param_atol = expansion_atol if expansion else 1e-5
             for k, shard in enumerate(rec["owned"]):
-                # atol 1e-5 = 2e-4 of one Adam step (lr 0.05): an L1 coordinate at |q - t| ~ 1e-7 may
-                # take the other subgradient sign after a different summation order.
                 _close(
                     rec["table"][k * S : (k + 1) * S],
                     ref["table"][shard * S : (shard + 1) * S],
                     f"{name} rows of shard {shard}",
-                    atol=1e-5,
+                    atol=param_atol,
                 )
             for key, value in ref["dense"].items():
-                _close(rec["dense"][key], value, f"{name} dense {key}", atol=1e-5)
+                _close(rec["dense"][key], value, f"{name} dense {key}", atol=param_atol)
         # The step really moved rows: the check above is not comparing two initial tables.
         assert ref["table"].abs().sum() > 0
 
@@ -240,7 +246,7 @@ def shards4(mini_root, tmp_path_factory):
 
 def test_two_workers_match_reference(mini_shards, tmp_path):
     configs = _configs(2, score_fns=SCORE_FNS + MORE_DISTANCES) + [_sparse_config(2)]
-    _check(configs, _run(tmp_path, mini_shards, 2, configs), mini_shards)
+    _check(configs, _run(tmp_path, mini_shards, 2, configs), mini_shards, expansion_atol=5e-5)
 
 
 @pytest.mark.parametrize("workers", [2, 4])
