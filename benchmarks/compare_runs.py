@@ -45,6 +45,13 @@ for pa in sorted((a / "models").glob("*/model.pt")):
             checked += 1
             if not torch.equal(v, tb["dense"][k]):
                 problems.append(f"{pa.parent.name} dense {k} differs")
+
+
+def strip(history):
+    """A history without its wall-clock fields."""
+    return [{k: v for k, v in r.items() if "second" not in k and "time" not in k and k != "created"} for r in history]
+
+
 for pa in sorted((a / "models").glob("*/model.pt")):
     ha = torch.load(pa, weights_only=False)["history"]
     hb = torch.load(b / pa.relative_to(a), weights_only=False)["history"]
