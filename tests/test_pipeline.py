@@ -162,7 +162,7 @@ def test_pipeline_writes_valid_submission(tmp_path):
     sweep = json.loads((results / "techniques" / "sweep.json").read_text())
     assert len(sweep["valid_mrr"]) == 2 and set(sweep["bands"]) == {"128"}
     assert (results / "techniques" / "sweep.png").stat().st_size > 0
-    assert {row["variant"] for row in json.loads((results / "techniques" / "quantize.json").read_text())} == {
+    assert {row["variant"] for row in json.loads((results / "techniques" / "quantise.json").read_text())} == {
         "e4m3_row"
     }
     assert json.loads((results / "ensemble" / "summary.json").read_text()) == summary
