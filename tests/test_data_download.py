@@ -155,12 +155,12 @@ def test_checksum_mismatch(tmp_path):
 
 
 def test_unreachable(tmp_path):
-    with socket.socket() as s:  # a port nobody listens on
+    with socket.socket() as s:  # a port nobody listens on, held (bound, never listening) so no one else takes it
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/wikikg90m-v2.zip"
-    with pytest.raises(KgeInputError, match="cannot reach .*no network\\? Download the zip by hand") as info:
-        download_wikikg90mv2(tmp_path, url=url, timeout=5)
+        url = f"http://127.0.0.1:{port}/wikikg90m-v2.zip"
+        with pytest.raises(KgeInputError, match="cannot reach .*no network\\? Download the zip by hand") as info:
+            download_wikikg90mv2(tmp_path, url=url, timeout=5)
     assert "\n" not in str(info.value) and str(tmp_path / "wikikg90m-v2.zip") in str(info.value)
 
 

@@ -5,62 +5,26 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, load_test_config, write_config
 
-MODELS = {
-    "transe": {"score_fn": "transe", "distance": 1, "loss": {"type": "softmax"}},
-    "transh": {"score_fn": "transh", "distance": 2, "loss": {"type": "logsigmoid", "adversarial_scale": 2.0}},
-    "rotate": {"score_fn": "rotate", "distance": 2, "loss": {"type": "logsigmoid", "adversarial_scale": 4.0}},
-    # Two BESS workers each (torchrun, gloo): one moving tails, one moving scores.
-    "distmult": {"score_fn": "distmult", "loss": {"type": "softmax"}, "workers": 2},
-    "complex": {"score_fn": "complex", "loss": {"type": "softmax"}, "workers": 2, "exchange": "scores"},
-}
+# The configurations are files in .test/pipeline/ (and .test/import/): the end-to-end run is
+# config.yaml + pipeline/config.yaml + pipeline/techniques.yaml, written into the run's directory
+# with its own data and results paths.
+BASE = load_test_config("pipeline/config.yaml")
+MODELS = BASE["models"]
+TECHNIQUES = load_test_config("pipeline/techniques.yaml")["techniques"]
 
 
-# One study of transe (one worker, so no torchrun per job), a 1 x 2 sweep of it (one point is
-# transe itself) and one quantized format, run by `snakemake techniques`.
-TECHNIQUES = {
-    "studies": {
-        "mix": {
-            "base": "transe",
-            "variants": {
-                "two_phase": {"two_phase": {"fraction": 0.5, "negatives": 32}},
-                "sparse": {"dim": 64, "sparsity": {"density": 0.5, "block": 16, "every": 5}},
-            },
-        }
-    },
-    "sweeps": {"sweep": {"base": "transe", "batch_sizes": [128], "learning_rates": [0.01, 0.02], "scaling": "linear"}},
-    "quantise": {"models": ["transe"], "variants": {"e4m3_row": {"table": "float8_e4m3fn", "scaling": "row"}}},
-}
-
-
-def _config(tmp_path, **extra):
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg.update(
-        data_dir=str(tmp_path / "data"),
-        results_dir=str(tmp_path / "results"),
-        mini={"seed": 0, "scale": 0.1},
-        models=MODELS,
-        model_defaults={
-            "dim": 32,
-            "batch_size": 128,
-            "negatives": 128,
-            "steps": 60,
-            "learning_rate": 0.01,
-            "validate_every": 30,
-            "validate_queries": 200,
-            "gamma": 8.0,
-            "loss": {"in_batch_negatives": False},
-        },
-    )
-    cfg.update(extra)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def _config(tmp_path, *layers: dict, **extra):
+    """config.yaml, then pipeline/config.yaml, then ``layers`` and ``extra`` (each top-level key
+    replaces config.yaml's), with data and results in ``tmp_path``."""
+    paths = {"data_dir": str(tmp_path / "data"), "results_dir": str(tmp_path / "results")}
+    return write_config(tmp_path / "config.yaml", BASE, *layers, extra, paths)
 
 
 def _snakemake(tmp_path, config_path, *args):
@@ -84,22 +48,53 @@ def _snakemake(tmp_path, config_path, *args):
     )
 
 
-@pytest.mark.timeout(900)
-def test_pipeline_writes_valid_submission(tmp_path):
-    from ogb.lsc import WikiKG90Mv2Evaluator
+# ----- the end-to-end run: one Snakemake run, several tests on its results -----------------------
+# The tests below share the session fixtures `pipeline` and `pipeline_techniques`; the xdist group
+# keeps them on one worker (each worker would otherwise run the pipeline itself). None depends on
+# the order they run in: the techniques run leaves everything of `snakemake all` as it was.
+end_to_end = pytest.mark.xdist_group("pipeline")
 
-    config_path = _config(tmp_path, techniques=TECHNIQUES)
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """`snakemake` (rule all) on the 0.1-scale miniature, through to the submission files -> the run
+    directory and the ensemble summary as it was right after the run."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    config_path = _config(tmp_path, {"techniques": TECHNIQUES})
     run = _snakemake(tmp_path, config_path)
     assert run.returncode == 0, run.stderr[-4000:]
-    results = tmp_path / "results"
+    summary = json.loads((tmp_path / "results" / "ensemble" / "summary.json").read_text())
+    return SimpleNamespace(dir=tmp_path, config=config_path, results=tmp_path / "results", summary=summary)
+
+
+@pytest.fixture(scope="session")
+def pipeline_techniques(pipeline):
+    """`snakemake techniques` after the run: a study, a sweep and quantisation train and score through
+    the pipeline's own rules, beside the ensemble, not in it."""
+    techniques = _snakemake(pipeline.dir, pipeline.config, "techniques")
+    assert techniques.returncode == 0, techniques.stderr[-4000:]
+    return pipeline
+
+
+@end_to_end
+@pytest.mark.timeout(900)
+def test_pipeline_writes_valid_submission(pipeline):
+    from ogb.lsc import WikiKG90Mv2Evaluator
+
+    results = pipeline.results
     evaluator = WikiKG90Mv2Evaluator()
     for mode, rows in (("test-dev", 15000), ("test-challenge", 10000)):
         t_pred = np.load(results / "submission" / f"t_pred_wikikg90m-v2_{mode}.npz")["t_pred_top10"]
         assert t_pred.shape == (rows, 10) and t_pred.dtype == np.int32
         assert t_pred.min() >= 0
         # ogb's own writer accepts it again unchanged (shape, duplicates).
-        evaluator.save_test_submission({"h,r->t": {"t_pred_top10": t_pred}}, str(tmp_path / "recheck"), mode)
-    summary = json.loads((results / "ensemble" / "summary.json").read_text())
+        evaluator.save_test_submission({"h,r->t": {"t_pred_top10": t_pred}}, str(pipeline.dir / "recheck"), mode)
+
+
+@end_to_end
+@pytest.mark.timeout(900)
+def test_pipeline_ensemble_summary_and_metadata(pipeline):
+    results, summary = pipeline.results, pipeline.summary
     assert {m["model"] for m in summary["members"]} == set(MODELS)
     assert sorted(c["added"] for c in summary["greedy_curve"]) == sorted(MODELS)
     assert summary["greedy_curve"][-1]["valid_mrr"] == pytest.approx(summary["ensemble_heldout_mrr"])
@@ -119,26 +114,39 @@ def test_pipeline_writes_valid_submission(tmp_path):
         "test-dev_mrr",
     ):
         assert key in metadata
-    assert (results / "plots" / "training_curves.png").stat().st_size > 0
-    assert sorted(p.stem for p in (results / "plots" / "models").glob("*.png")) == sorted(MODELS)  # one curve per model
-    assert (results / "plots" / "mrr_by_family.png").stat().st_size > 0
-    timing = (results / "plots" / "timing.md").read_text()
-    for rule, jobs in (("train", len(MODELS)), ("predict", len(MODELS)), ("ensemble", 1), ("shard", 1)):
-        assert f"| {rule} | {jobs} |" in timing, timing
     leaderboard = (results / "submission" / "leaderboard.txt").read_text()
     assert (
         f"Validation MRR: {metadata['validation_mrr']:.4f}" in leaderboard
         and metadata["versions"]["snakemake"] in leaderboard
     )
 
-    # Nothing left to do: a second run plans no job.
-    again = _snakemake(tmp_path, config_path, "-n")
+
+@end_to_end
+@pytest.mark.timeout(900)
+def test_pipeline_plots_and_timing(pipeline):
+    results = pipeline.results
+    assert (results / "plots" / "training_curves.png").stat().st_size > 0
+    assert sorted(p.stem for p in (results / "plots" / "models").glob("*.png")) == sorted(MODELS)  # one curve per model
+    assert (results / "plots" / "mrr_by_family.png").stat().st_size > 0
+    timing = (results / "plots" / "timing.md").read_text()
+    for rule, jobs in (("train", len(MODELS)), ("predict", len(MODELS)), ("ensemble", 1), ("shard", 1)):
+        assert f"| {rule} | {jobs} |" in timing, timing
+
+
+@end_to_end
+@pytest.mark.timeout(900)
+def test_pipeline_second_run_plans_nothing(pipeline):
+    again = _snakemake(pipeline.dir, pipeline.config, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
-    # The HTML report holds every registered figure and table.
-    report = _snakemake(tmp_path, config_path, "--report", str(tmp_path / "report.html"))
+
+@end_to_end
+@pytest.mark.timeout(900)
+def test_pipeline_html_report_holds_every_figure_and_table(pipeline):
+    report_path = pipeline.dir / "report.html"
+    report = _snakemake(pipeline.dir, pipeline.config, "--report", str(report_path))
     assert report.returncode == 0, report.stderr[-3000:]
-    html = (tmp_path / "report.html").read_text()
+    html = report_path.read_text()
     for name in [
         "training_curves.png",
         "ensemble.png",
@@ -149,10 +157,12 @@ def test_pipeline_writes_valid_submission(tmp_path):
     ] + [f"{m}.png" for m in MODELS]:
         assert name in html, name
 
-    # Techniques: a study, a sweep and quantization train and score through the pipeline's own rules,
-    # beside the ensemble, not in it.
-    techniques = _snakemake(tmp_path, config_path, "techniques")
-    assert techniques.returncode == 0, techniques.stderr[-4000:]
+
+@end_to_end
+@pytest.mark.timeout(900)
+def test_pipeline_techniques_train_beside_the_ensemble(pipeline_techniques):
+    pipeline = pipeline_techniques
+    results = pipeline.results
     study = json.loads((results / "techniques" / "mix.json").read_text())
     rows = {row["variant"]: row for row in study["rows"]}
     assert study["rows"][0]["variant"] == "base" and set(rows) == {"base", *TECHNIQUES["studies"]["mix"]["variants"]}
@@ -165,19 +175,17 @@ def test_pipeline_writes_valid_submission(tmp_path):
     assert {row["variant"] for row in json.loads((results / "techniques" / "quantise.json").read_text())} == {
         "e4m3_row"
     }
-    assert json.loads((results / "ensemble" / "summary.json").read_text()) == summary
-    again = _snakemake(tmp_path, config_path, "-n")
+    assert json.loads((results / "ensemble" / "summary.json").read_text()) == pipeline.summary
+    again = _snakemake(pipeline.dir, pipeline.config, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_mistyped_config_key_fails_before_any_job(tmp_path):
-    config_path = _config(
-        tmp_path, ensemble={"power": -0.5, "top_k": 100, "tune_power": True, "powers": [-0.5], "memebrs": None}
-    )
+    config_path = _config(tmp_path, load_test_config("pipeline/mistyped-ensemble.yaml"))
     run = _snakemake(tmp_path, config_path, "-n")
     assert run.returncode != 0
     assert "memebrs" in run.stdout + run.stderr
-    config_path = _config(tmp_path, models={"bad": {"score_fn": "distmult", "learning_rat": 0.1}})
+    config_path = _config(tmp_path, load_test_config("pipeline/mistyped-model.yaml"))
     run = _snakemake(tmp_path, config_path, "-n")
     output = run.stdout + run.stderr
     assert run.returncode != 0 and "models.bad" in output and "learning_rat" in output
@@ -187,13 +195,9 @@ def test_mistyped_config_key_fails_before_any_job(tmp_path):
 def test_ensemble_of_the_finished_models_while_the_rest_train(tmp_path):
     """ensemble.members: finished -> the ensemble is planned over the models whose model.pt exists,
     the others keep training; before any model has finished the run only trains, and says so."""
-    models = {
-        name: {"score_fn": "distmult", "loss": {"type": "softmax"}, "seed": i}
-        for i, name in enumerate(("m1", "m2", "m3"))
-    }
-    ensemble = {"power": -0.5, "top_k": 100, "tune_power": False, "powers": [-0.5], "members": "finished"}
-    small = {"dim": 16, "batch_size": 64, "negatives": 64, "steps": 10, "validate_every": 0}
-    config_path = _config(tmp_path, models=models, ensemble=ensemble, model_defaults=small)
+    finished = load_test_config("pipeline/finished.yaml")
+    models, ensemble = finished["models"], finished["ensemble"]
+    config_path = _config(tmp_path, finished)
     early = _snakemake(tmp_path, config_path, "-n", "-p")
     assert early.returncode == 0 and "no model has finished training yet" in early.stdout + early.stderr
     assert "kge ensemble" not in early.stdout and early.stdout.count("kge train ") == 3
@@ -233,7 +237,7 @@ def test_ensemble_of_the_finished_models_while_the_rest_train(tmp_path):
 
     # Removing a finished model from a named list, or adding it back, replans the ensemble steps only.
     for members in (["m1", "m3"], ["m1", "m2", "m3"]):
-        named = _config(tmp_path, models=models, ensemble={**ensemble, "members": members}, model_defaults=small)
+        named = _config(tmp_path, finished, ensemble={**ensemble, "members": members})
         plan = _snakemake(tmp_path, named, "-n", "-p")
         lines = [line.split("Shell command:", 1)[-1].strip() for line in (plan.stdout + plan.stderr).splitlines()]
         planned = sorted(line.split()[1] for line in lines if line.startswith("kge "))
@@ -258,19 +262,12 @@ def test_imported_graph_runs_to_the_filtered_evaluation(tmp_path):
     from kge.data.example import write_example
 
     graph = write_example(tmp_path / "graph", seed=3, people=300)
-    small = {"dim": 16, "batch_size": 64, "negatives": 64, "steps": 30, "learning_rate": 0.02, "validate_every": 0}
-    models = {
-        "distmult": {"score_fn": "distmult"},
-        "transe_inv": {"score_fn": "transe", "distance": 1, "inverse_relations": True},
-    }
-    user = {
-        "dataset": "import",
-        "data_dir": str(tmp_path / "data"),
-        "results_dir": str(tmp_path / "results"),
-        "import": {key: str(path) for key, path in graph.items()},
-        "model_defaults": small,
-        "models": models,
-    }
+    user = load_test_config("import/config.yaml")  # names only the dataset and what it changes
+    user.update(
+        data_dir=str(tmp_path / "data"),
+        results_dir=str(tmp_path / "results"),
+        **{"import": {key: str(path) for key, path in graph.items()}},
+    )
     config_path = tmp_path / "mine.yaml"
     config_path.write_text(yaml.safe_dump(user))
     run = _snakemake(tmp_path, config_path)

@@ -24,8 +24,8 @@ def test_scale_overlay_plans_generate_shard_train_predict_ensemble_submit(tmp_pa
             "-p",
             "--snakefile",
             str(REPO / "Snakefile"),
-            "--directory",
-            str(REPO),
+            "--directory",  # Snakemake's own files (.snakemake/) in the test's directory, not the repository's
+            str(tmp_path),
             "--configfile",
             str(REPO / "workflow" / "scale" / f"f{fraction}.yaml"),
             str(overlay),

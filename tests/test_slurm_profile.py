@@ -13,8 +13,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-import yaml
-from conftest import REPO
+from conftest import REPO, load_test_config, write_config
 
 pytest.importorskip(
     "snakemake_executor_plugin_slurm",
@@ -22,26 +21,17 @@ pytest.importorskip(
 )
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
-COMMAND = (
-    "srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={cpus_per_node} --gres=gpu:{gpus_per_node} "
-    "env TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes={nodes} --nproc-per-node={workers_per_node} --rdzv-backend=c10d "
-    "--rdzv-endpoint=$(hostname):29500 --rdzv-id=${SLURM_JOB_ID} --max-restarts=3 --no-python"
-)
-MODELS = {"single": {"score_fn": "distmult"}, "duo": {"score_fn": "complex", "workers": 2}}
+# The configuration is .test/slurm/config.yaml over config.yaml, with .test/slurm/launcher.yaml's
+# launcher (its worker layout filled in per test) or none.
+CONFIG = load_test_config("slurm/config.yaml")
+MODELS = CONFIG["models"]
+LAUNCHER = load_test_config("slurm/launcher.yaml")["launcher"]
+COMMAND = LAUNCHER["command"]
 
 
 def _config(tmp_path, launcher):
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg.update(
-        data_dir=str(tmp_path / "data"),
-        results_dir=str(tmp_path / "results"),
-        models=MODELS,
-        shards={"count": 2, "seed": 0},
-        launcher=launcher,
-    )
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    paths = {"data_dir": str(tmp_path / "data"), "results_dir": str(tmp_path / "results")}
+    return write_config(tmp_path / "config.yaml", CONFIG, paths, {"launcher": launcher})
 
 
 def _dry_run(tmp_path, launcher) -> dict:
@@ -110,14 +100,7 @@ def _sbatch(resources: dict, threads: int) -> str:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("per_node, nodes", [(2, 1), (1, 2)])
 def test_multi_worker_jobs_get_the_torchrun_launcher(tmp_path, per_node, nodes):
-    launcher = {
-        "command": COMMAND,
-        "workers_per_node": per_node,
-        "gpus_per_worker": 1,
-        "cpus_per_worker": 4,
-        "mem_mb_per_worker": 30000,
-        "runtime": {"train": 2880, "predict": 120},
-    }
+    launcher = dict(LAUNCHER, workers_per_node=per_node)
     jobs = _dry_run(tmp_path, launcher)
     for step in ("train", "predict"):
         multi = jobs[step, "duo"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from kge.common.errors import KgeInputError
 from kge.techniques.studies import (
@@ -177,26 +178,11 @@ def test_sweep_report_heat_map_and_bands(tmp_path):
 
 
 def test_dry_run_plans_technique_models_outside_the_ensemble(tmp_path):
+    # .test/techniques/plan.yaml over config.yaml, with this test's data and results paths.
     overlay = tmp_path / "tech.yaml"
-    overlay.write_text(
-        json.dumps(
-            {
-                "results_dir": str(tmp_path / "results"),
-                "data_dir": str(tmp_path / "data"),
-                "techniques": {
-                    "studies": {
-                        "two": {
-                            "base": "distmult_softmax",
-                            "variants": {"tp": {"two_phase": {"fraction": 0.8, "negatives": 64}}},
-                        }
-                    },
-                    "sweeps": {
-                        "sb": {"base": "distmult_softmax", "batch_sizes": [256, 512], "learning_rates": [0.01, 0.02]}
-                    },
-                },
-            }
-        )
-    )
+    plan_config = {"results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data")}
+    plan_config.update(yaml.safe_load((REPO / ".test" / "techniques" / "plan.yaml").read_text()))
+    overlay.write_text(json.dumps(plan_config))
 
     def plan(target):
         out = subprocess.run(
@@ -206,8 +192,12 @@ def test_dry_run_plans_technique_models_outside_the_ensemble(tmp_path):
                 "snakemake",
                 "-n",
                 target,
+                "--snakefile",
+                str(REPO / "Snakefile"),
+                "--directory",  # Snakemake's own files (.snakemake/) in the test's directory, not the repository's
+                str(tmp_path),
                 "--configfile",
-                "config.yaml",
+                str(REPO / "config.yaml"),
                 str(overlay),
                 "--quiet",
                 "rules",
