@@ -230,17 +230,7 @@ def summary_markdown(summary: dict) -> str:
         "MRR (optimistic)",
         "MRR (pessimistic)",
     ]
-    keys = [
-        "both.realistic.mrr",
-        "both.realistic.hits@1",
-        "both.realistic.hits@3",
-        "both.realistic.hits@10",
-        "both.realistic.mr",
-        "tail.realistic.mrr",
-        "head.realistic.mrr",
-        "both.optimistic.mrr",
-        "both.pessimistic.mrr",
-    ]
+    keys = SUMMARY_COLUMNS
     lines = [
         f"Filtered link prediction, both directions, realistic ties (columns `both.realistic.*` unless named), "
         f"measured on the {summary['reported_on']}; {summary['report_queries']} triples x 2 directions.",
