@@ -50,15 +50,14 @@ def _data(root, shard_dir, scale: float, tmp: Path) -> tuple[Path, Path]:
 def bench_ours(root: Path, shard_dir: Path, dim: int, batch: int, negatives: int, steps: int, features: bool) -> dict:
     """kge.report.bench.bench_train; with ``features=False`` its model config is re-resolved with features.use = false."""
     import kge.report.bench as kb
-    from kge.config import resolve_model_config
+    from kge.config import deep_merge, resolve_model_config
 
     original = kb._model_config
     if not features:
 
         def no_features(*args, **kwargs):
-            config = original(*args, **kwargs)
-            config["features"] = {**config["features"], "use": False}
-            return resolve_model_config(config, where="pykeen_bench")
+            settings = deep_merge(original(*args, **kwargs).to_dict(), {"features": {"use": False}})
+            return resolve_model_config(settings, where="pykeen_bench")
 
         kb._model_config = no_features
     try:

@@ -59,12 +59,12 @@ def main() -> None:
         from kge.predict.predictor import curve_evaluator
 
         ds = open_dataset(args.root, check=False)
-        evaluator = curve_evaluator(ds.val_hr, ds.val_t, ds.train_hrt, config["validate_queries"], seed=config["seed"])
+        evaluator = curve_evaluator(ds.val_hr, ds.val_t, ds.train_hrt, config.validate_queries, seed=config.seed)
         mark("evaluator built")
         evaluator(trainer)
         mark("one validation")
     n = len(trainer.owned) * trainer.shard_size
-    print(f"owned entity rows: {n:,}; dim {config['dim']}; peak RSS (VmHWM) {rss()['VmHWM'] / 1e9:.2f} GB")
+    print(f"owned entity rows: {n:,}; dim {config.dim}; peak RSS (VmHWM) {rss()['VmHWM'] / 1e9:.2f} GB")
     for stage, now, delta in rows:
         print(
             f"{stage:60s} RSS {now['VmRSS'] / 1e9:6.2f} GB (anon {now['RssAnon'] / 1e9:5.2f}, file {now['RssFile'] / 1e9:5.2f})"

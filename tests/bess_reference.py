@@ -18,7 +18,6 @@ import torch
 from kge.bess.features import FeatureStore
 from kge.bess.partition import Partition
 from kge.bess.shard import read_shard_meta
-from kge.config import adversarial_scale, negatives_at
 from kge.nn import losses
 from kge.nn.model import KGEModel, init_entity_rows
 from kge.table import sparsity
@@ -35,25 +34,25 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
     """
     meta = read_shard_meta(shard_dir)
     partition = Partition.load(Path(shard_dir) / "partition.npz")
-    D, S, W = partition.n_shards, partition.shard_size, config["workers"]
+    D, S, W = partition.n_shards, partition.shard_size, config.workers
     features = FeatureStore(shard_dir, D)
-    relations = int(meta["num_relations"]) * (2 if config["inverse_relations"] else 1)
-    model = KGEModel(config, relations, features.dim, torch.Generator().manual_seed(config["seed"]))
+    relations = int(meta["num_relations"]) * (2 if config.inverse_relations else 1)
+    model = KGEModel(config, relations, features.dim, torch.Generator().manual_seed(config.seed))
     table = init_entity_rows(config, list(range(D)), S)
-    adam = config["adam"]
-    sparse = SparseRowAdam(table, adam["beta1"], adam["beta2"], adam["eps"])
+    adam = config.adam
+    sparse = SparseRowAdam(table, adam.beta1, adam.beta2, adam.eps)
     # Block sparsity: one mask over all D shards (kge.table.sparsity, tested on its own in test_sparsity).
-    blocks = sparsity.BlockSparsity(config, list(range(D)), S, "cpu") if sparsity.is_sparse(config) else None
+    blocks = sparsity.BlockSparsity(config, list(range(D)), S, "cpu") if config.sparsity.enabled else None
     if blocks is not None:
         blocks.zero_inactive_([table])
     dense_opt = torch.optim.Adam(
-        model.dense_param_groups(), lr=config["learning_rate"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"]
+        model.dense_param_groups(), lr=config.learning_rate, betas=(adam.beta1, adam.beta2), eps=adam.eps
     )
     out = {"losses": [], "dense_grads": []}
     for step, worker_batches in enumerate(batches):
         # The pool of this step (two-phase schedules draw a smaller one first).
         correction = losses.sampling_correction(
-            int(meta["num_entities"]), negatives_at(config, D, step), config["loss"]["correction_weight"]
+            int(meta["num_entities"]), config.negatives_at(D, step), config.loss.correction_weight
         )
         leaf = table.clone().requires_grad_(True)
         touched = []
@@ -86,7 +85,7 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
         head_parts = {k: [] for k in ("e", "s", "f")}
         for i, batch in enumerate(worker_batches):
             B = batch.head.shape[0]
-            tails = torch.empty(M, config["dim"])
+            tails = torch.empty(M, config.dim)
             for src in range(W):
                 tails = tails.index_put((torch.nonzero(owners[i] == src).squeeze(1),), received[i, src])
             emb = leaf[heads[i]]
@@ -98,36 +97,35 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
             diag = torch.arange(B)
             mask = torch.ones_like(scores, dtype=torch.bool)
             mask[diag, diag] = False
-            if not config["loss"]["in_batch_negatives"]:
+            if not config.loss.in_batch_negatives:
                 mask[:, :B] = False
-            if config["loss"]["mask_false_negatives"]:  # dense id compare, not the trainer's sparse pairs
+            if config.loss.mask_false_negatives:  # dense id compare, not the trainer's sparse pairs
                 mask &= batch.tail.unsqueeze(1) != torch.cat([batch.tail, batch.negatives]).unsqueeze(0)
-            if config["loss"]["type"] == "softmax":
+            if config.loss.type == "softmax":
                 shift = torch.cat([torch.zeros(B), torch.full((M - B,), correction)])
                 loss = losses.softmax_loss(scores[diag, diag], scores + shift, mask)
             else:
-                lc = config["loss"]
+                lc = config.loss
                 loss = losses.logsigmoid_loss(
                     scores[diag, diag],
                     scores,
                     mask,
-                    adversarial_scale(lc),
-                    lc["positive_weight"],
-                    lc["negative_weight"],
+                    lc.adversarial,
+                    lc.positive_weight,
+                    lc.negative_weight,
                 )
             total = total + loss
-        reg = config["regularisation"]
+        reg = config.regularisation
         for key, part in (("entity", "e"), ("embedding", "s"), ("feature", "f")):
-            if reg[key]["weight"] > 0:
-                total = total + losses.l3_penalty(
-                    head_parts[part] + tail_parts[part], reg[key]["weight"], reg[key]["power"]
-                )
+            penalty = getattr(reg, key)
+            if penalty.weight > 0:
+                total = total + losses.l3_penalty(head_parts[part] + tail_parts[part], penalty.weight, penalty.power)
         total = total / W
         dense_opt.zero_grad(set_to_none=True)
         total.backward()
         # The same projection as kge.train.trainer (one kge function): what is under test here is the exchange.
         subspace.project_gradients_(
-            [p for g in dense_opt.param_groups for p in g["params"]], config["subspace"]["dim"], config["seed"], step
+            [p for g in dense_opt.param_groups for p in g["params"]], config.subspace.dim, config.seed, step
         )
         out["losses"].append(float(total.detach()))
         out["dense_grads"].append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -137,7 +135,7 @@ def reference_steps(config: dict, shard_dir: Path, batches: list[list]) -> dict:
         dense_opt.step()
         rows = torch.unique(torch.cat(touched))
         grad = leaf.grad[rows] if blocks is None else blocks.mask_gradient(rows, leaf.grad[rows])
-        sparse.step(rows, grad, lr * config["lr_modifiers"]["entity_embedding"])
+        sparse.step(rows, grad, lr * config.lr_modifiers.entity_embedding)
         if blocks is not None and blocks.event_due(step + 1):
             blocks.prune_and_regrow_(step + 1, table, [sparse.m, sparse.v])
     out["table"] = table
@@ -202,8 +200,8 @@ def reference_topk(config: dict, shard_dir: Path, hr: torch.Tensor, k: int) -> t
     meta = read_shard_meta(shard_dir)
     partition = Partition.load(Path(shard_dir) / "partition.npz")
     features = FeatureStore(shard_dir, partition.n_shards)
-    relations = int(meta["num_relations"]) * (2 if config["inverse_relations"] else 1)
-    model = KGEModel(config, relations, features.dim, torch.Generator().manual_seed(config["seed"]))
+    relations = int(meta["num_relations"]) * (2 if config.inverse_relations else 1)
+    model = KGEModel(config, relations, features.dim, torch.Generator().manual_seed(config.seed))
     table = init_entity_rows(config, list(range(partition.n_shards)), partition.shard_size)
     row_entity = torch.from_numpy(np.concatenate(partition.shard_entities))
     with torch.no_grad():

@@ -1,16 +1,20 @@
 """Model configuration: defaults, and one-line errors naming the key for bad settings."""
 
+import dataclasses
+import json
+import pickle
+
 import pytest
 
 from kge.common.errors import KgeInputError
-from kge.config import MODEL_DEFAULTS, config_hash, resolve_model_config
+from kge.config import MODEL_DEFAULTS, ModelConfig, config_hash, deep_merge, load_model_config, resolve_model_config
 
 
 def test_defaults_fill_nested_settings():
     cfg = resolve_model_config({"score_fn": "transe", "loss": {"type": "logsigmoid"}})
-    assert cfg["loss"]["type"] == "logsigmoid"
-    assert cfg["loss"]["positive_weight"] == MODEL_DEFAULTS["loss"]["positive_weight"]
-    assert cfg["dim"] == MODEL_DEFAULTS["dim"]
+    assert cfg.loss.type == "logsigmoid"
+    assert cfg.loss.positive_weight == MODEL_DEFAULTS["loss"]["positive_weight"]
+    assert cfg.dim == MODEL_DEFAULTS["dim"]
 
 
 @pytest.mark.parametrize(
@@ -71,10 +75,95 @@ def test_false_negative_mask_is_on_by_default_but_older_configs_read_as_off():
     from kge.config import with_defaults
 
     new = resolve_model_config({"loss": {"type": "logsigmoid"}})
-    assert new["loss"]["mask_false_negatives"] is True
-    older = {**new, "loss": {k: v for k, v in new["loss"].items() if k != "mask_false_negatives"}}
+    assert new.loss.mask_false_negatives is True
+    stored = new.to_dict()
+    older = {**stored, "loss": {k: v for k, v in stored["loss"].items() if k != "mask_false_negatives"}}
     assert with_defaults(older)["loss"]["mask_false_negatives"] is False
+    assert load_model_config(older).loss.mask_false_negatives is False
     off = resolve_model_config({"loss": {"type": "logsigmoid", "mask_false_negatives": False}})
     assert config_hash(older) == config_hash(with_defaults(older)) == config_hash(off) != config_hash(new)
     # The other later keys still read back as their (equal) defaults.
     assert with_defaults(older)["sparsity"] == MODEL_DEFAULTS["sparsity"]
+
+
+# ----- the typed configuration ------------------------------------------------------------------
+SETTINGS = [
+    {},
+    {"score_fn": "transe", "gamma": 12, "loss": {"type": "logsigmoid", "adversarial_temperature": 2.0}},
+    {"sparsity": {"density": 0.5, "block": 8}, "two_phase": {"fraction": 0.3, "negatives": 64}},
+    {"features": {"mlp": {"hidden": 16, "squeeze": True, "norm": "batch"}}, "loss_scale": "auto", "workers": 2},
+    {
+        "negatives_per_shard": 12,
+        "lr_modifiers": {"head_feature_projection": 0.5},
+        "regularisation": {"entity": {"weight": 0.1}},
+    },
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_typed_config_stores_the_dict_it_resolved(settings):
+    """to_dict() is the complete dict the untyped resolver returned (defaults deep-merged with the
+    settings, key order included): what model.pt and history.json store, and what config_hash reads."""
+    config = resolve_model_config(settings)
+    merged = deep_merge(MODEL_DEFAULTS, settings)
+    assert config.to_dict() == merged and json.dumps(config.to_dict()) == json.dumps(merged)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    assert pickle.loads(pickle.dumps(config)) == config  # what spawned workers receive
+    assert resolve_model_config(config) == config  # resolving again changes nothing
+
+
+def test_config_hash_is_the_one_older_versions_computed():
+    """A checkpoint written before the typed config resumes: its hash, recorded from commit 3d8b88a
+    (the dict-based kge/config.py), is what a typed config of the same settings hashes to."""
+    assert config_hash(resolve_model_config({})) == "210d9a5e40edb298"
+    settings = {
+        "score_fn": "transe",
+        "loss": {"type": "logsigmoid", "adversarial_temperature": 2.0},
+        "sparsity": {"density": 0.5, "block": 8},
+        "two_phase": {"fraction": 0.3, "negatives": 64},
+    }
+    assert config_hash(resolve_model_config(settings)) == "ae51c4725fdedf92"
+
+
+def test_derived_fields_are_computed_once_from_the_settings():
+    config = resolve_model_config(
+        {
+            "dim": 32,
+            "steps": 10,
+            "sparsity": {"density": 0.6, "block": 4, "prune_fraction": 0.5},
+            "two_phase": {"fraction": 0.34, "negatives": 8},
+            "loss": {"adversarial_temperature": 4.0},
+            "negatives_per_shard": 6,
+        }
+    )
+    # 32 / 4 = 8 blocks; k = round(0.6 * 8 = 4.8) = 5; n = min(round(2.5) = 3 (half up), 8 - 5 = 3)
+    assert (config.block_count, config.active_blocks, config.swap_count) == (8, 5, 3)
+    assert config.stored_values_per_entity == 5 * 4
+    assert config.phase_one_steps == 3  # round(0.34 * 10)
+    assert config.loss.adversarial == 0.25  # 1 / temperature
+    assert [config.negatives_at(4, step) for step in (0, 2, 3, 9)] == [8, 8, 24, 24]  # 6 per shard x 4 shards
+    dense = resolve_model_config({"dim": 8, "loss": {"adversarial_scale": 1.5}})  # block 16 > dim: fine while dense
+    assert (dense.block_count, dense.active_blocks, dense.stored_values_per_entity) == (0, 0, 8)
+    assert dense.loss.adversarial == 1.5 and dense.negatives_per_step(4) == dense.negatives
+    # replace() recomputes what depends on the changed setting.
+    assert config.replace(steps=100).phase_one_steps == 34
+
+
+def test_typed_config_is_immutable_and_complete():
+    config = resolve_model_config({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.dim = 64
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.loss.type = "logsigmoid"
+    stored = config.to_dict()
+    with pytest.raises(ValueError, match=r"missing keys \['dim'\]"):
+        ModelConfig.from_dict({k: v for k, v in stored.items() if k != "dim"})
+    with pytest.raises(ValueError, match=r"section loss: missing keys \[\], unknown keys \['typo'\]"):
+        ModelConfig.from_dict({**stored, "loss": {**stored["loss"], "typo": 1}})
+
+
+def test_trainer_takes_a_resolved_config_only(tmp_path):
+    from kge.train.trainer import Trainer
+
+    with pytest.raises(TypeError, match="resolve_model_config"):
+        Trainer(resolve_model_config({}).to_dict(), tmp_path, tmp_path / "m")

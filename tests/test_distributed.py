@@ -14,10 +14,10 @@ import itertools
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from bess_reference import parity_worker, reference_steps
+from conftest import spawn_workers
 
-from kge.config import resolve_model_config
+from kge.config import ModelConfig, resolve_model_config
 
 STEPS = 2
 SCORE_FNS = [("transe", 1), ("transh", 1), ("transh", 2), ("rotate", 1), ("distmult", 2), ("complex", 2)]
@@ -104,25 +104,22 @@ def _configs(workers: int, exchanges=("tails", "scores"), score_fns=SCORE_FNS) -
     return out
 
 
-def _sparse_config(workers: int) -> dict:
+def _sparse_config(workers: int) -> ModelConfig:
     """A block-sparse entity table (dim 8: 4 blocks of 2, 2 active) with a prune/regrow event after
     every step, on one of the dense configurations (complex L2, softmax, features)."""
-    base = next(
-        c
-        for c in _configs(workers)
-        if c["score_fn"] == "complex" and c["loss"]["type"] == "softmax" and c["features"]["use"]
+    base = next(c for c in _configs(workers) if c.score_fn == "complex" and c.loss.type == "softmax" and c.features.use)
+    return resolve_model_config(
+        dict(base.to_dict(), sparsity={"density": 0.5, "block": 2, "every": 1, "prune_fraction": 0.5})
     )
-    return resolve_model_config(dict(base, sparsity={"density": 0.5, "block": 2, "every": 1, "prune_fraction": 0.5}))
 
 
 def _run(tmp_path, shard_dir, workers: int, configs: list[dict]) -> list[list[dict]]:
     out_dir = tmp_path / f"w{workers}"
     out_dir.mkdir()
-    mp.spawn(
+    spawn_workers(
         parity_worker,
-        args=(workers, str(tmp_path / f"init{workers}"), configs, str(shard_dir), str(out_dir), STEPS),
-        nprocs=workers,
-        join=True,
+        (workers, str(tmp_path / f"init{workers}"), configs, str(shard_dir), str(out_dir), STEPS),
+        workers,
     )
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(workers)]
 
@@ -147,9 +144,9 @@ def _check_one(n, configs, per_rank, shard_dir, expansion_atol=1e-5):
     S = Partition.load(shard_dir / "partition.npz").shard_size
     config = configs[n]
     if True:
-        name = f"{config['score_fn']} L{config['distance']} {config['loss']['type']} exchange={config['exchange']}"
-        if config["sparsity"]["density"] < 1:
-            name += f" sparsity density={config['sparsity']['density']}"
+        name = f"{config.score_fn} L{config.distance} {config.loss.type} exchange={config.exchange}"
+        if config.sparsity.density < 1:
+            name += f" sparsity density={config.sparsity.density}"
         records = [rank[n] for rank in per_rank]
         batches = [[rec["batches"][step] for rec in records] for step in range(STEPS)]
         ref = reference_steps(config, shard_dir, batches)
@@ -159,7 +156,7 @@ def _check_one(n, configs, per_rank, shard_dir, expansion_atol=1e-5):
                 for key, grad in ref["dense_grads"][step].items():
                     # Random-subspace P P^T g mixes every element of a tensor: an element's rounding
                     # error scales with the tensor's largest gradient, not with the element itself.
-                    atol = max(2e-6, 1e-5 * float(grad.abs().max())) if config["subspace"]["dim"] else 2e-6
+                    atol = max(2e-6, 1e-5 * float(grad.abs().max())) if config.subspace.dim else 2e-6
                     _close(rec["dense_grads"][step][key], grad, f"{name} grad {key} step {step}", atol=atol)
         for rec in records:
             if ref["mask"] is not None:  # each worker's shards keep the reference's mask, bit for bit
@@ -173,7 +170,7 @@ def _check_one(n, configs, per_rank, shard_dir, expansion_atol=1e-5):
             # digits to cancellation where a query sits near a tail: its gradients agree within the
             # 2e-6 above, but Adam (eps 1e-4) turns a near-zero element's rounding into up to 1e-3 of
             # a step: test_two_workers_match_reference allows 5e-5 for those two (measured: 2.3e-5 after two steps).
-            expansion = config["distance"] == 2 and config["score_fn"] in ("transe", "rotate")
+            expansion = config.distance == 2 and config.score_fn in ("transe", "rotate")
             param_atol = expansion_atol if expansion else 1e-5
             for k, shard in enumerate(rec["owned"]):
                 _close(
@@ -262,7 +259,7 @@ def test_workers_mask_false_negatives_like_reference(mini_shards, shards4, tmp_p
     for n, config in enumerate(configs):
         for rank in per_rank:
             for step, pairs in enumerate(rank[n]["false_negatives"]):
-                if not config["loss"]["mask_false_negatives"]:
+                if not config.loss.mask_false_negatives:
                     assert pairs is None
                     continue
                 B = rank[n]["batches"][step].tail.shape[0]
@@ -280,7 +277,7 @@ def test_four_workers_match_reference(shards4, tmp_path):
 
 def test_two_workers_on_four_shards_match_reference(shards4, tmp_path):
     """Each worker owns two shards (D = 4, W = 2): blocks stay balanced, rows land on their owner."""
-    configs = [c for c in _configs(2, exchanges=("tails",)) if c["loss"]["type"] == "softmax"]
+    configs = [c for c in _configs(2, exchanges=("tails",)) if c.loss.type == "softmax"]
     _check(configs, _run(tmp_path, shards4, 2, configs), shards4)
 
 
@@ -296,7 +293,7 @@ def test_single_worker_matches_reference(mini_shards, tmp_path):
             batches.append([trainer.last_step["batch"]])
         ref = reference_steps(config, mini_shards, batches)
         assert losses_ == pytest.approx(ref["losses"], rel=2e-5)
-        _close(trainer.model.entity_table, ref["table"], config["score_fn"])
+        _close(trainer.model.entity_table, ref["table"], config.score_fn)
 
 
 @pytest.mark.parametrize("workers", [2, 4])
@@ -308,21 +305,20 @@ def test_sharded_topk_equals_single_process_topk(mini_root, mini_shards, shards4
     from kge.data.layout import open_dataset
 
     shard_dir = mini_shards if workers == 2 else shards4
-    configs = [c for c in _configs(workers, exchanges=("tails",)) if c["loss"]["type"] == "softmax"]
+    configs = [c for c in _configs(workers, exchanges=("tails",)) if c.loss.type == "softmax"]
     hr = torch.from_numpy(np.asarray(open_dataset(mini_root, check=False).val_hr[:150]).astype(np.int64))
     k = 20
-    mp.spawn(
+    spawn_workers(
         topk_worker,
-        args=(workers, str(tmp_path / "init"), configs, str(shard_dir), str(tmp_path), hr, k),
-        nprocs=workers,
-        join=True,
+        (workers, str(tmp_path / "init"), configs, str(shard_dir), str(tmp_path), hr, k),
+        workers,
     )
     per_rank = [torch.load(tmp_path / f"topk{r}.pt", weights_only=False) for r in range(workers)]
     for n, config in enumerate(configs):
         ids, scores = reference_topk(config, shard_dir, hr, k)
         for rank in range(workers):
             got_ids, got_scores = per_rank[rank][n]
-            np.testing.assert_allclose(got_scores, scores.numpy(), rtol=1e-5, atol=1e-5, err_msg=config["score_fn"])
+            np.testing.assert_allclose(got_scores, scores.numpy(), rtol=1e-5, atol=1e-5, err_msg=config.score_fn)
             same = got_ids == ids.numpy()
             # Ids agree except where two candidates tie (their order is free).
-            assert same.mean() > 0.99, config["score_fn"]
+            assert same.mean() > 0.99, config.score_fn

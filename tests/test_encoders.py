@@ -8,7 +8,6 @@ that keep older configs, hashes, state_dict keys and saved models as they were.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 from kge.common.errors import KgeInputError
-from kge.config import LATER_KEYS, MODEL_DEFAULTS, config_hash, resolve_model_config, with_defaults
+from kge.config import LATER_KEYS, MODEL_DEFAULTS, config_hash, load_model_config, resolve_model_config
 from kge.nn.model import NORM_EPS, KGEModel, gaussian_proxy_points, proxy_statistics
 from kge.train import subspace
 
@@ -46,15 +45,15 @@ def _mlp(norm: str, glu: bool = False, hidden: int = 4, **features) -> dict:
 # ----- configuration ------------------------------------------------------------------------------
 def test_defaults_keep_older_configs_hashes_and_state_dict_keys():
     default = resolve_model_config({})
-    assert default["features"]["projection"] == "dense" and default["features"]["mlp"]["norm"] == "none"
-    assert default["subspace"] == {"dim": 0}
+    assert default.features.projection == "dense" and default.features.mlp.norm == "none"
+    assert default.subspace.to_dict() == {"dim": 0}
     # loss.mask_false_negatives is the one later key whose default is not the older behaviour:
     # the default config now trains differently, so its hash differs from the older one.
     config = resolve_model_config({"loss": {"mask_false_negatives": False}})
     assert config_hash(default) != config_hash(config)
     # The hash the default config had before these keys existed: older checkpoints still resume.
     assert config_hash(config) == "70ba8dfadd42181e"
-    older = copy.deepcopy(config)
+    older = config.to_dict()
     for *parents, key in LATER_KEYS:
         node = older
         for parent in parents:
@@ -64,9 +63,9 @@ def test_defaults_keep_older_configs_hashes_and_state_dict_keys():
     for changed in ({"subspace": {"dim": 4}}, {"features": {"projection": "random"}}, {"features": {"groups": 2}}):
         assert config_hash(resolve_model_config(changed)) != config_hash(config)
     # An older model.pt's config (without the keys) builds the same model, with today's keys: loading a
-    # saved config goes through with_defaults (kge.predict.predictor.load_model).
+    # saved config goes through load_model_config (kge.predict.predictor.load_model).
     new = KGEModel(config, 3, F, torch.Generator().manual_seed(0))
-    old = KGEModel(with_defaults(older), 3, F, torch.Generator().manual_seed(0))
+    old = KGEModel(load_model_config(older), 3, F, torch.Generator().manual_seed(0))
     assert old.config == config
     assert list(new.state_dict()) == list(old.state_dict()) == ["relation", "head_projection", "tail_projection"]
     for key, value in new.state_dict().items():
@@ -447,19 +446,14 @@ def _batch_norm_worker(rank: int, world_size: int, init_file: str, config: dict,
 
 def test_batch_norm_running_statistics_stay_replicated(mini_shards, tmp_path):
     """Each worker normalizes with its own batch; the running statistics are averaged, so replicas agree."""
-    import torch.multiprocessing as mp
+    from conftest import spawn_workers
 
     config = _train_config(
         workers=2,
         subspace={"dim": 5},
         features={"projection": "grouped", "groups": 2, "mlp": {"hidden": 4, "squeeze": True, "norm": "batch"}},
     )
-    mp.spawn(
-        _batch_norm_worker,
-        args=(2, str(tmp_path / "init"), config, str(mini_shards), str(tmp_path)),
-        nprocs=2,
-        join=True,
-    )
+    spawn_workers(_batch_norm_worker, (2, str(tmp_path / "init"), config, str(mini_shards), str(tmp_path)), 2)
     states = [torch.load(tmp_path / f"bn{r}.pt", weights_only=False) for r in range(2)]
     assert not torch.equal(states[0]["head_extras.running_mean"], torch.zeros(4))
     for key, value in states[0].items():

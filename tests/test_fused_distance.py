@@ -274,3 +274,44 @@ def test_cuda_values_and_gradients_equal_reference(form, monkeypatch):
         torch.testing.assert_close(out.double().cpu(), want, rtol=1e-5, atol=1e-5 * scale)
         for a, b in zip([x.grad.double().cpu() for x in leaves if x is not None], want_grads):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4 * scale)
+
+
+# ----- the native build's cache -----------------------------------------------------------------
+def test_every_checkout_builds_from_one_content_addressed_source(tmp_path, monkeypatch):
+    """Two checkouts of the same distance.cpp (different paths) get one copy, written once: the same
+    path and modification time, so torch and ninja load the first build instead of rebuilding."""
+    import os
+    import time
+
+    text = fd.SOURCE.read_bytes()
+    first, second = tmp_path / "a" / "distance.cpp", tmp_path / "b" / "distance.cpp"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(text)
+    root = tmp_path / "extensions"
+    monkeypatch.setattr(fd, "SOURCE", first)
+    copy, digest = fd._content_addressed_source(root)
+    assert copy.read_bytes() == text and copy.parent.name == digest and copy.is_relative_to(root)
+    os.utime(copy, (time.time() - 3600, time.time() - 3600))
+    written = copy.stat().st_mtime
+    monkeypatch.setattr(fd, "SOURCE", second)
+    assert fd._content_addressed_source(root) == (copy, digest)
+    assert copy.stat().st_mtime == written  # not rewritten
+    second.write_bytes(text + b"\n// changed\n")  # other content: another copy, another build
+    other, other_digest = fd._content_addressed_source(root)
+    assert other_digest != digest and other != copy and other.read_bytes().endswith(b"// changed\n")
+
+
+def test_a_killed_builds_lock_is_removed_a_live_one_kept(tmp_path, capsys):
+    import os
+    import time
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    fd._remove_stale_lock(tmp_path)
+    assert lock.exists()  # a build may be running: wait for it, as torch does
+    old = time.time() - fd.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    fd._remove_stale_lock(tmp_path)
+    assert not lock.exists() and "stale build lock" in capsys.readouterr().err
+    fd._remove_stale_lock(tmp_path)  # no lock: nothing to do

@@ -42,7 +42,7 @@ def build(score_fn: str, p: int, use_features: bool, dim: int = 16):
     assert rows > E  # padding rows present
     gen = torch.Generator().manual_seed(0)
     model = KGEModel(config, R, F_DIM, gen).eval()
-    model.entity_table = torch.randn(rows, config["dim"], generator=gen) * config["init_scale"]
+    model.entity_table = torch.randn(rows, config.dim, generator=gen) * config.init_scale
     features = torch.randn(rows, F_DIM, generator=gen)
     return model, TensorFeatures(features), partition
 

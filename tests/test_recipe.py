@@ -222,8 +222,9 @@ def test_scale_option_shrinks_schedules_only(recipe):
     for name, settings in recipe["models"].items():
         scaled = resolve_model_config(scale_settings(settings, scale), where=name)
         full = resolve_model_config(settings, where=name)
-        assert scaled["steps"] == max(scale["min_steps"], round(full["steps"] * scale["steps"]))
-        assert scaled["workers"] == 1 and 1 <= scaled["validate_every"] <= scaled["steps"]
+        assert scaled.steps == max(scale["min_steps"], round(full.steps * scale["steps"]))
+        assert scaled.workers == 1 and 1 <= scaled.validate_every <= scaled.steps
+        full, scaled = full.to_dict(), scaled.to_dict()
         changed = {k for k in full if full[k] != scaled[k]}
         assert changed <= {"steps", "validate_every", "workers"}, (name, changed)
 

@@ -12,7 +12,7 @@ from kge.bess.partition import Partition
 from kge.bess.sampling import BessSampler
 from kge.bess.shard import triples_dataset
 from kge.common.errors import KgeInputError
-from kge.config import adversarial_scale, negatives_per_step, resolve_model_config
+from kge.config import resolve_model_config
 from kge.nn import losses
 from kge.nn.model import KGEModel
 
@@ -216,7 +216,7 @@ def test_adversarial_temperature_is_inverse_scale():
         positive,
         scores,
         mask,
-        adversarial_scale=adversarial_scale({"adversarial_scale": 0.0, "adversarial_temperature": 3.0}),
+        adversarial_scale=resolve_model_config({"loss": {"adversarial_temperature": 3.0}}).loss.adversarial,
     )
     # Hand computation: weights softmax(s / 3) over each row's negatives.
     weights = torch.softmax((scores / 3).masked_fill(~mask, float("-inf")), 1)
@@ -233,9 +233,9 @@ def test_negatives_per_shard(mini_shards, tmp_path):
     from kge.train.trainer import Trainer
 
     config = resolve_model_config({"score_fn": "distmult", "dim": 8, "batch_size": 64, "negatives_per_shard": 12})
-    assert negatives_per_step(config, 2) == 24
+    assert config.negatives_per_step(2) == 24
     trainer = Trainer(config, mini_shards, tmp_path)
     trainer.train_step()
     assert trainer.last_step["batch"].negatives.shape == (24,)
     # A resolved config (with the default 'negatives') resolves to itself: the per-shard count wins.
-    assert negatives_per_step(resolve_model_config(config), 2) == 24
+    assert resolve_model_config(config).negatives_per_step(2) == 24

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kge.common.errors import KgeInputError
-from kge.config import config_hash, resolve_model_config
+from kge.config import ModelConfig, config_hash, resolve_model_config
 from kge.nn.model import KGEModel
 from kge.table import sparsity
 from kge.table.footprint import bytes_per_entity
@@ -28,7 +28,7 @@ SETTINGS = {
 SPARSE = {"density": 0.5, "block": BLOCK, "every": 3, "prune_fraction": 0.5}
 
 
-def _config(**sparse) -> dict:
+def _config(**sparse) -> ModelConfig:
     return resolve_model_config(dict(SETTINGS, sparsity=dict(SPARSE, **sparse)))
 
 
@@ -56,7 +56,7 @@ def test_bad_sparsity_settings_name_the_key(overrides, fragment):
 
 def test_dense_default_keeps_old_hash_and_any_block():
     dense = resolve_model_config({"dim": 8})  # block 16 does not divide 8: irrelevant while dense
-    old = {k: v for k, v in dense.items() if k != "sparsity"}  # a config written before the key existed
+    old = {k: v for k, v in dense.to_dict().items() if k != "sparsity"}  # a config written before the key existed
     assert config_hash(dense) == config_hash(old)
     assert config_hash(resolve_model_config({"dim": 8, "sparsity": {"density": 0.5, "block": 4}})) != config_hash(dense)
 
@@ -75,14 +75,14 @@ def test_schema_describes_every_sparsity_key():
 
 def test_counts_and_stored_bytes():
     config = _config()
-    assert (sparsity.block_count(config), sparsity.active_blocks(config), sparsity.swap_count(config)) == (4, 2, 1)
+    assert (config.block_count, config.active_blocks, config.swap_count) == (4, 2, 1)
     # k = max(1, round half up): 0.3 * 4 = 1.2 -> 1; 0.01 * 4 -> 1 (never 0); 0.625 * 4 = 2.5 -> 3.
-    assert [sparsity.active_blocks(_config(density=d)) for d in (0.3, 0.01, 0.625)] == [1, 1, 3]
+    assert [_config(density=d).active_blocks for d in (0.3, 0.01, 0.625)] == [1, 1, 3]
     # At most n_blocks - k blocks can be regrown: k = 3 of 4 leaves one.
-    assert sparsity.swap_count(_config(density=0.75, prune_fraction=0.9)) == 1
+    assert _config(density=0.75, prune_fraction=0.9).swap_count == 1
     fp16 = resolve_model_config(dict(SETTINGS, dtype="float16", sparsity=SPARSE))
     # 16 values x 2 bytes, 2 uint8 block indices, m and sqrt v for the 16 values.
-    assert bytes_per_entity(32, "float16", sparsity=fp16["sparsity"], optimizer="adam") == {
+    assert bytes_per_entity(32, "float16", sparsity=fp16.sparsity, optimizer="adam") == {
         "values": 32,
         "indices": 2,
         "scale": 0,
@@ -92,7 +92,7 @@ def test_counts_and_stored_bytes():
         "total": 98,
     }
     dense = resolve_model_config(SETTINGS)
-    assert bytes_per_entity(dense["dim"], dense["dtype"], sparsity=dense["sparsity"])["total"] == 32 * 4
+    assert bytes_per_entity(dense.dim, dense.dtype, sparsity=dense.sparsity)["total"] == 32 * 4
 
 
 def test_parameter_count_matches_dense_model_of_half_the_dim():
@@ -181,7 +181,7 @@ def test_events_keep_k_blocks_zero_regrown_state_and_leave_the_rest():
         # Train a little: regrown blocks become nonzero before the next event.
         for tensor in (table, m, v):
             tensor.add_(torch.randn(tensor.shape, generator=g) * sparsity.expand(sp.mask, BLOCK))
-    assert sp.event_due(3) and not sp.event_due(config["steps"])  # never after the last step
+    assert sp.event_due(3) and not sp.event_due(config.steps)  # never after the last step
 
 
 # ----- training --------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_inactive_entries_stay_zero_through_training(mini_shards, tmp_path, stor
     config = resolve_model_config(dict(SETTINGS, **storage, sparsity=dict(SPARSE, every=2)))
     trainer = Trainer(config, mini_shards, tmp_path)
     start = trainer.entity_optimizer.table.clone()
-    for _ in range(config["steps"]):
+    for _ in range(config.steps):
         trainer.train_step()
         inactive = ~sparsity.expand(trainer.sparsity.mask, BLOCK)
         assert (trainer.sparsity.mask.sum(1) == 2).all()
@@ -211,7 +211,7 @@ def test_resume_across_a_prune_event_is_bit_exact(mini_shards, tmp_path, checkpo
 
     config = _config()
     reference = Trainer(config, mini_shards, tmp_path / "reference")
-    for _ in range(config["steps"]):
+    for _ in range(config.steps):
         reference.train_step()
     first = Trainer(config, mini_shards, tmp_path / "resumed")
     for _ in range(checkpoint_step):
@@ -220,7 +220,7 @@ def test_resume_across_a_prune_event_is_bit_exact(mini_shards, tmp_path, checkpo
     resumed = Trainer(config, mini_shards, tmp_path / "resumed")
     assert resumed.try_resume() and resumed.step == checkpoint_step
     assert torch.equal(resumed.sparsity.mask, first.sparsity.mask)
-    while resumed.step < config["steps"]:
+    while resumed.step < config.steps:
         resumed.train_step()
     assert torch.equal(resumed.sparsity.mask, reference.sparsity.mask)
     assert not torch.equal(

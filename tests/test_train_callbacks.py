@@ -91,7 +91,7 @@ def test_history_and_validation_entries(tmp_path):
     assert [h["loss"] for h in trainer.history] == [2.0, 4.0, 5.5, 7.5, 9.0, 10.0]  # means since the last entry
     assert [h.get("valid_mrr") for h in trainer.history] == [None, 0.04, None, 0.08, None, 0.1]
     assert list(trainer.history[1]) == ["step", "loss", "lr", "valid_mrr"]
-    assert trainer.history[-1]["lr"] == pytest.approx(trainer.config["learning_rate"] * (1 - 9 / 10))
+    assert trainer.history[-1]["lr"] == pytest.approx(trainer.config.learning_rate * (1 - 9 / 10))
 
 
 def test_a_non_finite_loss_stops_training_before_validation_or_checkpoint(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kge.common.errors import KgeInputError
-from kge.config import negatives_at, phase_one_steps, resolve_model_config
+from kge.config import resolve_model_config
 from kge.train.trainer import Trainer
 
 BASE = {
@@ -41,14 +41,14 @@ def _state(trainer):
 
 def test_phase_boundary_and_pool_sizes():
     config = resolve_model_config({**BASE, "two_phase": {"fraction": 0.7, "negatives": 8}})
-    assert phase_one_steps(config) == 7
-    assert [negatives_at(config, 2, s) for s in range(10)] == [8] * 7 + [64] * 3
+    assert config.phase_one_steps == 7
+    assert [config.negatives_at(2, s) for s in range(10)] == [8] * 7 + [64] * 3
     off = resolve_model_config(BASE)
-    assert phase_one_steps(off) == 0 and {negatives_at(off, 2, s) for s in range(10)} == {64}
+    assert off.phase_one_steps == 0 and {off.negatives_at(2, s) for s in range(10)} == {64}
     per_shard = resolve_model_config(
         {**BASE, "negatives_per_shard": 48, "two_phase": {"fraction": 0.5, "negatives": 4}}
     )
-    assert [negatives_at(per_shard, 2, s) for s in (4, 5)] == [4, 96]  # the full pool is a2a x D
+    assert [per_shard.negatives_at(2, s) for s in (4, 5)] == [4, 96]  # the full pool is a2a x D
 
 
 def test_steps_draw_the_scheduled_pool_with_its_correction(mini_shards, tmp_path):

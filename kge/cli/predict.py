@@ -17,6 +17,7 @@ def _predict(args) -> None:
     from kge.bess.features import FeatureStore
     from kge.bess.partition import Partition, owned_shards
     from kge.common import atomic
+    from kge.config import load_model_config
     from kge.data.layout import open_dataset
     from kge.dist.device import describe
     from kge.predict.metrics import mrr
@@ -27,8 +28,9 @@ def _predict(args) -> None:
 
     model_path = Path(args.model)
     saved = read_model(model_path)
-    workers = args.workers or saved["config"]["workers"]
-    comm = join_workers(workers, saved["config"]["device"], args.threads, 0)
+    config = load_model_config(saved["config"])
+    workers = args.workers or config.workers
+    comm = join_workers(workers, config.device, args.threads, 0)
     partition = Partition.load(Path(args.shard_dir) / "partition.npz")
     if partition.n_shards != saved["n_shards"] or partition.seed != saved.get("partition_seed"):
         raise KgeInputError(f"{args.shard_dir}: not the partition {model_path} was trained on; see `kge reshard`")
@@ -37,24 +39,23 @@ def _predict(args) -> None:
     ds = open_dataset(args.root, check=False)
     # A model written by `kge quantise` with a feature format scores its features as that format stores them.
     features = quantized_features(FeatureStore(args.shard_dir, partition.n_shards, shards=owned), saved)
-    predictor = Predictor(model, features, partition, device, saved["config"]["predict_block"], owned=owned, comm=comm)
+    predictor = Predictor(model, features, partition, device, config.predict_block, owned=owned, comm=comm)
     queries = {
         "valid": np.asarray(ds.val_hr),
         "test-dev": np.asarray(ds.test_dev_hr),
         "test-challenge": np.asarray(ds.test_challenge_hr),
     }
-    arrays, seconds = predict_splits(predictor, queries, args.top_k, saved["config"]["predict_batch"])
+    arrays, seconds = predict_splits(predictor, queries, args.top_k, config.predict_batch)
     if comm.rank != 0:
         return  # every worker holds the merged result; rank 0 writes it
     valid_mrr = mrr(pad_top10(arrays["valid_ids"]), np.asarray(ds.val_t))
     atomic.save_npz(args.out, **arrays)
-    cfg = saved["config"]
     metrics = {
         "model": args.name or model_path.parent.name,
-        "score_fn": cfg["score_fn"],
-        "distance": cfg["distance"] if model.scorer.distance else None,
-        "loss": cfg["loss"]["type"],
-        "dim": cfg["dim"],
+        "score_fn": config.score_fn,
+        "distance": config.distance if model.scorer.distance else None,
+        "loss": config.loss.type,
+        "dim": config.dim,
         "steps": saved["steps"],
         "valid_mrr": valid_mrr,
         "parameters": saved["parameters"],

@@ -18,7 +18,7 @@ def _model_config(args) -> None:
         overrides = json.loads(args.json)
     except json.JSONDecodeError as err:
         raise KgeInputError(f"model '{args.name}': settings are not valid JSON ({err})") from None
-    atomic.save_json(args.out, resolve_model_config(overrides, where=f"config.yaml models.{args.name}"))
+    atomic.save_json(args.out, resolve_model_config(overrides, where=f"config.yaml models.{args.name}").to_dict())
 
 
 def _recipe(args) -> None:
@@ -28,7 +28,7 @@ def _recipe(args) -> None:
     print(f"kge recipe: {len(config['models'])} models -> {args.out}", file=sys.stderr)
 
 
-def _load_model_config(path: str) -> dict:
+def _load_model_config(path: str):
     from kge.config import resolve_model_config
 
     p = Path(path)
@@ -44,10 +44,10 @@ def _train(args) -> None:
 
     config = _load_model_config(args.config)
     if args.steps:
-        config["steps"] = args.steps
-    comm = join_workers(config["workers"], config["device"], args.threads, args.max_restarts)
+        config = config.replace(steps=args.steps)
+    comm = join_workers(config.workers, config.device, args.threads, args.max_restarts)
     ds = open_dataset(args.root, check=False)
-    evaluator = curve_evaluator(ds.val_hr, ds.val_t, ds.train_hrt, config["validate_queries"], seed=config["seed"])
+    evaluator = curve_evaluator(ds.val_hr, ds.val_t, ds.train_hrt, config.validate_queries, seed=config.seed)
     train(config, args.shard_dir, args.out, evaluator=evaluator, comm=comm)
 
 

@@ -16,7 +16,8 @@ Backends, chosen once per process on first use and reported once on stderr:
 
 - ``native``: ``kge/nn/csrc/distance.cpp``, register-tiled C++ built on first use by
   ``torch.utils.cpp_extension`` (needs a C++ compiler and ninja; -O3 -march=native, cached per CPU
-  model in torch's extension directory, so the build is paid once per machine). CPU float32.
+  model and source content in torch's extension directory, so the build is paid once per machine,
+  not once per checkout). CPU float32.
 - ``compile``: ``torch.compile`` of the plain broadcast formulas with dynamic shapes (Triton on CUDA,
   C++ on CPU): the automatic choice on CUDA.
 - ``eager``: the same formulas in plain torch over chunks of tails, with a hand-written backward that
@@ -93,21 +94,65 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = directory + (os.pathsep + path if path else "")
 
 
+STALE_LOCK_SECONDS = 900  # a build takes about a minute; a lock this old was left by a killed build
+
+
+def _extensions_root() -> Path:
+    from torch.utils import cpp_extension
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+
+
+def _content_addressed_source(root: Path) -> tuple[Path, str]:
+    """SOURCE copied to root/kge_sources/<content hash>/distance.cpp (once; atomically) -> (copy, hash).
+
+    torch's build cache follows the source's path and ninja its modification time, so building from
+    the checkout's own file rebuilt the kernels (about a minute) in every new clone or worktree.
+    The same content gets the same path and an old modification time: a second checkout loads the
+    build the first one made."""
+    text = SOURCE.read_bytes()
+    digest = hashlib.sha1(text).hexdigest()[:10]
+    copy = root / "kge_sources" / digest / SOURCE.name
+    if not copy.exists() or copy.read_bytes() != text:
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        partial = copy.with_name(f".{SOURCE.name}.{os.getpid()}.tmp")
+        partial.write_bytes(text)
+        os.replace(partial, copy)
+    return copy, digest
+
+
+def _remove_stale_lock(build_dir: Path) -> None:
+    """torch's build lock is a file that a killed build leaves behind, and every later build waits on
+    it forever; one older than STALE_LOCK_SECONDS is removed (with a note on stderr)."""
+    lock = build_dir / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return
+    if age > STALE_LOCK_SECONDS:
+        print(f"kge: removing a stale build lock ({age:.0f} s old): {lock}", file=sys.stderr, flush=True)
+        lock.unlink(missing_ok=True)
+
+
 def native_module():
     """The built extension (built on first call, then loaded from torch's cache), or None if it
     cannot be built here (the reason in ``native_build_error()``)."""
     global _native, _native_error
     if _native is None:
         start = time.perf_counter()
-        name = f"kge_distance_{_cpu_tag()}"
         last = None
         for flags in (["-O3", "-march=native"], ["-O3"]):  # some compilers lack -march=native
             try:
                 from torch.utils import cpp_extension  # imports setuptools
 
                 _ninja_on_path()
-
-                _native = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
+                root = _extensions_root()
+                source, digest = _content_addressed_source(root)
+                name = f"kge_distance_{_cpu_tag()}_{digest}"
+                build_directory = getattr(cpp_extension, "_get_build_directory", None)  # torch-private
+                if build_directory is not None:
+                    _remove_stale_lock(Path(build_directory(name, False)))
+                _native = cpp_extension.load(name=name, sources=[str(source)], extra_cflags=flags, verbose=False)
                 _native_error = f"built or loaded in {time.perf_counter() - start:.1f} s"
                 break
             except Exception as error:  # no compiler, no ninja, or a compiler error: fall back

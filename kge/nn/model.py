@@ -19,28 +19,28 @@ import torch
 from torch import nn
 
 from kge.common.errors import KgeInputError
+from kge.config import FeaturesConfig, ModelConfig
 from kge.nn import scoring
 from kge.nn.scorers import get_scorer
-from kge.table import sparsity
 
 PROXY_POINTS = 256  # quasi-Gaussian points per channel of the Proxy Normalization proxy
 NORM_EPS = 1e-5  # of BatchNorm, LayerNorm and Proxy Normalization
 BATCH_NORM_MOMENTUM = 0.1  # running <- (1 - momentum) running + momentum batch (torch's BatchNorm1d)
 
 
-def init_entity_rows(config: dict, shards: list[int], shard_size: int) -> torch.Tensor:
+def init_entity_rows(config: ModelConfig, shards: list[int], shard_size: int) -> torch.Tensor:
     """Initial e_S rows of ``shards`` concatenated -> (len(shards) * S, d) float32.
 
     Each shard draws from its own generator seeded by (seed, shard), so the initial table does
     not depend on how many workers share the shards (a D-worker run and its single-process
     reference start from the same rows).
     """
-    d, scale = config["dim"], config["init_scale"]
+    d, scale = config.dim, config.init_scale
     # Drawn in place into the one output: no per-shard temporaries (freed heap blocks of that size
     # stay in the process, 2.4x the table's bytes measured at 178,000 rows).
     rows = torch.empty(len(shards) * shard_size, d)
     for k, shard in enumerate(shards):
-        generator = torch.Generator().manual_seed(config["seed"] * 100_003 + shard * 7_919 + 17)
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + shard * 7_919 + 17)
         part = rows[k * shard_size : (k + 1) * shard_size]
         torch.randn(shard_size, d, generator=generator, out=part)
         part.mul_(scale)
@@ -92,18 +92,18 @@ class FeatureExtras(nn.Module):
     per channel (``proxy_statistics``): every row is normalized on its own, in training and eval alike.
     """
 
-    def __init__(self, features: dict, d: int, feature_dim: int, generator: torch.Generator):
+    def __init__(self, features: FeaturesConfig, d: int, feature_dim: int, generator: torch.Generator):
         super().__init__()
-        mlp = features["mlp"]
-        self.bias = nn.Parameter(torch.zeros(d)) if features["bias"] else None
-        self.hidden = mlp["hidden"]
+        mlp = features.mlp
+        self.bias = nn.Parameter(torch.zeros(d)) if features.bias else None
+        self.hidden = mlp.hidden
         self.squeeze, self.residual, self.concat, self.glu = (
-            mlp["squeeze"],
-            mlp["residual"],
-            mlp["concat_embeddings"],
-            mlp["glu"],
+            mlp.squeeze,
+            mlp.residual,
+            mlp.concat_embeddings,
+            mlp.glu,
         )
-        self.norm = mlp.get("norm", "none") if self.hidden else "none"
+        self.norm = mlp.norm if self.hidden else "none"
         self.replaces_embedding = bool(self.hidden and self.concat)
         if self.hidden:
             width_in = (d if self.squeeze else feature_dim) + (d if self.concat else 0)
@@ -128,8 +128,8 @@ class FeatureExtras(nn.Module):
                 self.register_buffer("running_var", torch.ones(width_hidden))
             elif self.norm == "layer_proxy":  # a constant, rebuilt on load: not in state_dict
                 self.register_buffer("proxy_points", gaussian_proxy_points(), persistent=False)
-        self.gate = nn.Parameter(torch.zeros(d)) if features["gated"] else None  # sigmoid(0) = 1/2 at start
-        self.weight = nn.Parameter(torch.ones(())) if features["weight"] else None
+        self.gate = nn.Parameter(torch.zeros(d)) if features.gated else None  # sigmoid(0) = 1/2 at start
+        self.weight = nn.Parameter(torch.ones(())) if features.weight else None
 
     def forward(self, embedding: torch.Tensor, features: torch.Tensor, projected: torch.Tensor | None) -> torch.Tensor:
         """e_S (n, d), e_F (n, F), M e_F (n, d) or None -> the branch before dropout (n, d)."""
@@ -179,31 +179,31 @@ class FeatureExtras(nn.Module):
 
 
 class KGEModel(nn.Module):
-    def __init__(self, config: dict, num_relations: int, feature_dim: int, generator: torch.Generator):
+    def __init__(self, config: ModelConfig, num_relations: int, feature_dim: int, generator: torch.Generator):
         super().__init__()
         self.config = config
-        d = config["dim"]
-        self.score_fn = config["score_fn"]
+        d = config.dim
+        self.score_fn = config.score_fn
         self.scorer = get_scorer(self.score_fn)  # its formula, relation width and init (kge/nn/scorers.py)
-        self.p = config["distance"]
-        self.gamma = float(config["gamma"])
+        self.p = config.distance
+        self.gamma = float(config.gamma)
         self.entity_table = torch.zeros(0, d)  # set by the trainer / loader: this worker's rows
         scoring.relation_dim(self.score_fn, d)  # checks d (even for [re | im] halves)
-        self.relation = nn.Parameter(self.scorer.init_relation(num_relations, d, config["init_scale"], generator))
+        self.relation = nn.Parameter(self.scorer.init_relation(num_relations, d, config.init_scale, generator))
         # TransH's per-relation normals w_r (drawn after the relations: the generator's order is kept).
         init_normal = self.scorer.init_normal
         self.normal = nn.Parameter(init_normal(num_relations, d, generator)) if init_normal is not None else None
-        features = config["features"]
-        self.use_features = features["use"]
-        self.share_projection = features["share_projection"]
+        features = config.features
+        self.use_features = features.use
+        self.share_projection = features.share_projection
         if self.use_features:
             # M per role, or one shared: dense (d, F) or grouped (G, d/G, F/G) parameters, or a random
             # (d, F) buffer; kept as direct attributes (the saved models' keys head_/tail_projection).
             # The optional parts of the feature branch live in FeatureExtras.
-            mlp = features["mlp"]
-            self.projects = not (mlp["hidden"] and not mlp["squeeze"])  # an unsqueezed MLP reads e_F itself
-            self.projection_kind = features["projection"]
-            groups = features["groups"] if self.projection_kind == "grouped" else 1
+            mlp = features.mlp
+            self.projects = not (mlp.hidden and not mlp.squeeze)  # an unsqueezed MLP reads e_F itself
+            self.projection_kind = features.projection
+            groups = features.groups if self.projection_kind == "grouped" else 1
             if d % groups or feature_dim % groups:
                 raise KgeInputError(
                     f"features.groups = {groups} must divide both dim = {d} and the feature width {feature_dim}"
@@ -234,15 +234,15 @@ class KGEModel(nn.Module):
                     setattr(self, name, value)
             self.head_extras = extras()
             self.tail_extras = self.head_extras if self.share_projection else extras()
-            self.dropout = nn.Dropout(features["dropout"])
+            self.dropout = nn.Dropout(features.dropout)
 
     def dense_param_groups(self) -> list[dict]:
         """Adam parameter groups carrying their learning-rate modifiers."""
-        mods = self.config["lr_modifiers"]
+        mods = self.config.lr_modifiers
         groups = [
             {
                 "params": [self.relation] + ([self.normal] if self.normal is not None else []),
-                "lr_modifier": mods["relation"],
+                "lr_modifier": mods.relation,
             }
         ]
         if self.use_features:
@@ -257,9 +257,9 @@ class KGEModel(nn.Module):
                 params = ([projection] if trained else []) + list(extras.parameters())
                 if not params:  # a fixed random projection and nothing else: no group
                     continue
-                modifier = mods.get(key)
+                modifier = getattr(mods, key)
                 groups.append(
-                    {"params": params, "lr_modifier": modifier if modifier is not None else mods["feature_projection"]}
+                    {"params": params, "lr_modifier": modifier if modifier is not None else mods.feature_projection}
                 )
         return groups
 
@@ -341,4 +341,4 @@ class KGEModel(nn.Module):
         the count a dense model of dim = k * block matches (block indices are not parameters).
         """
         dense = sum(p.numel() for group in self.dense_param_groups() for p in group["params"])
-        return num_entities * sparsity.stored_values_per_entity(self.config) + dense
+        return num_entities * self.config.stored_values_per_entity + dense

@@ -6,12 +6,13 @@ the trainer's fused dot-product losses apply), whether it stores complex [re | i
 the relation initialisation, the TransH-style extra per-relation parameters, the query folding in
 both directions, the matrix scoring, the reference per-triple formula, its FLOP counts for
 ``kge bench``, the name the recipe JSON uses for it (if any) and a one-line formula for exports.
-Model, trainer, prediction, CLI, recipe, bench, inference export and config schema all read these
-fields; ``kge.nn.scoring`` dispatches to them.
+Model, trainer, prediction, CLI, recipe, bench and inference export read these fields;
+``kge.nn.scoring`` dispatches to them.
 
-Adding a scorer is one entry here (its functions next to its formula) plus its tests
-(tests/test_scorers.py); the config schema's ``score_fn`` enum and the CLI choices are built from
-``SCORERS``.
+Adding a scorer is one entry here (its functions next to its formula), its name in the ``score_fn``
+enum of kge/schemas/model.schema.json (kge.config sits below kge.nn, so the schema lists the names;
+tests/test_scorers.py fails until they match) and its tests (tests/test_scorers.py). The CLI
+choices are built from ``SCORERS``.
 
 Shapes: head/tail/candidates (·, d) entity vectors; relation (B, dr) with dr = ``relation_dim(d)``;
 folded queries (B, dq) with dq = ``query_dim(d)``; ``normal`` (B, d) TransH's unnormalized w_r.

@@ -108,12 +108,12 @@ def evaluate_model(
     features = quantized_features(FeatureStore(shard_dir, partition.n_shards), saved)
     ds = open_dataset(root, check=False)
     R, E = ds.num_relations, ds.num_entities
-    config = saved["config"]
-    mode = head_mode(heads, bool(config.get("inverse_relations")))
+    config = model.config
+    mode = head_mode(heads, bool(config.inverse_relations))
     if mode == "inverse" and saved["num_relations"] != 2 * R:
         raise KgeInputError(f"heads = inverse: {model_path} was not trained with inverse_relations; use heads = direct")
-    batch = query_batch or config["predict_batch"]
-    block = config["predict_block"]
+    batch = query_batch or config.predict_batch
+    block = config.predict_block
     with torch.no_grad():
         tail_predictor = Predictor(model, features, partition, device, block)
         head_predictor = (
@@ -131,7 +131,7 @@ def evaluate_model(
     candidates = samples or E
     print(
         f"kge evaluate {name or model_path.parent.name}: {queries} triples x 2 directions x {candidates} candidates = "
-        f"{2 * queries * candidates:,} scores of width {config['dim']} ({'sampled' if samples else 'full ranking'}, "
+        f"{2 * queries * candidates:,} scores of width {config.dim} ({'sampled' if samples else 'full ranking'}, "
         f"filtered; memory {batch} x {block} scores at a time)",
         file=sys.stderr,
     )
@@ -162,7 +162,7 @@ def evaluate_model(
                     desc=f"evaluate {split} {direction}s",
                 )
             seconds[f"{split}.{direction}"] = round(time.perf_counter() - began, 3)
-            cost[f"{split}.{direction}"] = evaluation_cost(len(targets), E, config["dim"], samples)
+            cost[f"{split}.{direction}"] = evaluation_cost(len(targets), E, config.dim, samples)
             own = np.asarray(f_entity) == np.asarray(targets)[f_query]
             result["filtered"] = np.bincount(f_query[~own], minlength=len(targets)).astype(np.int64)
             for key, value in result.items():
@@ -177,10 +177,10 @@ def evaluate_model(
         metrics[split] = {**filtered, "raw": raw}
     result = {
         "model": name or model_path.parent.name,
-        "score_fn": config["score_fn"],
-        "distance": config["distance"] if model.scorer.distance else None,
-        "loss": config["loss"]["type"],
-        "dim": config["dim"],
+        "score_fn": config.score_fn,
+        "distance": config.distance if model.scorer.distance else None,
+        "loss": config.loss.type,
+        "dim": config.dim,
         "protocol": {
             "name": "filtered both-sided link prediction"
             if not samples

@@ -106,7 +106,7 @@ class TrainedModel:
         self.model_path, self.shard_dir, self.root = resolve_paths(path, shard_dir, root)
         device = _device(device)
         self.model, self.saved, self.device = load_torch_model(self.model_path, device)
-        self.config = self.saved["config"]
+        self.config = self.model.config  # ModelConfig
         self.partition = Partition.load(self.shard_dir / "partition.npz")
         if self.partition.n_shards != self.saved["n_shards"] or self.partition.seed != self.saved.get("partition_seed"):
             raise KgeInputError(
@@ -119,7 +119,7 @@ class TrainedModel:
             else None
         )
         self.num_entities = int(self.saved["num_entities"])
-        self.inverse_relations = bool(self.config.get("inverse_relations", False))
+        self.inverse_relations = bool(self.config.inverse_relations)
         model_relations = int(self.saved["num_relations"])
         self.num_relations = model_relations // 2 if self.inverse_relations else model_relations
         self.entity_labels, self.relation_labels, self.label_dir = self._labels()
@@ -215,7 +215,7 @@ class TrainedModel:
                 self.features,
                 self.partition,
                 self.device,
-                self.config["predict_block"],
+                self.config.predict_block,
                 direction=direction,
             )
         return self._predictors[direction]

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from kge.bess.features import FeatureStore
 from kge.bess.partition import Partition, locate_rows
 from kge.common.errors import KgeInputError
-from kge.config import with_defaults
+from kge.config import load_model_config
 from kge.dist.comm import LocalComm
 from kge.dist.device import resolve_device
 from kge.nn import fused_distance, scoring
@@ -29,16 +29,16 @@ def load_model(
     path: str | Path, device: torch.device | str | None = None, shards: list[int] | None = None
 ) -> tuple[KGEModel, dict, torch.device]:
     """model.pt written by ``kge train`` -> (model in eval mode, its metadata dict, its device).
+    The model's typed config is ``model.config`` (``saved["config"]`` is the stored dict).
 
     ``device`` None places the model where its config's ``device`` setting says. ``shards``: load
     only those shards' entity rows (one worker of a sharded prediction); default all.
     """
     saved = read_model(path)
-    device = resolve_device(saved["config"]["device"]) if device is None else torch.device(device)
-    # with_defaults: a model.pt saved before later config keys existed builds with what it was trained with.
-    model = KGEModel(
-        with_defaults(saved["config"]), saved["num_relations"], saved["feature_dim"], torch.Generator().manual_seed(0)
-    )
+    # A model.pt saved before later config keys existed builds with what it was trained with.
+    config = load_model_config(saved["config"])
+    device = resolve_device(config.device) if device is None else torch.device(device)
+    model = KGEModel(config, saved["num_relations"], saved["feature_dim"], torch.Generator().manual_seed(0))
     model.load_state_dict(saved["dense"])
     model.entity_table = load_entity_rows(path, saved, shards).float().to(device)
     model.to(device).eval()
@@ -316,11 +316,11 @@ def curve_evaluator(val_hr: np.ndarray, val_t: np.ndarray, train_hrt: np.ndarray
                 trainer.features,
                 trainer.partition,
                 trainer.device,
-                trainer.config["predict_block"],
+                trainer.config.predict_block,
                 owned=trainer.owned,
                 comm=trainer.comm,
             )
-            batch = trainer.config["predict_batch"]
+            batch = trainer.config.predict_batch
             k = clamp_k(10, predictor.num_entities, log=False)
             valid_ids, _ = predictor.topk(valid_hr, k, query_batch=batch)
             train_ids, _ = predictor.topk(sample[:, :2], k, query_batch=batch)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kge.config import ModelConfig, resolve_model_config
 from kge.dist.device import resolve_device
 from kge.nn import fused_distance
 from kge.nn.scorers import get_scorer
@@ -75,11 +76,9 @@ def _model_config(
     distance: int | None = None,
     loss: str = "softmax",
     features: bool = True,
-) -> dict:
+) -> ModelConfig:
     """A bench model's config; ``distance`` None: L1 for TransE, L2 for TransH and RotatE (the
     recipe's majority per family); ``features`` False: embeddings only."""
-    from kge.config import resolve_model_config
-
     if distance is None:
         distance = get_scorer(score_fn).bench_p
     return resolve_model_config(
@@ -180,8 +179,8 @@ def bench_train(
     return {
         "bench": "train",
         "score_fn": score_fn,
-        "distance": trainer.config["distance"] if trainer.model.scorer.distance else None,
-        "loss": trainer.config["loss"]["type"],
+        "distance": trainer.config.distance if trainer.model.scorer.distance else None,
+        "loss": trainer.config.loss.type,
         "dim": dim,
         "batch": batch,
         "negatives": negatives,
@@ -247,7 +246,7 @@ def bench_predict(
     return {
         "bench": "predict",
         "score_fn": score_fn,
-        "distance": trainer.config["distance"] if trainer.model.scorer.distance else None,
+        "distance": trainer.config.distance if trainer.model.scorer.distance else None,
         "dim": dim,
         "queries": queries,
         "entities": trainer.num_entities,

@@ -16,6 +16,7 @@ import numpy as np
 
 from kge.common.atomic import atomic_path, save_text
 from kge.common.tables import markdown_table
+from kge.config import load_model_config
 
 CURVE_TITLES = ("loss", "train MRR (sampled triples)", "validation MRR (sampled queries)")
 LEGEND_MAX = 12  # beyond this many models a legend hides the curves
@@ -57,14 +58,14 @@ def model_curves(history_paths: list[str], out_dir: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for path in history_paths:
         data = json.loads(Path(path).read_text())
-        name, config = Path(path).parent.name, data["config"]
+        name, config = Path(path).parent.name, load_model_config(data["config"])
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
         _plot_history(axes, data["history"], name)
         for ax, title in zip(axes, CURVE_TITLES):
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
         fig.suptitle(
-            f"{name}: {config['score_fn']} d={config['dim']} {config['loss']['type']} lr={config['learning_rate']:g}",
+            f"{name}: {config.score_fn} d={config.dim} {config.loss.type} lr={config.learning_rate:g}",
             fontsize=10,
         )
         _save(fig, str(out / f"{name}.png"))

@@ -7,7 +7,7 @@ bytes) and the storage table in kge/table/storage.py all read ``bytes_per_entity
 from __future__ import annotations
 
 from kge.common.errors import KgeInputError
-from kge.table import sparsity as block_sparsity
+from kge.config import SparsityConfig
 from kge.table.quantize import check_scaling, format_spec
 from kge.table.storage import OPTIMIZERS, STORAGE_DTYPES
 
@@ -19,7 +19,7 @@ def bytes_per_entity(
     storage: str = "float32",
     *,
     scaling: str = "none",
-    sparsity: dict | None = None,
+    sparsity: SparsityConfig | None = None,
     optimizer: str | None = None,
     feature_dim: int = 0,
     feature_format: str = "float16",
@@ -28,7 +28,7 @@ def bytes_per_entity(
     """{"values", "indices", "scale", "m", "v", "feature", "total"}: bytes of one entity row (ints).
 
     values: the row's stored numbers (``dim``; k x block of a block-sparse row, ``sparsity`` being
-    the config's ``sparsity`` section) x the width of ``storage`` (float32, bfloat16, float16, an
+    the config's ``sparsity`` section, ``ModelConfig.sparsity``) x the width of ``storage`` (float32, bfloat16, float16, an
     FP8 format or int8); indices: one per active block of a sparse row (uint8 while n_blocks <= 256,
     else int16), 0 dense; scale: 4 with ``row`` scaling; m and v: Adam's two slots (v or sqrt v) at
     the storage width over the stored values, for ``optimizer`` "adam" (None or "sgd": 0; only
@@ -44,11 +44,10 @@ def bytes_per_entity(
     if int(dim) < 0 or int(feature_dim) < 0:
         raise KgeInputError(f"dim and feature_dim must be >= 0, got dim={dim}, feature_dim={feature_dim}")
     values, indices = int(dim), 0
-    if sparsity is not None and block_sparsity.is_sparse({"sparsity": sparsity}):
-        shape = {"dim": int(dim), "sparsity": sparsity}
-        active = block_sparsity.active_blocks(shape)
-        values = active * sparsity["block"]
-        indices = active * (1 if block_sparsity.block_count(shape) <= 256 else 2)
+    if sparsity is not None and sparsity.enabled:
+        n_blocks, active, _ = sparsity.layout(dim)
+        values = active * sparsity.block
+        indices = active * (1 if n_blocks <= 256 else 2)
     out = {"values": values * spec.bytes, "indices": indices, "scale": SCALE_BYTES if scaling == "row" else 0}
     out["m"] = out["v"] = out["values"] if optimizer is not None and OPTIMIZERS[optimizer] else 0
     feature = format_spec(feature_format, "feature format")

@@ -2,6 +2,8 @@
 
 Each entity row e_S (d,) is split into n_blocks = d / block blocks of ``block`` consecutive
 coordinates; exactly k = max(1, round(density * n_blocks)) of them are active (round half up).
+These counts are derived once, in ``kge.config.ModelConfig`` (block_count, active_blocks,
+swap_count, stored_values_per_entity).
 Inactive blocks hold exactly 0 in the table and in its Adam state (m and v, or sqrt(v) for 16-bit
 storage). They stay 0 because the trainer zeroes the inactive coordinates of the gradient before
 the sparse Adam step: with g = 0 and m = v = 0 the update is 0 / (0 + eps) = 0, and a stored 0 is
@@ -34,47 +36,9 @@ import hashlib
 import torch
 
 from kge.common.errors import KgeInputError
+from kge.config import ModelConfig
 
 MASK_KEY = "sparsity_mask"  # in a checkpoint shard state: that shard's (S, n_blocks) bool mask
-
-
-def is_sparse(config: dict) -> bool:
-    """True when the entity table is block sparse (density < 1)."""
-    return float(config.get("sparsity", {}).get("density", 1.0)) < 1.0
-
-
-def check_config(config: dict, where: str = "model config") -> None:
-    """KgeInputError unless ``sparsity.block`` divides ``dim`` (checked only when sparse)."""
-    if is_sparse(config) and config["dim"] % config["sparsity"]["block"]:
-        raise KgeInputError(
-            f"{where}: key 'sparsity.block' = {config['sparsity']['block']} must divide dim = {config['dim']} "
-            "(each row is split into dim / block blocks)"
-        )
-
-
-def _round_half_up(x: float) -> int:
-    return int(x + 0.5)
-
-
-def block_count(config: dict) -> int:
-    """n_blocks = dim / block."""
-    return config["dim"] // config["sparsity"]["block"]
-
-
-def active_blocks(config: dict) -> int:
-    """k, the active blocks per row: max(1, round(density * n_blocks))."""
-    return max(1, _round_half_up(config["sparsity"]["density"] * block_count(config)))
-
-
-def swap_count(config: dict) -> int:
-    """n, the blocks pruned (and regrown) per row at each event: round(prune_fraction * k), at most n_blocks - k."""
-    k = active_blocks(config)
-    return min(_round_half_up(config["sparsity"]["prune_fraction"] * k), block_count(config) - k)
-
-
-def stored_values_per_entity(config: dict) -> int:
-    """Entity-table values one row stores: k * block when sparse, dim when dense."""
-    return active_blocks(config) * config["sparsity"]["block"] if is_sparse(config) else config["dim"]
 
 
 def _seed(*parts) -> int:
@@ -103,12 +67,11 @@ def random_mask(rows: int, n_blocks: int, k: int, generator: torch.Generator) ->
     return _first_of_each_row(torch.rand(rows, n_blocks, generator=generator), k)
 
 
-def initial_mask(config: dict, shards: list[int], shard_size: int) -> torch.Tensor:
+def initial_mask(config: ModelConfig, shards: list[int], shard_size: int) -> torch.Tensor:
     """Masks of ``shards`` concatenated -> (len(shards) * S, n_blocks) bool on the CPU."""
-    n_blocks, k = block_count(config), active_blocks(config)
+    n_blocks, k = config.block_count, config.active_blocks
     parts = [
-        random_mask(shard_size, n_blocks, k, torch.Generator().manual_seed(mask_seed(config["seed"], s)))
-        for s in shards
+        random_mask(shard_size, n_blocks, k, torch.Generator().manual_seed(mask_seed(config.seed, s))) for s in shards
     ]
     return torch.cat(parts) if parts else torch.zeros(0, n_blocks, dtype=torch.bool)
 
@@ -147,12 +110,13 @@ class BlockSparsity:
     mask: (len(shards) * S, n_blocks) bool on ``device``; rows in the order of the owned table.
     """
 
-    def __init__(self, config: dict, shards: list[int], shard_size: int, device):
-        check_config(config)
+    def __init__(self, config: ModelConfig, shards: list[int], shard_size: int, device):
+        if not config.sparsity.enabled:
+            raise ValueError("BlockSparsity needs a block-sparse config (sparsity.density < 1)")
         self.config = config
         self.shards, self.shard_size = list(shards), shard_size
-        self.block = config["sparsity"]["block"]
-        self.k, self.n_swap = active_blocks(config), swap_count(config)
+        self.block = config.sparsity.block
+        self.k, self.n_swap = config.active_blocks, config.swap_count
         self.mask = initial_mask(config, self.shards, shard_size).to(device)
 
     def zero_inactive_(self, tensors: list[torch.Tensor]) -> None:
@@ -167,8 +131,8 @@ class BlockSparsity:
 
     def event_due(self, step: int) -> bool:
         """Prune and regrow after ``step`` completed steps? Every ``every`` steps, not at the last step."""
-        every = self.config["sparsity"]["every"]
-        return every > 0 and self.n_swap > 0 and step % every == 0 and step < self.config["steps"]
+        every = self.config.sparsity.every
+        return every > 0 and self.n_swap > 0 and step % every == 0 and step < self.config.steps
 
     def prune_and_regrow_(self, step: int, table: torch.Tensor, state: list[torch.Tensor]) -> None:
         """The event after ``step`` completed steps, on every owned shard: updates the mask and zeroes
@@ -176,7 +140,7 @@ class BlockSparsity:
         S = self.shard_size
         for index, shard in enumerate(self.shards):
             rows = slice(index * S, (index + 1) * S)
-            generator = torch.Generator().manual_seed(event_seed(self.config["seed"], step, shard))
+            generator = torch.Generator().manual_seed(event_seed(self.config.seed, step, shard))
             pruned, regrown = choose_prune_and_regrow(table[rows], self.mask[rows], self.n_swap, generator)
             changed = pruned | regrown
             for tensor in [table, *state]:

@@ -33,6 +33,7 @@ import torch
 from kge.common import atomic
 from kge.common.errors import KgeInputError
 from kge.common.tables import markdown_table
+from kge.config import load_model_config
 from kge.table.footprint import bytes_per_entity
 from kge.table.quantize import (
     check_scaling,
@@ -206,7 +207,7 @@ def _open_features(saved: dict, fmt: str | None, scaling: str | None, shard_dir)
     if scaling is None:
         raise KgeInputError("--feature-format: needs --feature-scaling (none, tensor or row)")
     check_scaling(fmt, scaling, "--feature-scaling")
-    if not saved["config"]["features"]["use"]:
+    if not load_model_config(saved["config"]).features.use:
         return None  # nothing to quantize: the model reads no features
     if shard_dir is None:
         raise KgeInputError("--feature-format: needs --shard-dir (the model's shards, where its features are)")
@@ -222,7 +223,7 @@ def _open_features(saved: dict, fmt: str | None, scaling: str | None, shard_dir)
 def _quantize_features(saved: dict, store, fmt: str | None, scaling: str | None, progress: bool) -> dict:
     """The "features" entry of quantization.json (tensor scale and errors measured over every shard)."""
     dim = int(saved["feature_dim"])
-    if not saved["config"]["features"]["use"]:
+    if not load_model_config(saved["config"]).features.use:
         return {"used": False, "format": None, "scaling": None, "bytes_per_entity": 0, "source_bytes_per_entity": 0}
     if store is None:  # left as stored
         described = _describe(SOURCE_FEATURE_FORMAT, "none", "nearest", dim, SOURCE_FEATURE_FORMAT, None)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kge.common.errors import KgeInputError
 from kge.common.tables import markdown_table
-from kge.config import MODEL_DEFAULTS, deep_merge, with_defaults
+from kge.config import MODEL_DEFAULTS, ModelConfig, deep_merge, load_model_config
 
 SEPARATOR = "--"
 # The exponent a of lr(B) = base_lr x (B / B_ref)^a.
@@ -173,26 +173,25 @@ def _member(results: Path, model: str) -> dict:
     metrics = json.loads((results / "predictions" / f"{model}.json").read_text())
     trained = json.loads((results / "models" / model / "history.json").read_text())
     # Complete under this version's defaults: a model trained before a key existed shows no change in it.
-    config = with_defaults(trained["config"])
+    config = load_model_config(trained["config"])
     return {
         "model": model,
         "config": config,
         "valid_mrr": metrics["valid_mrr"],
         "parameters": metrics["parameters"],
         "train_seconds": metrics["train_seconds"],
-        "steps": config["steps"],
+        "steps": config.steps,
         "final_loss": _final_loss(trained["history"]),
         "stored_bytes_per_entity": _row_bytes(config),
     }
 
 
-def _row_bytes(config: dict) -> float:
+def _row_bytes(config: ModelConfig) -> float:
     """Bytes of one entity's stored embedding row in the storage dtype: its values (the active blocks
-    of a sparse row) and their block indices; not its feature or optimizer state. config: complete
-    (with_defaults), as _member passes it."""
+    of a sparse row) and their block indices; not its feature or optimizer state."""
     from kge.table.footprint import bytes_per_entity
 
-    stored = bytes_per_entity(config["dim"], config["dtype"], sparsity=config["sparsity"])
+    stored = bytes_per_entity(config.dim, config.dtype, sparsity=config.sparsity)
     return float(stored["values"] + stored["indices"])
 
 
@@ -214,7 +213,9 @@ def study_report(
             {
                 "model": model,
                 "variant": model.split(SEPARATOR, 1)[1] if SEPARATOR in model and model != baseline else "base",
-                "changes": "(baseline)" if model == baseline else setting_changes(base["config"], member["config"]),
+                "changes": "(baseline)"
+                if model == baseline
+                else setting_changes(base["config"].to_dict(), member["config"].to_dict()),
                 "valid_mrr": member["valid_mrr"],
                 "change": change,
                 "relative_change": change / base["valid_mrr"] if base["valid_mrr"] else None,

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 from kge.common import atomic
-from kge.config import negatives_at
+from kge.config import ModelConfig
 from kge.train.checkpoint import PROGRESS_NAME
 from kge.train.loop import Callback, StepEnd, TrainingLoop
 from kge.train.schedule import learning_rate
@@ -56,11 +56,11 @@ class HistoryCallback(Callback):
     ``loss``: the mean loss of the steps since the previous entry; ``lr``: the last step's base
     learning rate; ``negatives``: the last step's shared pool, with a two-phase schedule only."""
 
-    def __init__(self, config: dict, n_shards: int, log_every: int):
+    def __init__(self, config: ModelConfig, n_shards: int, log_every: int):
         self.config = config
         self.n_shards = n_shards
         self.log_every = log_every
-        self.two_phase = config["two_phase"]["fraction"] > 0
+        self.two_phase = config.two_phase.enabled
 
     def due(self, end: StepEnd) -> bool:
         return end.step % self.log_every == 0 or end.done or end.metrics is not None
@@ -71,7 +71,7 @@ class HistoryCallback(Callback):
         loop.losses.settle(end.step)
         entry = {"step": end.step, "loss": loop.losses.mean(), "lr": learning_rate(self.config, end.step - 1)}
         if self.two_phase:  # which pool the last step drew from
-            entry["negatives"] = negatives_at(self.config, self.n_shards, end.step - 1)
+            entry["negatives"] = self.config.negatives_at(self.n_shards, end.step - 1)
         loop.losses.clear()
         entry.update(end.metrics or {})
         loop.trainer.history.append(entry)
@@ -184,11 +184,11 @@ def training_callbacks(trainer, evaluator: Callable[[object], dict] | None, prog
     config = trainer.config
     callbacks: list[Callback] = []
     if evaluator is not None:
-        callbacks.append(ValidationCallback(evaluator, config["validate_every"]))
-    log_every = max(1, min(100, config["steps"] // 20))
+        callbacks.append(ValidationCallback(evaluator, config.validate_every))
+    log_every = max(1, min(100, config.steps // 20))
     callbacks.append(HistoryCallback(config, trainer.n_shards, log_every))
-    callbacks.append(ProgressBarCallback(f"train {config['score_fn']}", enabled=progress and trainer.is_main))
+    callbacks.append(ProgressBarCallback(f"train {config.score_fn}", enabled=progress and trainer.is_main))
     if trainer.is_main:
         callbacks.append(ProgressFileCallback())
-    callbacks.append(CheckpointCallback(config["checkpoint_every"], config["checkpoint_seconds"]))
+    callbacks.append(CheckpointCallback(config.checkpoint_every, config.checkpoint_seconds))
     return callbacks

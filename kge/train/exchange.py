@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from kge.config import ModelConfig
 from kge.nn.model import KGEModel
 
 
@@ -102,14 +103,14 @@ class ScoresExchange:
         return scores if unorder is None else scores[:, unorder]
 
 
-def fuses_dot(config: dict, model: KGEModel) -> bool:
+def fuses_dot(config: ModelConfig, model: KGEModel) -> bool:
     """Whether the step scores and takes the loss in one fused function: dot-product scores
     (``Scorer.dot``) whose tails move to the queries, so the whole (M, d) tail block is at hand."""
-    return config["exchange"] == "tails" and model.scorer.dot
+    return config.exchange == "tails" and model.scorer.dot
 
 
-def make_exchange(config: dict, model: KGEModel, comm) -> TailsExchange | ScoresExchange:
-    """The exchange strategy of ``config['exchange']`` (``tails`` | ``scores``) for ``model``'s scorer."""
-    if config["exchange"] == "scores":
+def make_exchange(config: ModelConfig, model: KGEModel, comm) -> TailsExchange | ScoresExchange:
+    """The exchange strategy of ``config.exchange`` (``tails`` | ``scores``) for ``model``'s scorer."""
+    if config.exchange == "scores":
         return ScoresExchange(comm)
     return DotTailsExchange(comm) if fuses_dot(config, model) else TailsExchange(comm)

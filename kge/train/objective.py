@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from kge.config import adversarial_scale
+from kge.config import LossConfig, ModelConfig, RegularizationConfig
 from kge.nn import losses
 from kge.train.exchange import DotOperands, fuses_dot
 
@@ -23,8 +23,8 @@ from kge.train.exchange import DotOperands, fuses_dot
 class Softmax:
     """Sampled softmax over the M columns; the correction only on the shared negatives."""
 
-    def __init__(self, loss_config: dict):
-        self.in_batch_negatives = loss_config["in_batch_negatives"]
+    def __init__(self, loss_config: LossConfig):
+        self.in_batch_negatives = loss_config.in_batch_negatives
 
     def __call__(self, scores: torch.Tensor, correction: float, false_negatives) -> torch.Tensor:
         """scores (B, M) -> 0-d loss."""
@@ -36,11 +36,11 @@ class LogSigmoid:
     (equal to ``losses.logsigmoid_loss`` with the diagonal, in-batch columns if off, and false
     negatives masked)."""
 
-    def __init__(self, loss_config: dict):
-        self.adversarial = adversarial_scale(loss_config)
-        self.positive_weight = loss_config["positive_weight"]
-        self.negative_weight = loss_config["negative_weight"]
-        self.in_batch_negatives = loss_config["in_batch_negatives"]
+    def __init__(self, loss_config: LossConfig):
+        self.adversarial = loss_config.adversarial
+        self.positive_weight = loss_config.positive_weight
+        self.negative_weight = loss_config.negative_weight
+        self.in_batch_negatives = loss_config.in_batch_negatives
 
     def __call__(self, scores: torch.Tensor, correction: float, false_negatives) -> torch.Tensor:
         """scores (B, M) -> 0-d loss (``correction`` unused: the weights are the model's own softmax)."""
@@ -83,18 +83,18 @@ class DotLogSigmoid(LogSigmoid):
 Objective = Softmax | LogSigmoid
 
 
-def make_objective(config: dict, model) -> Objective:
-    """The objective of ``config['loss']['type']`` (``softmax`` | ``logsigmoid``): fused exactly when
+def make_objective(config: ModelConfig, model) -> Objective:
+    """The objective of ``config.loss.type`` (``softmax`` | ``logsigmoid``): fused exactly when
     the exchange hands over dot operands (``kge.train.exchange.fuses_dot``)."""
-    loss_config = config["loss"]
+    loss_config = config.loss
     fused = fuses_dot(config, model)
-    if loss_config["type"] == "softmax":
+    if loss_config.type == "softmax":
         return DotSoftmax(loss_config) if fused else Softmax(loss_config)
     return DotLogSigmoid(loss_config) if fused else LogSigmoid(loss_config)
 
 
 class Penalties:
-    """The regularisation terms of ``config['regularisation']`` with a positive weight, added to the loss.
+    """The regularisation terms of ``config.regularisation`` with a positive weight, added to the loss.
 
     Each is ``weight * sum |x|^power`` over the step's rows in one role: ``entity`` the encoded
     rows e, ``embedding`` their table rows e_S, ``feature`` their feature branch f. A worker
@@ -104,12 +104,9 @@ class Penalties:
 
     ROLES = ("entity", "embedding", "feature")
 
-    def __init__(self, regularisation: dict):
-        self.terms = [
-            (role, regularisation[role]["weight"], regularisation[role]["power"])
-            for role in self.ROLES
-            if regularisation[role]["weight"] > 0
-        ]
+    def __init__(self, regularisation: RegularizationConfig):
+        penalties = [(role, getattr(regularisation, role)) for role in self.ROLES]
+        self.terms = [(role, penalty.weight, penalty.power) for role, penalty in penalties if penalty.weight > 0]
 
     def add_to(self, loss: torch.Tensor, rows: dict[str, list[torch.Tensor]]) -> torch.Tensor:
         """loss 0-d, rows {role: [heads (B, d), tails (W c, d)]} -> loss plus the penalties (in ROLES order)."""

@@ -24,7 +24,6 @@ import torch
 
 from kge.bess.partition import locate_rows
 from kge.bess.sampling import Batch
-from kge.config import negatives_at
 from kge.nn import losses
 from kge.table import sparsity
 from kge.train import subspace
@@ -88,10 +87,8 @@ class StepPhases:
         with one worker (whose requests are its own rows), the unique rows and their features.
         Pure in ``step``: run ahead in the prefetch thread or inline, it gives the same tensors."""
         config, W, S = self.config, self.world_size, self.shard_size
-        n_negatives = negatives_at(config, self.n_shards, step)
-        batch = self.sampler.sample(
-            torch.Generator().manual_seed(step_seed(config["seed"], step, self.rank)), n_negatives
-        )
+        n_negatives = config.negatives_at(self.n_shards, step)
+        batch = self.sampler.sample(torch.Generator().manual_seed(step_seed(config.seed, step, self.rank)), n_negatives)
         _, head_local = locate_rows(self.partition.row_of(batch.head), S, W)  # heads are all ours
         columns = torch.cat([batch.tail, batch.negatives])
         owner, target_local = locate_rows(self.partition.row_of(columns), S, W)
@@ -103,7 +100,7 @@ class StepPhases:
         # Columns (in batch order, both exchanges) holding query b's own tail id again: not its
         # negatives. A sparse (rows, cols) list, found on the CPU ids; None with the switch off.
         false_negatives = None
-        if config["loss"]["mask_false_negatives"]:
+        if config.loss.mask_false_negatives:
             false_negatives = losses.false_negative_pairs(batch.tail, columns)
         unique = features = None
         if W == 1:  # served == requests: the rows to gather are known before any exchange
@@ -242,17 +239,17 @@ class StepPhases:
         sparsity: their inactive blocks kept at zero, and the step's prune-and-regrow if due)."""
         config = self.config
         # Random-subspace optimisation: P P^T g with P drawn from (seed, step, tensor), alike on every worker.
-        subspace.project_gradients_(self.dense_params, config["subspace"]["dim"], config["seed"], self.step)
+        subspace.project_gradients_(self.dense_params, config.subspace.dim, config.seed, self.step)
         lr = learning_rate(config, self.step)
         for group in self.dense_optimizer.param_groups:
             group["lr"] = lr * group["lr_modifier"]
         self.dense_optimizer.step()
-        rounding = torch.Generator(device=self.device).manual_seed(seed) if config["stochastic_rounding"] else None
+        rounding = torch.Generator(device=self.device).manual_seed(seed) if config.stochastic_rounding else None
         entity_grad = gathered.embeddings.grad
         if self.sparsity is not None:  # zero gradient, zero m and v: inactive blocks get a zero update
             entity_grad = self.sparsity.mask_gradient(gathered.rows, entity_grad)
         self.entity_optimizer.step(
-            gathered.rows, entity_grad, lr * config["lr_modifiers"]["entity_embedding"], generator=rounding
+            gathered.rows, entity_grad, lr * config.lr_modifiers.entity_embedding, generator=rounding
         )
         if self.sparsity is not None and self.sparsity.event_due(self.step + 1):
             self.sparsity.prune_and_regrow_(
@@ -275,7 +272,7 @@ class StepPhases:
         ``sync=False`` returns the loss as a 0-d tensor on the device, unchecked, so the step ends
         without waiting for the device (the caller checks it with ``check_loss`` when it reads it).
         """
-        seed = step_seed(self.config["seed"], self.step, self.rank)
+        seed = step_seed(self.config.seed, self.step, self.rank)
         phase = self.timer.phase
         with phase("sample"):
             prepared = self.sample()

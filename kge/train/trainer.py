@@ -34,7 +34,7 @@ from kge.bess.sampling import BessSampler
 from kge.bess.shard import read_shard_meta
 from kge.common import atomic
 from kge.common.errors import KgeInputError
-from kge.config import config_hash, negatives_per_step
+from kge.config import ModelConfig, config_hash
 from kge.dist.comm import LocalComm
 from kge.dist.device import resolve_device
 from kge.nn import losses
@@ -71,15 +71,19 @@ class Trainer(StepPhases):
     """One worker's model rows, optimisers, sampler and feature store (``comm`` None = the only worker),
     with its exchange strategy and objective; ``train_step`` runs one step (``StepPhases``)."""
 
-    def __init__(self, config: dict, shard_dir: str | Path, model_dir: str | Path, comm=None):
+    def __init__(self, config: ModelConfig, shard_dir: str | Path, model_dir: str | Path, comm=None):
+        if not isinstance(config, ModelConfig):
+            raise TypeError(
+                f"Trainer: config must be a kge.config.ModelConfig (resolve_model_config), got {type(config).__name__}"
+            )
         self.config = config
         self.comm = comm if comm is not None else LocalComm()
         self.rank, self.world_size = self.comm.rank, self.comm.world_size
-        if config["workers"] != self.world_size:
-            raise KgeInputError(f"workers: config asks for {config['workers']} workers, {self.world_size} are running")
+        if config.workers != self.world_size:
+            raise KgeInputError(f"workers: config asks for {config.workers} workers, {self.world_size} are running")
         self.model_dir = Path(model_dir)
         self.shard_dir = Path(shard_dir)
-        self.device = getattr(self.comm, "device", None) or resolve_device(config["device"])
+        self.device = getattr(self.comm, "device", None) or resolve_device(config.device)
         meta = read_shard_meta(shard_dir)
         self.num_entities = int(meta["num_entities"])
         self.num_relations = int(meta["num_relations"])
@@ -87,50 +91,50 @@ class Trainer(StepPhases):
         self.n_shards, self.shard_size = self.partition.n_shards, self.partition.shard_size
         self.owned = owned_shards(self.n_shards, self.rank, self.world_size)
         self.features = FeatureStore(shard_dir, self.n_shards, shards=self.owned)
-        self.negatives = negatives_per_step(config, self.n_shards)
+        self.negatives = config.negatives_per_step(self.n_shards)
         # Two-phase schedule: phase one's smaller pool must split over shards like the full one.
-        small = config["two_phase"]["negatives"] if config["two_phase"]["fraction"] > 0 else None
+        small = config.two_phase.negatives if config.two_phase.enabled else None
         if small is not None and small % self.n_shards:
             raise KgeInputError(f"two_phase.negatives: {small} must be a multiple of the shard count {self.n_shards}")
         self.sampler = BessSampler(
             shard_dir,
-            config["batch_size"],
+            config.batch_size,
             self.negatives,
             rank=self.rank,
             world_size=self.world_size,
-            relation_power=config["relation_power"],
-            inverse_relations=config["inverse_relations"],
+            relation_power=config.relation_power,
+            inverse_relations=config.inverse_relations,
         )
-        generator = torch.Generator().manual_seed(config["seed"])  # dense parameters: identical on every worker
+        generator = torch.Generator().manual_seed(config.seed)  # dense parameters: identical on every worker
         # With inverse relations, relation r + R is the reverse of r: (t, r + R, h) for every (h, r, t).
         self.model_relations = self.sampler.num_model_relations
         self.model = KGEModel(config, self.model_relations, self.features.dim, generator)
         self.model.to(self.device)
-        adam = config["adam"]
+        adam = config.adam
         self.entity_optimizer = SparseRowAdam(
             init_entity_rows(config, self.owned, self.shard_size).to(self.device),
-            adam["beta1"],
-            adam["beta2"],
-            adam["eps"],
-            storage=config["dtype"],
-            stochastic_rounding=config["stochastic_rounding"],
+            adam.beta1,
+            adam.beta2,
+            adam.eps,
+            storage=config.dtype,
+            stochastic_rounding=config.stochastic_rounding,
         )
         self.model.entity_table = self.entity_optimizer.table  # in the storage dtype
         # Block sparsity (density < 1): the mask of the owned rows; inactive blocks start at 0.
         self.sparsity = None
-        if sparsity.is_sparse(config):
+        if config.sparsity.enabled:
             self.sparsity = sparsity.BlockSparsity(config, self.owned, self.shard_size, self.device)
             self.sparsity.zero_inactive_([self.entity_optimizer.table])
         # Loss scaling as the submission did: Adam is scale invariant, so gradients are never
         # unscaled; the scale only lifts small gradients above fp16's underflow in stored m.
-        scale = config["loss_scale"]
-        self.loss_scale = float(config["batch_size"] * self.negatives) if scale == "auto" else float(scale)
+        scale = config.loss_scale
+        self.loss_scale = float(config.batch_size * self.negatives) if scale == "auto" else float(scale)
         self.dense_params = [p for group in self.model.dense_param_groups() for p in group["params"]]
         self.dense_optimizer = torch.optim.Adam(
             self.model.dense_param_groups(),
-            lr=config["learning_rate"],
-            betas=(adam["beta1"], adam["beta2"]),
-            eps=adam["eps"],
+            lr=config.learning_rate,
+            betas=(adam.beta1, adam.beta2),
+            eps=adam.eps,
         )
         self.step = 0
         # Wall time per phase of train_step, for `kge bench`; "exchange" is waiting on collectives.
@@ -143,13 +147,13 @@ class Trainer(StepPhases):
         # pushed popular entities down (miniature, DistMult, 1000 steps: validation MRR 0.054 with
         # the correction on every column, 0.089 on shared negatives only).
         self.corrections = {
-            n: losses.sampling_correction(self.num_entities, n, config["loss"]["correction_weight"])
+            n: losses.sampling_correction(self.num_entities, n, config.loss.correction_weight)
             for n in {self.negatives, small or self.negatives}
         }
         # How the scores come together and what loss they feed: decided here, once, not per step.
         self.exchange = make_exchange(config, self.model, self.comm)
         self.objective = make_objective(config, self.model)
-        self.penalties = Penalties(config["regularisation"])
+        self.penalties = Penalties(config.regularisation)
         self.last_step: dict = {}  # the last step's indices, for parity checks and debugging
         # Step t + 1's sampling and id routing run in a background thread while step t computes.
         self._prefetch = os.environ.get("KGE_PREFETCH", "1") != "0"
@@ -198,7 +202,7 @@ class Trainer(StepPhases):
                 "train_seconds": self.train_seconds,
             }
             checkpoint.commit(self.model_dir, self.step, dense, self._meta())
-            atomic.save_json(self.model_dir / HISTORY_NAME, {"config": self.config, "history": self.history})
+            atomic.save_json(self.model_dir / HISTORY_NAME, {"config": self.config.to_dict(), "history": self.history})
         self.comm.barrier()  # nobody runs ahead while rank 0 prunes the older step
 
     def try_resume(self) -> bool:
@@ -243,7 +247,7 @@ class Trainer(StepPhases):
         self.comm.barrier()
         final = {
             "format": checkpoint.MODEL_FORMAT,
-            "config": self.config,
+            "config": self.config.to_dict(),  # plain data: model.pt loads without kge.config
             "num_entities": self.num_entities,
             "num_relations": self.model_relations,
             "feature_dim": self.features.dim,
@@ -259,26 +263,24 @@ class Trainer(StepPhases):
         }
         if self.sparsity is not None:  # the rows already hold the zeros; this says how sparse they are
             final["sparsity"] = {
-                "density": self.config["sparsity"]["density"],
+                "density": self.config.sparsity.density,
                 "block": self.sparsity.block,
                 "active_blocks": self.sparsity.k,
-                "n_blocks": sparsity.block_count(self.config),
-                "bytes_per_entity": bytes_per_entity(
-                    self.config["dim"], self.config["dtype"], sparsity=self.config["sparsity"]
-                ),
+                "n_blocks": self.config.block_count,
+                "bytes_per_entity": bytes_per_entity(self.config.dim, self.config.dtype, sparsity=self.config.sparsity),
             }
         if self.is_main:
             atomic.torch_save(self.model_dir / MODEL_NAME, final)
-            atomic.save_json(self.model_dir / HISTORY_NAME, {"config": self.config, "history": self.history})
+            atomic.save_json(self.model_dir / HISTORY_NAME, {"config": self.config.to_dict(), "history": self.history})
             checkpoint.remove_checkpoints(self.model_dir)
         self.comm.barrier()
         return final
 
 
 def train(
-    config: dict, shard_dir: str | Path, model_dir: str | Path, evaluator=None, progress: bool = True, comm=None
+    config: ModelConfig, shard_dir: str | Path, model_dir: str | Path, evaluator=None, progress: bool = True, comm=None
 ) -> dict:
-    """Train (or resume) to ``config['steps']``; writes model_dir/model.pt atomically at the end.
+    """Train (or resume) to ``config.steps``; writes model_dir/model.pt atomically at the end.
 
     ``evaluator(trainer) -> dict`` is called (on every worker) every ``validate_every`` steps and
     at the end; its metrics (e.g. train and validation MRR) are appended to the history with the
@@ -288,4 +290,4 @@ def train(
     trainer = Trainer(config, shard_dir, model_dir, comm)
     trainer.model_dir.mkdir(parents=True, exist_ok=True)
     trainer.try_resume()
-    return TrainingLoop(trainer, config["steps"], training_callbacks(trainer, evaluator, progress)).run()
+    return TrainingLoop(trainer, config.steps, training_callbacks(trainer, evaluator, progress)).run()

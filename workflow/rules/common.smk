@@ -113,9 +113,9 @@ _PLACEHOLDER = re.compile(r"(?<!\$)\{(\w+)\}")  # {nodes} is ours; ${VAR} is lef
 LAUNCH_PLACEHOLDERS = ("nodes", "workers", "workers_per_node", "cpus_per_worker", "cpus_per_node", "gpus_per_node")
 
 for _name, _cfg in MODELS.items():
-    if config["shards"]["count"] % _cfg["workers"]:
+    if config["shards"]["count"] % _cfg.workers:
         raise ValueError(
-            f"config key models.{_name}.workers: {_cfg['workers']} workers must divide shards.count = {config['shards']['count']}"
+            f"config key models.{_name}.workers: {_cfg.workers} workers must divide shards.count = {config['shards']['count']}"
         )
 
 
@@ -124,7 +124,7 @@ def launch_plan(name):
     command prefix ("" = none), or None when `launcher` is null."""
     if not LAUNCHER:
         return None
-    workers = MODELS[name]["workers"]
+    workers = MODELS[name].workers
     per_node_max = LAUNCHER["workers_per_node"]
     command = LAUNCHER.get("command") if workers > 1 else None
     if workers > per_node_max and not command:
@@ -175,7 +175,7 @@ def job_threads(wildcards):
     """Threads of a train/predict job: per node, split by kge among its local workers."""
     plan = LAUNCH[wildcards.model]
     # Without a launcher, W local workers need W cores at least (Snakemake schedules by threads).
-    return plan["cpus_per_node"] if plan else max(THREADS, MODELS[wildcards.model]["workers"])
+    return plan["cpus_per_node"] if plan else max(THREADS, MODELS[wildcards.model].workers)
 
 
 def _resource(step, key):

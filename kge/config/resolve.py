@@ -1,4 +1,5 @@
-"""Model configuration: defaults, deep merge, JSON-schema validation with one-line errors."""
+"""Resolving a model configuration: deep merge over the defaults, JSON-schema validation with
+one-line errors, the cross-key checks, and the typed ``ModelConfig`` that comes out."""
 
 from __future__ import annotations
 
@@ -6,112 +7,17 @@ import copy
 import hashlib
 import json
 from importlib import resources
-from typing import Any
 
 import jsonschema
 
 from kge.common.errors import KgeInputError
-from kge.nn.scorers import SCORERS
-from kge.table import sparsity
-
-# Defaults follow the submission where it had one setting (Adam betas, cube-root sampling,
-# 0.5/0.5 log-sigmoid halves, linear decay) and the miniature's budget otherwise.
-MODEL_DEFAULTS: dict[str, Any] = {
-    "score_fn": "distmult",
-    "distance": 1,
-    "gamma": 10.0,
-    "dim": 128,
-    "init_scale": 0.01,
-    "batch_size": 512,
-    "negatives": 512,
-    "negatives_per_shard": None,
-    "two_phase": {"fraction": 0.0, "negatives": None},
-    "inverse_relations": False,
-    "relation_power": 1.0 / 3.0,
-    "loss": {
-        "type": "softmax",
-        "adversarial_scale": 0.0,
-        "adversarial_temperature": None,
-        "correction_weight": 1.0,
-        "in_batch_negatives": True,
-        "mask_false_negatives": True,
-        "positive_weight": 0.5,
-        "negative_weight": 0.5,
-    },
-    "regularisation": {
-        "entity": {"weight": 0.0, "power": 3.0},
-        "embedding": {"weight": 0.0, "power": 3.0},
-        "feature": {"weight": 0.0, "power": 3.0},
-    },
-    "features": {
-        "use": True,
-        "share_projection": False,
-        "dropout": 0.0,
-        "bias": False,
-        "weight": False,
-        "gated": False,
-        "projection": "dense",
-        "groups": 4,
-        "mlp": {
-            "hidden": 0,
-            "squeeze": False,
-            "residual": False,
-            "concat_embeddings": False,
-            "glu": False,
-            "norm": "none",
-        },
-    },
-    "learning_rate": 1e-3,
-    "lr_decay": "linear",
-    "lr_modifiers": {
-        "entity_embedding": 1.0,
-        "feature_projection": 1.0,
-        "relation": 1.0,
-        "head_feature_projection": None,
-        "tail_feature_projection": None,
-    },
-    "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-    "subspace": {"dim": 0},
-    "sparsity": {"density": 1.0, "block": 16, "every": 0, "prune_fraction": 0.3},
-    "steps": 1000,
-    "workers": 1,
-    "exchange": "tails",
-    "dtype": "float32",
-    "stochastic_rounding": False,
-    "loss_scale": 1.0,
-    "device": "auto",
-    "seed": 0,
-    "checkpoint_every": 200,
-    "checkpoint_seconds": 120.0,
-    "validate_every": 0,
-    "validate_queries": 2000,
-    "predict_batch": 1000,
-    "predict_block": 65536,
-}
-
-# Keys added after models were first trained, with the value that reproduces the older behaviour.
-# config_hash leaves them out while they hold that value (older checkpoints still resume) and
-# with_defaults fills that value into a config read from an older model.pt. Usually it is also the
-# default; loss.mask_false_negatives is not: the masking is on by default, so a new run's hash
-# differs from an older checkpoint's (which trained without it and must not be resumed as if masked),
-# while an older config read back says, truthfully, that it trained without the mask.
-LATER_KEYS: dict[tuple[str, ...], Any] = {
-    ("features", "projection"): "dense",
-    ("features", "groups"): 4,
-    ("features", "mlp", "norm"): "none",
-    ("subspace",): {"dim": 0},
-    ("two_phase",): {"fraction": 0.0, "negatives": None},
-    ("sparsity",): {"density": 1.0, "block": 16, "every": 0, "prune_fraction": 0.3},
-    ("loss", "mask_false_negatives"): False,
-}
+from kge.config.defaults import LATER_KEYS, MODEL_DEFAULTS
+from kge.config.model import ModelConfig
 
 
 def _schema() -> dict:
-    """The model schema, with the ``score_fn`` enum taken from the scorer registry (adding a scorer
-    there is all the schema needs)."""
-    schema = json.loads(resources.files("kge").joinpath("schemas/model.schema.json").read_text())
-    schema["properties"]["score_fn"]["enum"] = list(SCORERS)
-    return schema
+    """The model schema (its ``score_fn`` enum lists the scorer registry's names; a test keeps them equal)."""
+    return json.loads(resources.files("kge").joinpath("schemas/model.schema.json").read_text())
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -141,8 +47,12 @@ def validate(config: dict, schema: dict, where: str) -> None:
         raise KgeInputError(f"{where}: key '{path or '<root>'}': {err.message}")
 
 
-def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
-    """Validate user overrides, then fill in defaults. Returns the complete model config."""
+def resolve_model_config(overrides: dict | ModelConfig, where: str = "model config") -> ModelConfig:
+    """Validate a user's settings, fill in the defaults, check the keys that depend on each other
+    -> the typed, complete ``ModelConfig`` (KgeInputError naming the key for the first problem).
+    A ``ModelConfig`` (already resolved) is validated again from its settings."""
+    if isinstance(overrides, ModelConfig):
+        overrides = overrides.to_dict()
     if not isinstance(overrides, dict):
         raise KgeInputError(f"{where}: expected a mapping of model settings, got {type(overrides).__name__}")
     schema = _schema()
@@ -184,17 +94,23 @@ def resolve_model_config(overrides: dict, where: str = "model config") -> dict:
         raise KgeInputError(
             f"{where}: key 'two_phase.negatives' = {two_phase['negatives']} must be a multiple of workers = {config['workers']}"
         )
-    sparsity.check_config(config, where)
+    sparse = config["sparsity"]
+    if sparse["density"] < 1.0 and config["dim"] % sparse["block"]:
+        raise KgeInputError(
+            f"{where}: key 'sparsity.block' = {sparse['block']} must divide dim = {config['dim']} "
+            "(each row is split into dim / block blocks)"
+        )
     if mlp["norm"] != "none" and not mlp["hidden"]:
         raise KgeInputError(
             f"{where}: key 'features.mlp.norm' = {mlp['norm']} normalizes the MLP's hidden layer; set 'features.mlp.hidden' > 0"
         )
-    return config
+    return ModelConfig.from_dict(config)
 
 
 def with_defaults(config: dict) -> dict:
     """A complete config saved by an older version (without LATER_KEYS) -> the same config with the
-    LATER_KEYS values (what it was trained with) where it lacks them, MODEL_DEFAULTS elsewhere."""
+    LATER_KEYS values (what it was trained with) where it lacks them, MODEL_DEFAULTS elsewhere
+    (a plain dict; ``load_model_config`` gives the typed one)."""
     older: dict = {}
     for (*parents, key), value in LATER_KEYS.items():
         node = older
@@ -202,33 +118,6 @@ def with_defaults(config: dict) -> dict:
             node = node.setdefault(parent, {})
         node[key] = copy.deepcopy(value)
     return deep_merge(deep_merge(MODEL_DEFAULTS, older), config)
-
-
-def negatives_per_step(config: dict, n_shards: int) -> int:
-    """Shared negatives N per worker per step: negatives_per_shard x D when set (it takes precedence), else 'negatives'."""
-    per_shard = config.get("negatives_per_shard")
-    return int(per_shard) * int(n_shards) if per_shard else int(config["negatives"])
-
-
-def negatives_at(config: dict, n_shards: int, step: int) -> int:
-    """Shared negatives N at ``step`` (0-based): phase one's small pool for the first
-    two_phase.fraction of the steps, the full pool (negatives_per_step) after."""
-    two_phase = config.get("two_phase") or {}
-    if two_phase.get("fraction", 0.0) > 0 and step < phase_one_steps(config):
-        return int(two_phase["negatives"])
-    return negatives_per_step(config, n_shards)
-
-
-def phase_one_steps(config: dict) -> int:
-    """Steps in phase one of the two-phase schedule (0 when it is off)."""
-    two_phase = config.get("two_phase") or {}
-    return int(round(two_phase.get("fraction", 0.0) * config["steps"]))
-
-
-def adversarial_scale(loss_config: dict) -> float:
-    """The self-adversarial scale a of softmax(a * s): 1 / temperature when a temperature is set."""
-    temperature = loss_config.get("adversarial_temperature")
-    return 1.0 / float(temperature) if temperature else float(loss_config["adversarial_scale"])
 
 
 def scale_settings(settings: dict, scale: dict | None) -> dict:
@@ -264,8 +153,15 @@ def with_pipeline_defaults(user: dict, defaults: dict) -> dict:
     return merged
 
 
-def config_hash(config: dict) -> str:
+def load_model_config(saved: dict | ModelConfig) -> ModelConfig:
+    """The config stored in a model.pt or history.json (by this or an older version) -> ``ModelConfig``."""
+    return saved if isinstance(saved, ModelConfig) else ModelConfig.from_dict(with_defaults(saved))
+
+
+def config_hash(config: dict | ModelConfig) -> str:
     """Stable digest of the settings that change training (used to refuse a stale checkpoint)."""
+    if isinstance(config, ModelConfig):
+        config = config.to_dict()
     # Workers and the exchange variant change how a step is computed, not what is trained: a
     # checkpoint resumes under another worker count (shards are owned by shard index).
     ignored = (
