@@ -111,3 +111,13 @@ def test_the_trainer_times_every_bucket_and_bench_can_reset_them(mini_shards, tm
     before = dict(trainer.phase_seconds)
     trainer.train_step()
     assert trainer.phase_seconds == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_timer_is_off_on_cuda_until_bench_switches_it_on(mini_shards, tmp_path):
+    """A timed phase synchronizes the device; training on CUDA must not pay that for nobody."""
+    trainer = Trainer(resolve_model_config({**SETTINGS, "device": "cuda"}), mini_shards, tmp_path / "cuda")
+    assert trainer.device.type == "cuda" and not trainer.timer.enabled
+    trainer.train_step()
+    assert set(trainer.phase_seconds.values()) == {0.0}
+    trainer.close()

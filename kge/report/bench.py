@@ -151,6 +151,7 @@ def bench_train(
         rate = matmul_gflops(dev)
         comm.barrier()
         trainer.phase_seconds = dict.fromkeys(trainer.phase_seconds, 0.0)
+        trainer.timer.enabled = True  # off by default on CUDA (it synchronizes the device per phase)
         start = time.perf_counter()
         for _ in range(steps):
             trainer.train_step()
