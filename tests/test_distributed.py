@@ -322,3 +322,24 @@ def test_sharded_topk_equals_single_process_topk(mini_root, mini_shards, shards4
             same = got_ids == ids.numpy()
             # Ids agree except where two candidates tie (their order is free).
             assert same.mean() > 0.99, config.score_fn
+
+
+@pytest.mark.parametrize("max_restarts, own_store", [(0, False), (3, True)])
+def test_launch_gives_workers_their_own_store_only_when_they_may_restart(monkeypatch, max_restarts, own_store):
+    """A restartable run (kge train) avoids the shared rendezvous store (restarted workers hang on
+    it); a run without restarts (kge predict, kge bench) keeps it, free of the free-port race."""
+    import os
+    import sys
+
+    from kge.dist import launch
+
+    calls = []
+    monkeypatch.setenv("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "x")  # recorded: restored after the test
+    monkeypatch.delenv("TORCH_DISABLE_SHARE_RDZV_TCP_STORE")
+    monkeypatch.setattr(sys, "argv", ["kge", "predict", "--workers", "2"])
+    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
+    launch.launch_workers(2, max_restarts)
+    (argv,) = calls
+    assert argv[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert f"--max-restarts={max_restarts}" in argv and argv[-3:] == ["predict", "--workers", "2"]
+    assert (os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == "1") == own_store

@@ -112,7 +112,12 @@ def _write_member(results, model, mrr, config, loss=1.0, seconds=10.0, parameter
         json.dumps({"model": model, "valid_mrr": mrr, "parameters": parameters, "train_seconds": seconds})
     )
     (results / "models" / model / "history.json").write_text(
-        json.dumps({"config": config if isinstance(config, dict) else config.to_dict(), "history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": loss}]})
+        json.dumps(
+            {
+                "config": config if isinstance(config, dict) else config.to_dict(),
+                "history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": loss}],
+            }
+        )
     )
 
 

@@ -15,8 +15,13 @@ def launch_workers(workers: int, max_restarts: int, extra_args: tuple = ()) -> N
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
             f"--max-restarts={max_restarts}", "-m", "kge", *sys.argv[1:], *extra_args]
     # With the rendezvous store shared between torchrun and the workers (the default), restarted
-    # workers hang in init_process_group on the previous attempt's keys (pytorch issue 135712).
-    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    # workers hang in init_process_group on the previous attempt's keys (pytorch issue 135712), so
+    # a run that may restart gives its workers their own store. That store's port comes from a
+    # free-port probe (released, then bound again by worker 0): another process can take it in
+    # between, which a restart survives. A run without restarts (kge predict, kge bench) keeps the
+    # shared store, which torchrun's agent binds once, on a port the system assigns: no such race.
+    if max_restarts > 0:
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
