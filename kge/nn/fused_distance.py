@@ -68,7 +68,9 @@ def _report(device_type: str, backend: str, detail: str) -> None:
 
 
 def _cpu_tag() -> str:
-    """A short hash of the CPU model and its flags: a -march=native build runs only where it was built."""
+    """A short hash of the CPU model and its flags (a -march=native build runs only where it was built)
+    and of this torch installation (two environments with their own torch, say two virtualenvs, would
+    otherwise take turns rebuilding one build directory: its include paths differ)."""
     text = platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -78,7 +80,7 @@ def _cpu_tag() -> str:
                     break
     except OSError:
         text += platform.processor()
-    return hashlib.sha1((text + torch.__version__).encode()).hexdigest()[:10]
+    return hashlib.sha1((text + torch.__version__ + os.path.dirname(torch.__file__)).encode()).hexdigest()[:10]
 
 
 def _ninja_on_path() -> None:

@@ -11,7 +11,10 @@
 //
 // Vectors are GCC/Clang vector extensions (8 floats: one AVX register; two SSE/NEON registers
 // elsewhere), so the same source builds on any CPU; the module is compiled with -march=native.
-#include <torch/extension.h>
+// ATen and torch's pybind11 casters, not <torch/extension.h> (which brings the whole C++ frontend):
+// the build takes about half as long.
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
 #include <ATen/Parallel.h>
 
 #include <cstring>
@@ -288,14 +291,14 @@ void backward_rows(const Args& a, const float* g, float* gq, float* gt, float* g
   }
 }
 
-void check(const torch::Tensor& x, const char* name, int64_t rows, int64_t cols) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
+void check(const at::Tensor& x, const char* name, int64_t rows, int64_t cols) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(),
               name, ": expected a contiguous float32 CPU tensor");
   TORCH_CHECK(x.dim() == 2 && (rows < 0 || x.size(0) == rows) && (cols < 0 || x.size(1) == cols),
               name, ": unexpected shape ", x.sizes());
 }
 
-Args make_args(int form, const torch::Tensor& q, const torch::Tensor& t, const torch::Tensor& w, const torch::Tensor& c) {
+Args make_args(int form, const at::Tensor& q, const at::Tensor& t, const at::Tensor& w, const at::Tensor& c) {
   check(q, "q", -1, -1);
   check(t, "t", -1, q.size(1));
   Args a{q.data_ptr<float>(), t.data_ptr<float>(), nullptr, nullptr, q.size(0), t.size(0), q.size(1), t.size(0)};
@@ -319,11 +322,11 @@ constexpr int64_t GRAIN = 4 * QUERY_TILE;
 
 // out: (B, M) float32 with unit column stride (a view of a reused, wider buffer is fine), or an
 // empty tensor to allocate one.
-torch::Tensor distance_forward(int64_t form, torch::Tensor q, torch::Tensor t, torch::Tensor w, torch::Tensor c,
-                               torch::Tensor out) {
+at::Tensor distance_forward(int64_t form, at::Tensor q, at::Tensor t, at::Tensor w, at::Tensor c,
+                               at::Tensor out) {
   Args a = make_args(form, q, t, w, c);
-  if (out.numel() == 0 && !(a.B == 0 || a.M == 0)) out = torch::empty({a.B, a.M}, q.options());
-  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == torch::kFloat32 && out.dim() == 2 && out.size(0) == a.B &&
+  if (out.numel() == 0 && !(a.B == 0 || a.M == 0)) out = at::empty({a.B, a.M}, q.options());
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.size(0) == a.B &&
               out.size(1) == a.M && (a.M <= 1 || out.stride(1) == 1), "out: expected a (B, M) float32 CPU tensor with unit column stride");
   a.ldo = out.stride(0);
   float* o = out.data_ptr<float>();
@@ -338,18 +341,18 @@ torch::Tensor distance_forward(int64_t form, torch::Tensor q, torch::Tensor t, t
 
 // Returns [grad_q (B, d), grad_t (M, d)], then for the shifted form [grad_w (B, d), grad_c (B, M)],
 // for the scaled form [grad_s (B, d)].
-std::vector<torch::Tensor> distance_backward(int64_t form, torch::Tensor grad, torch::Tensor q, torch::Tensor t,
-                                             torch::Tensor w, torch::Tensor c) {
+std::vector<at::Tensor> distance_backward(int64_t form, at::Tensor grad, at::Tensor q, at::Tensor t,
+                                             at::Tensor w, at::Tensor c) {
   const Args a = make_args(form, q, t, w, c);
   check(grad, "grad", a.B, a.M);
   const float* g = grad.data_ptr<float>();
-  auto gq = torch::zeros_like(q);
-  auto gw = form == 1 || form == 3 ? torch::zeros_like(q) : torch::Tensor();
-  auto gc = form == 1 ? torch::empty({a.B, a.M}, q.options()) : torch::Tensor();
+  auto gq = at::zeros_like(q);
+  auto gw = form == 1 || form == 3 ? at::zeros_like(q) : at::Tensor();
+  auto gc = form == 1 ? at::empty({a.B, a.M}, q.options()) : at::Tensor();
   // Each parallel task sums into its own tail gradient (tasks split the queries, which every
   // tail meets); the partial sums are added at the end.
   const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (a.B + GRAIN - 1) / GRAIN));
-  auto partial = torch::zeros({tasks, a.M, a.d}, q.options());
+  auto partial = at::zeros({tasks, a.M, a.d}, q.options());
   const int64_t per_task = (((a.B + tasks - 1) / tasks + QUERY_TILE - 1) / QUERY_TILE) * QUERY_TILE;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
