@@ -306,3 +306,26 @@ def test_ogb_ensemble_tunes_on_one_half_and_reports_the_other(tmp_path, mini_roo
         assert npz["valid"].shape == (len(val_t), 20)
         assert a["ensemble_heldout_mrr"] == mrr(npz["valid"][held_out, :10], val_t[held_out])
         assert a["ensemble_valid_mrr"] == mrr(npz["valid"][:, :10], val_t)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3e6])  # 3e6: beyond the packed key's exact range, the lexsort path
+def test_answer_order_is_the_four_key_lexsort(scale):
+    """The packed-key sort of the final answer equals np.lexsort by (query, -round(s, 9), best rank,
+    id) on candidates in (query, id) order, ties at every level included (float sums that differ
+    only below 1e-9, equal s with equal or different best ranks)."""
+    from kge.ensemble.rank_power import answer_order
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    q = np.sort(rng.integers(0, 300, n))
+    ids = np.zeros(n, dtype=np.int64)
+    for query in np.unique(q):  # ids ascending and distinct within a query, as _grouped returns them
+        rows = np.flatnonzero(q == query)
+        ids[rows] = np.sort(rng.choice(10_000, rows.size, replace=False))
+    levels = np.array([0.1 + 0.2, 0.3, 0.30000000049, 0.3000000005, 1 / 3, 2.5, -0.7, 1e-10])
+    s = rng.choice(levels, n) * scale
+    best = rng.integers(1, 6, n)
+    expected = np.lexsort((ids, best, -np.round(s, 9), q))
+    np.testing.assert_array_equal(answer_order(q, ids, s, best), expected)
+    empty = np.zeros(0, dtype=np.int64)
+    assert answer_order(empty, empty, np.zeros(0), empty).size == 0
