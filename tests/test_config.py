@@ -167,3 +167,16 @@ def test_trainer_takes_a_resolved_config_only(tmp_path):
 
     with pytest.raises(TypeError, match="resolve_model_config"):
         Trainer(resolve_model_config({}).to_dict(), tmp_path, tmp_path / "m")
+
+
+def test_a_stored_config_this_version_cannot_read_names_its_file():
+    """A model.pt or history.json whose config has a key this version does not know (written by a
+    newer one): one line naming the file, not a traceback. (A key it lacks is filled in by
+    with_defaults: older versions wrote fewer keys.)"""
+    stored = resolve_model_config({}).to_dict()
+    with pytest.raises(KgeInputError, match=r"^models/m/model\.pt: .*unknown keys \['new_key'\]") as err:
+        load_model_config({**stored, "new_key": 1}, where="models/m/model.pt")
+    assert "\n" not in str(err.value)
+    with pytest.raises(KgeInputError, match=r"^h\.json: model config section loss: .*unknown keys \['typo'\]"):
+        load_model_config({**stored, "loss": {**stored["loss"], "typo": 0}}, where="h.json")
+    assert load_model_config(stored) == resolve_model_config({})

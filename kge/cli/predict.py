@@ -28,7 +28,7 @@ def _predict(args) -> None:
 
     model_path = Path(args.model)
     saved = read_model(model_path)
-    config = load_model_config(saved["config"])
+    config = load_model_config(saved["config"], where=str(model_path))
     workers = args.workers or config.workers
     comm = join_workers(workers, config.device, args.threads, 0)
     partition = Partition.load(Path(args.shard_dir) / "partition.npz")

@@ -153,9 +153,16 @@ def with_pipeline_defaults(user: dict, defaults: dict) -> dict:
     return merged
 
 
-def load_model_config(saved: dict | ModelConfig) -> ModelConfig:
-    """The config stored in a model.pt or history.json (by this or an older version) -> ``ModelConfig``."""
-    return saved if isinstance(saved, ModelConfig) else ModelConfig.from_dict(with_defaults(saved))
+def load_model_config(saved: dict | ModelConfig, where: str = "saved model config") -> ModelConfig:
+    """The config stored in a model.pt or history.json (by this or an older version) -> ``ModelConfig``;
+    a stored config this version cannot read (say, one with keys a newer version added) is a
+    KgeInputError naming ``where`` (the file)."""
+    if isinstance(saved, ModelConfig):
+        return saved
+    try:
+        return ModelConfig.from_dict(with_defaults(saved))
+    except ValueError as err:
+        raise KgeInputError(f"{where}: {err}") from None
 
 
 def config_hash(config: dict | ModelConfig) -> str:

@@ -36,7 +36,7 @@ def load_model(
     """
     saved = read_model(path)
     # A model.pt saved before later config keys existed builds with what it was trained with.
-    config = load_model_config(saved["config"])
+    config = load_model_config(saved["config"], where=str(path))
     device = resolve_device(config.device) if device is None else torch.device(device)
     model = KGEModel(config, saved["num_relations"], saved["feature_dim"], torch.Generator().manual_seed(0))
     model.load_state_dict(saved["dense"])

@@ -58,7 +58,7 @@ def model_curves(history_paths: list[str], out_dir: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for path in history_paths:
         data = json.loads(Path(path).read_text())
-        name, config = Path(path).parent.name, load_model_config(data["config"])
+        name, config = Path(path).parent.name, load_model_config(data["config"], where=str(path))
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
         _plot_history(axes, data["history"], name)
         for ax, title in zip(axes, CURVE_TITLES):

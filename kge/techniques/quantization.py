@@ -143,8 +143,9 @@ def quantize_model(
         raise KgeInputError(f"--out {out_dir}: must differ from the model's directory")
     saved = checkpoint.read_model(model_path)
     n_shards = saved["n_shards"]
+    uses_features = load_model_config(saved["config"], where=str(model_path)).features.use
     feature_store = _open_features(
-        saved, feature_format, feature_scaling, shard_dir
+        saved, uses_features, feature_format, feature_scaling, shard_dir
     )  # checked before anything is written
     # A model.pt left by an earlier run must not mark a half-rewritten directory as complete.
     for stale in (checkpoint.MODEL_NAME, QUANTIZATION_NAME):
@@ -179,7 +180,7 @@ def quantize_model(
         **stats.as_dict(),
     )
 
-    features = _quantize_features(saved, feature_store, feature_format, feature_scaling, progress)
+    features = _quantize_features(saved, uses_features, feature_store, feature_format, feature_scaling, progress)
     report = {
         "source": str(model_path),
         "simulated": True,  # the entity shards hold dequantized float32 rows
@@ -197,7 +198,7 @@ def quantize_model(
     return report
 
 
-def _open_features(saved: dict, fmt: str | None, scaling: str | None, shard_dir):
+def _open_features(saved: dict, uses_features: bool, fmt: str | None, scaling: str | None, shard_dir):
     """The model's FeatureStore when its features are to be quantized, else None; checks the arguments."""
     if fmt is None:
         if scaling is not None:
@@ -207,7 +208,7 @@ def _open_features(saved: dict, fmt: str | None, scaling: str | None, shard_dir)
     if scaling is None:
         raise KgeInputError("--feature-format: needs --feature-scaling (none, tensor or row)")
     check_scaling(fmt, scaling, "--feature-scaling")
-    if not load_model_config(saved["config"]).features.use:
+    if not uses_features:
         return None  # nothing to quantize: the model reads no features
     if shard_dir is None:
         raise KgeInputError("--feature-format: needs --shard-dir (the model's shards, where its features are)")
@@ -220,10 +221,12 @@ def _open_features(saved: dict, fmt: str | None, scaling: str | None, shard_dir)
     return FeatureStore(shard_dir, partition.n_shards)
 
 
-def _quantize_features(saved: dict, store, fmt: str | None, scaling: str | None, progress: bool) -> dict:
+def _quantize_features(
+    saved: dict, uses_features: bool, store, fmt: str | None, scaling: str | None, progress: bool
+) -> dict:
     """The "features" entry of quantization.json (tensor scale and errors measured over every shard)."""
     dim = int(saved["feature_dim"])
-    if not load_model_config(saved["config"]).features.use:
+    if not uses_features:
         return {"used": False, "format": None, "scaling": None, "bytes_per_entity": 0, "source_bytes_per_entity": 0}
     if store is None:  # left as stored
         described = _describe(SOURCE_FEATURE_FORMAT, "none", "nearest", dim, SOURCE_FEATURE_FORMAT, None)

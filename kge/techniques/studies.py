@@ -171,9 +171,10 @@ def _final_loss(history: list[dict]) -> float | None:
 def _member(results: Path, model: str) -> dict:
     """One trained, scored model: its metrics, resolved config and final loss, read from the pipeline's files."""
     metrics = json.loads((results / "predictions" / f"{model}.json").read_text())
-    trained = json.loads((results / "models" / model / "history.json").read_text())
+    history = results / "models" / model / "history.json"
+    trained = json.loads(history.read_text())
     # Complete under this version's defaults: a model trained before a key existed shows no change in it.
-    config = load_model_config(trained["config"])
+    config = load_model_config(trained["config"], where=str(history))
     return {
         "model": model,
         "config": config,
