@@ -7,7 +7,7 @@ import pytest
 from ogb.lsc import WikiKG90Mv2Evaluator
 
 from kge.common.errors import KgeInputError
-from kge.ensemble.rank_power import rank_power_ensemble, rank_power_scores, tune_power
+from kge.ensemble.rank_power import rank_power_ensemble, rank_power_grid, rank_power_scores, tune_power
 from kge.predict.metrics import mrr
 
 # One query, three models, K = 3
@@ -106,8 +106,9 @@ def test_single_model_returns_its_own_list(power):
     assert np.array_equal(out, pred[:, :10])
 
 
-def reference(preds, p, top):
+def reference(preds, p, top, weights=None):
     """Slow dictionary implementation of the RECIPE formula with the documented tie-break."""
+    weights = [1.0] * len(preds) if weights is None else weights
     out = []
     for qi in range(preds[0].shape[0]):
         s, best = {}, {}
@@ -120,12 +121,12 @@ def reference(preds, p, top):
                 best[t] = min(best.get(t, 10**9), col + 1)
         for t in s:
             total = 0.0
-            for a in preds:
+            for a, w in zip(preds, weights):
                 row = [int(x) for x in a[qi]]
                 if t in row:
-                    total += -math.copysign(1, p) * (row.index(t) + 1) ** p
+                    total += -w * math.copysign(1, p) * (row.index(t) + 1) ** p
                 elif p > 0:
-                    total += -((a.shape[1] + 1) ** p)
+                    total += -w * ((a.shape[1] + 1) ** p)
             s[t] = total
         ranked = sorted(s, key=lambda t: (-round(s[t], 9), best[t], t))[:top]
         out.append(ranked + [-1] * (top - len(ranked)))
@@ -147,6 +148,26 @@ def test_matches_reference_on_random_lists(power):
     for row in got:  # duplicate-free
         real = row[row >= 0]
         assert len(np.unique(real)) == len(real)
+
+
+def test_grid_groups_once_and_equals_each_setting():
+    """rank_power_grid (the tuning grid: each chunk of queries grouped once for every setting) gives,
+    for every (power, weights), the slow reference's answer, over several chunks, with padding,
+    duplicate ids within a model and ties."""
+    rng = np.random.default_rng(2)
+    preds = []
+    for k in (6, 9, 4, 9):
+        a = np.stack([rng.choice(25, size=k, replace=False) for _ in range(30)])
+        a[rng.random(a.shape) < 0.05] = -1
+        preds.append(a)
+    preds[1][:, 5] = preds[1][:, 2]  # a model listing an id twice
+    settings = [(p, w) for p in (-2.0, -0.5, 0.5, 1.0) for w in (None, [1.0, 3.0, 0.5, 2.0])]
+    answers = rank_power_grid(preds, settings, top=7, query_chunk=8)
+    assert len(answers) == len(settings)
+    for (p, w), got in zip(settings, answers):
+        assert np.array_equal(got, reference(preds, p, 7, w)), (p, w)
+    with pytest.raises(KgeInputError):
+        rank_power_grid(preds, [(-0.5, None), (0.0, None)])
 
 
 def test_mrr_hand_example_and_ogb():

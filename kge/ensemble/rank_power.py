@@ -18,13 +18,15 @@ Choices:
 
 Vectorised with flat numpy arrays: per chunk of queries, every (query, id, model, rank) entry of all
 models is packed into one int64, sorted once with np.sort and grouped with reduceat; no per-row
-Python loop (15000 queries x 85 models x 100 in a few seconds).
+Python loop (15000 queries x 85 models x 100 in a few seconds). The grouping does not depend on the
+power or the weights, so ``rank_power_grid`` (the tuning grid) groups each chunk once for all of them.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,9 +37,13 @@ DEFAULT_POWERS = (-2.0, -1.5, -1.0, -0.75, -0.5, -0.25, 0.5, 1.0)
 _ID_BITS = 32  # ids must be < 2^32 (room left in the packed int64 sort key)
 
 
-def _validate(predictions: Sequence[np.ndarray], power: float) -> list[np.ndarray]:
+def _check_power(power: float) -> None:
     if power == 0 or not np.isfinite(power):
         raise KgeInputError(f"power: expected a finite non-zero rank power, got {power!r}")
+
+
+def _validate(predictions: Sequence[np.ndarray], power: float) -> list[np.ndarray]:
+    _check_power(power)
     if len(predictions) == 0:
         raise KgeInputError("predictions: expected at least one model's (Q, K) top-K id array")
     preds = []
@@ -104,12 +110,28 @@ def _contribution_table(preds: list[np.ndarray], power: float, pk: _Packing, wei
     return table
 
 
-def _grouped(preds: list[np.ndarray], table: np.ndarray, pk: _Packing, q0: int, q1: int):
-    """Candidates of queries [q0, q1): flat arrays sorted by (query, id).
+class _Groups(NamedTuple):
+    """Candidates of queries [q0, q1): one row per (query, id), sorted by (query, id). None of it
+    depends on the power or the weights, so a tuning grid groups each chunk once.
 
-    Returns (query (C,) int64 local to q0, ids (C,), s_rank (C,) float64 = s' used for ranking,
-    best_rank (C,) int64).
+    query (C,) int64 local to q0, ids (C,) int64, best_rank (C,) int64 (the best rank in any model);
+    low (E,) int64 the (model, rank - 1) index of each kept list entry into a contribution table,
+    starts (C,) int64 where each candidate's entries begin in ``low``.
     """
+
+    query: np.ndarray
+    ids: np.ndarray
+    best_rank: np.ndarray
+    low: np.ndarray
+    starts: np.ndarray
+
+    def scores(self, table: np.ndarray) -> np.ndarray:
+        """(C,) float64 s' (the score used for ranking) under one contribution table."""
+        return np.add.reduceat(table[self.low], self.starts)
+
+
+def _grouped(preds: list[np.ndarray], pk: _Packing, q0: int, q1: int) -> _Groups:
+    """Group the list entries of queries [q0, q1) by (query, id)."""
     qidx = np.arange(q1 - q0, dtype=np.int64)[:, None] << (pk.id_bits + pk.low_bits)
     keys = []
     for m, a in enumerate(preds):
@@ -120,7 +142,7 @@ def _grouped(preds: list[np.ndarray], table: np.ndarray, pk: _Packing, q0: int, 
     key = np.sort(np.concatenate(keys))
     if key.size == 0:
         e = np.zeros(0, dtype=np.int64)
-        return e, e, np.zeros(0), e
+        return _Groups(e, e, e, e, e)
     # A model listing an id twice: keep its first (best-ranked) entry only.
     qim = key >> pk.rank_bits
     keep = np.r_[True, qim[1:] != qim[:-1]]
@@ -128,10 +150,9 @@ def _grouped(preds: list[np.ndarray], table: np.ndarray, pk: _Packing, q0: int, 
     group = key >> pk.low_bits
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
     low = key & ((1 << pk.low_bits) - 1)
-    s = np.add.reduceat(table[low], starts)
     best = np.minimum.reduceat((low & ((1 << pk.rank_bits) - 1)) + 1, starts)
     gkey = group[starts]
-    return gkey >> pk.id_bits, gkey & ((1 << pk.id_bits) - 1), s, best
+    return _Groups(gkey >> pk.id_bits, gkey & ((1 << pk.id_bits) - 1), best, low, starts)
 
 
 def rank_power_scores(predictions: Sequence[np.ndarray], power: float = -0.5, weights=None):
@@ -148,8 +169,9 @@ def rank_power_scores(predictions: Sequence[np.ndarray], power: float = -0.5, we
     e = np.zeros(0, dtype=np.int64)
     q, ids, s, best = [e], [e], [np.zeros(0)], [e]
     for q0 in range(0, preds[0].shape[0], pk.query_chunk):
-        part = _grouped(preds, table, pk, q0, min(q0 + pk.query_chunk, preds[0].shape[0]))
-        q.append(part[0] + q0), ids.append(part[1]), s.append(part[2]), best.append(part[3])
+        groups = _grouped(preds, pk, q0, min(q0 + pk.query_chunk, preds[0].shape[0]))
+        q.append(groups.query + q0), ids.append(groups.ids), s.append(groups.scores(table))
+        best.append(groups.best_rank)
     q, ids, s, best = (np.concatenate(x) for x in (q, ids, s, best))
     if power > 0:
         s = s - sum(w_m * (a.shape[1] + 1.0) ** power for w_m, a in zip(w, preds))
@@ -192,26 +214,51 @@ def rank_power_ensemble(
     ``query_chunk`` bounds memory (queries processed at once); the result does not depend on it.
     ``weights`` (M,) scales each member's term (None = all 1 = the RECIPE formula).
     """
-    preds = _validate(predictions, power)
-    w = _weights(preds, weights)
+    return rank_power_grid(predictions, [(power, weights)], top=top, query_chunk=query_chunk)[0]
+
+
+def rank_power_grid(
+    predictions: Sequence[np.ndarray],
+    settings: Sequence[tuple[float, object]],
+    top: int = 10,
+    query_chunk: int = 512,
+    progress: str | None = None,
+) -> list[np.ndarray]:
+    """``rank_power_ensemble(predictions, power, top, weights=weights)`` for every (power, weights)
+    in ``settings``, equal to calling it once per setting, but grouping each chunk of queries once:
+    the packed sort is most of one ensemble's cost and does not depend on the setting.
+
+    Returns one (Q, top) int64 answer per setting. ``progress``: a tqdm description for a bar over
+    the query chunks on stderr (None: no bar).
+    """
+    if len(settings) == 0:
+        raise KgeInputError("settings: expected at least one (power, weights) pair")
+    for power, _ in settings[1:]:
+        _check_power(power)
+    preds = _validate(predictions, settings[0][0])
     if top < 1:
         raise KgeInputError(f"top: expected a positive answer width, got {top}")
     n_q = preds[0].shape[0]
-    out = np.full((n_q, top), -1, dtype=np.int64)
     pk = _Packing(preds, query_chunk)
-    table = _contribution_table(preds, power, pk, w)
-    for q0 in range(0, n_q, pk.query_chunk):
-        q1 = min(q0 + pk.query_chunk, n_q)
-        q, ids, s, best = _grouped(preds, table, pk, q0, q1)
-        if q.size == 0:
+    tables = [_contribution_table(preds, power, pk, _weights(preds, w)) for power, w in settings]
+    outs = [np.full((n_q, top), -1, dtype=np.int64) for _ in settings]
+    chunks = range(0, n_q, pk.query_chunk)
+    if progress is not None:
+        from tqdm import tqdm
+
+        chunks = tqdm(chunks, desc=progress, unit="chunk", mininterval=5.0, file=sys.stderr)
+    for q0 in chunks:
+        groups = _grouped(preds, pk, q0, min(q0 + pk.query_chunk, n_q))
+        if groups.query.size == 0:
             continue
-        order = answer_order(q, ids, s, best)
-        q, ids = q[order], ids[order]
-        first = np.searchsorted(q, q)  # start of each row's query group
-        pos = np.arange(q.size) - first
-        sel = pos < top
-        out[q0 + q[sel], pos[sel]] = ids[sel]
-    return out
+        first = np.searchsorted(groups.query, groups.query)  # start of each row's query group
+        for table, out in zip(tables, outs):
+            order = answer_order(groups.query, groups.ids, groups.scores(table), groups.best_rank)
+            q, ids = groups.query[order], groups.ids[order]
+            pos = np.arange(q.size) - first  # q is still sorted: the same group starts
+            sel = pos < top
+            out[q0 + q[sel], pos[sel]] = ids[sel]
+    return outs
 
 
 def validation_halves(num_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -255,16 +302,15 @@ def tune_ensemble(
     """
     if len(powers) == 0 or len(exponents) == 0:
         raise KgeInputError("powers / weight exponents: expected at least one value to try")
-    from tqdm import tqdm
-
-    results = {}
-    grid = [(p, g) for p in powers for g in exponents]
-    # Minutes with the 85 members: a bar with an ETA on stderr (the ensemble job's log).
-    for p, g in tqdm(
-        grid, desc="tune power x weights", unit="pair", mininterval=5.0, file=sys.stderr, disable=len(predictions) < 10
-    ):
-        ens = rank_power_ensemble(predictions, p, top=10, weights=mrr_weights(member_mrr, g))
-        results[(float(p), float(g))] = mrr(ens, t_true)
+    grid = [(float(p), float(g)) for p in powers for g in exponents]
+    # Tens of seconds with the 85 members: a bar with an ETA on stderr (the ensemble job's log).
+    answers = rank_power_grid(
+        predictions,
+        [(p, mrr_weights(member_mrr, g)) for p, g in grid],
+        top=10,
+        progress="tune power x weights" if len(predictions) >= 10 else None,
+    )
+    results = {pair: mrr(ens, t_true) for pair, ens in zip(grid, answers)}
     order = list(results)
     best = max(results, key=lambda k: (results[k], -order.index(k)))
     return best, results
