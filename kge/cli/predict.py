@@ -35,7 +35,7 @@ def _predict(args) -> None:
     if partition.n_shards != saved["n_shards"] or partition.seed != saved.get("partition_seed"):
         raise KgeInputError(f"{args.shard_dir}: not the partition {model_path} was trained on; see `kge reshard`")
     owned = owned_shards(partition.n_shards, comm.rank, comm.world_size)
-    model, saved, device = load_model(model_path, getattr(comm, "device", None), shards=owned)
+    model, saved, device = load_model(model_path, getattr(comm, "device", None), shards=owned, saved=saved)
     ds = open_dataset(args.root, check=False)
     # A model written by `kge quantise` with a feature format scores its features as that format stores them.
     features = quantized_features(FeatureStore(args.shard_dir, partition.n_shards, shards=owned), saved)

@@ -26,15 +26,19 @@ TAIL_CACHE_LIMIT_BYTES = 2 << 30
 
 
 def load_model(
-    path: str | Path, device: torch.device | str | None = None, shards: list[int] | None = None
+    path: str | Path,
+    device: torch.device | str | None = None,
+    shards: list[int] | None = None,
+    saved: dict | None = None,
 ) -> tuple[KGEModel, dict, torch.device]:
     """model.pt written by ``kge train`` -> (model in eval mode, its metadata dict, its device).
     The model's typed config is ``model.config`` (``saved["config"]`` is the stored dict).
 
     ``device`` None places the model where its config's ``device`` setting says. ``shards``: load
-    only those shards' entity rows (one worker of a sharded prediction); default all.
+    only those shards' entity rows (one worker of a sharded prediction); default all. ``saved``:
+    ``read_model(path)`` when the caller has already read it (the file is not read again).
     """
-    saved = read_model(path)
+    saved = read_model(path) if saved is None else saved
     # A model.pt saved before later config keys existed builds with what it was trained with.
     config = load_model_config(saved["config"], where=str(path))
     device = resolve_device(config.device) if device is None else torch.device(device)
