@@ -278,7 +278,8 @@ def tune_power(
     """
     if len(powers) == 0:
         raise KgeInputError("powers: expected at least one rank power to try")
-    results = {float(p): mrr(rank_power_ensemble(predictions, p, top=10), t_true) for p in powers}
+    answers = rank_power_grid(predictions, [(p, None) for p in powers], top=10)
+    results = {float(p): mrr(ens, t_true) for p, ens in zip(powers, answers)}
     best = max(results, key=lambda p: (results[p], -list(results).index(p)))
     return best, results
 
