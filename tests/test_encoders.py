@@ -312,7 +312,10 @@ def _train_config(**extra) -> dict:
             "negatives": 64,
             "steps": 2,
             "learning_rate": 0.05,
-            "adam": {"eps": 1e-4},
+            # Adam's slope lr / eps at g = 0 multiplies rounding differences into the updated
+            # parameters; 1e-3 keeps it at 50 (tests/test_distributed.py::_configs). With 1e-4 the
+            # largest difference was 0.88 of the tolerance on an AVX-512 CPU, 0.10 with 1e-3.
+            "adam": {"eps": 1e-3},
             **extra,
         }
     )
