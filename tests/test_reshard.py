@@ -97,6 +97,40 @@ def test_trained_model_moves_and_predicts_the_same(mini_root, mini_shards, shard
     assert (results[0][0] == results[1][0]).mean() > 0.99  # ids equal up to exact score ties
 
 
+def test_a_model_refuses_shards_of_another_partition(mini_root, mini_shards, shards4, tmp_path, capsys):
+    """kge predict (and evaluate, quantise, kge.load_model, through load_trained_partition) on shards of
+    another partition: a one-line error naming the shard directory and the model, nothing written."""
+    from kge.cli.main import main
+    from kge.common.errors import KgeInputError
+    from kge.train.checkpoint import load_trained_partition, read_model
+    from kge.train.trainer import train
+
+    train(resolve_model_config(SETTINGS), mini_shards, tmp_path / "d2", progress=False)
+    model = tmp_path / "d2" / "model.pt"
+    saved = read_model(model)
+    assert load_trained_partition(mini_shards, saved, model).n_shards == 2
+    with pytest.raises(KgeInputError, match="not the partition .* was trained on; see `kge reshard`$"):
+        load_trained_partition(shards4, saved, model)
+    out, metrics = tmp_path / "p.npz", tmp_path / "p.json"
+    argv = [
+        "predict",
+        "--model",
+        model,
+        "--root",
+        mini_root,
+        "--shard-dir",
+        shards4,
+        "--out",
+        out,
+        "--metrics",
+        metrics,
+    ]
+    assert main([str(a) for a in argv]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [f"kge: error: {shards4}: not the partition {model} was trained on; see `kge reshard`"]
+    assert not out.exists() and not metrics.exists()
+
+
 def test_refuses_another_graph_and_wrong_source(mini_shards, shards4, tmp_path):
     from kge.common.errors import KgeInputError
     from kge.train.reshard import reshard

@@ -15,7 +15,7 @@ def _predict(args) -> None:
     import numpy as np
 
     from kge.bess.features import FeatureStore
-    from kge.bess.partition import Partition, owned_shards
+    from kge.bess.partition import owned_shards
     from kge.common import atomic
     from kge.config import load_model_config
     from kge.data.layout import open_dataset
@@ -24,16 +24,14 @@ def _predict(args) -> None:
     from kge.predict.predictor import Predictor, load_model, pad_top10, predict_splits
     from kge.table.quantize import quantized_features
     from kge.techniques.quantization import quantization_summary
-    from kge.train.checkpoint import read_model
+    from kge.train.checkpoint import load_trained_partition, read_model
 
     model_path = Path(args.model)
     saved = read_model(model_path)
     config = load_model_config(saved["config"], where=str(model_path))
     workers = args.workers or config.workers
     comm = join_workers(workers, config.device, args.threads, 0)
-    partition = Partition.load(Path(args.shard_dir) / "partition.npz")
-    if partition.n_shards != saved["n_shards"] or partition.seed != saved.get("partition_seed"):
-        raise KgeInputError(f"{args.shard_dir}: not the partition {model_path} was trained on; see `kge reshard`")
+    partition = load_trained_partition(args.shard_dir, saved, model_path)
     owned = owned_shards(partition.n_shards, comm.rank, comm.world_size)
     model, saved, device = load_model(model_path, getattr(comm, "device", None), shards=owned, saved=saved)
     ds = open_dataset(args.root, check=False)

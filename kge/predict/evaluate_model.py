@@ -95,16 +95,14 @@ def evaluate_model(
     import torch
 
     from kge.bess.features import FeatureStore
-    from kge.bess.partition import Partition
     from kge.predict.predictor import Predictor, load_model
     from kge.table.quantize import quantized_features
+    from kge.train.checkpoint import load_trained_partition
 
     start_all = time.perf_counter()
     model_path = Path(model_path)
     model, saved, device = load_model(model_path)
-    partition = Partition.load(Path(shard_dir) / "partition.npz")
-    if partition.n_shards != saved["n_shards"] or partition.seed != saved.get("partition_seed"):
-        raise KgeInputError(f"{shard_dir}: not the partition {model_path} was trained on; see `kge reshard`")
+    partition = load_trained_partition(shard_dir, saved, model_path)
     features = quantized_features(FeatureStore(shard_dir, partition.n_shards), saved)
     ds = open_dataset(root, check=False)
     R, E = ds.num_relations, ds.num_entities

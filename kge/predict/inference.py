@@ -99,19 +99,17 @@ class TrainedModel:
         device: torch.device | str | None = None,
     ):
         from kge.bess.features import FeatureStore
-        from kge.bess.partition import Partition
         from kge.predict.predictor import load_model as load_torch_model
         from kge.table.quantize import quantized_features
+        from kge.train.checkpoint import load_trained_partition
 
         self.model_path, self.shard_dir, self.root = resolve_paths(path, shard_dir, root)
         device = _device(device)
         self.model, self.saved, self.device = load_torch_model(self.model_path, device)
         self.config = self.model.config  # ModelConfig
-        self.partition = Partition.load(self.shard_dir / "partition.npz")
-        if self.partition.n_shards != self.saved["n_shards"] or self.partition.seed != self.saved.get("partition_seed"):
-            raise KgeInputError(
-                f"{self.shard_dir}: not the partition {self.model_path} was trained on; see `kge reshard` or pass shard_dir"
-            )
+        self.partition = load_trained_partition(
+            self.shard_dir, self.saved, self.model_path, hint="see `kge reshard` or pass shard_dir"
+        )
         # Only a model with features reads them (a large feature table is gigabytes).
         self.features = (
             quantized_features(FeatureStore(self.shard_dir, self.partition.n_shards), self.saved)

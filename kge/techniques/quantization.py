@@ -145,7 +145,7 @@ def quantize_model(
     n_shards = saved["n_shards"]
     uses_features = load_model_config(saved["config"], where=str(model_path)).features.use
     feature_store = _open_features(
-        saved, uses_features, feature_format, feature_scaling, shard_dir
+        model_path, saved, uses_features, feature_format, feature_scaling, shard_dir
     )  # checked before anything is written
     # A model.pt left by an earlier run must not mark a half-rewritten directory as complete.
     for stale in (checkpoint.MODEL_NAME, QUANTIZATION_NAME):
@@ -198,7 +198,7 @@ def quantize_model(
     return report
 
 
-def _open_features(saved: dict, uses_features: bool, fmt: str | None, scaling: str | None, shard_dir):
+def _open_features(model_path: Path, saved: dict, uses_features: bool, fmt: str | None, scaling: str | None, shard_dir):
     """The model's FeatureStore when its features are to be quantized, else None; checks the arguments."""
     if fmt is None:
         if scaling is not None:
@@ -213,12 +213,8 @@ def _open_features(saved: dict, uses_features: bool, fmt: str | None, scaling: s
     if shard_dir is None:
         raise KgeInputError("--feature-format: needs --shard-dir (the model's shards, where its features are)")
     from kge.bess.features import FeatureStore
-    from kge.bess.partition import Partition
 
-    partition = Partition.load(Path(shard_dir) / "partition.npz")
-    if partition.n_shards != saved["n_shards"] or partition.seed != saved.get("partition_seed"):
-        raise KgeInputError(f"{shard_dir}: not the partition the model was trained on")
-    return FeatureStore(shard_dir, partition.n_shards)
+    return FeatureStore(shard_dir, checkpoint.load_trained_partition(shard_dir, saved, model_path).n_shards)
 
 
 def _quantize_features(

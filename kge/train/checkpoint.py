@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from kge.bess.partition import Partition
 from kge.common import atomic
 from kge.common.errors import KgeInputError
 
@@ -139,3 +140,14 @@ def load_entity_rows(model_path: str | Path, saved: dict, shards: list[int] | No
             raise KgeInputError(f"{path}: missing entity shard of {model_path}")
         parts.append(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
     return torch.cat(parts)
+
+
+def load_trained_partition(
+    shard_dir: str | Path, saved: dict, model_path: str | Path, hint: str = "see `kge reshard`"
+) -> Partition:
+    """shard_dir/partition.npz, checked to be the partition the model of ``saved`` (read from
+    ``model_path``) was trained on: the same shard count and seed (KgeInputError naming both otherwise)."""
+    partition = Partition.load(Path(shard_dir) / "partition.npz")
+    if partition.n_shards != saved["n_shards"] or partition.seed != saved.get("partition_seed"):
+        raise KgeInputError(f"{shard_dir}: not the partition {model_path} was trained on; {hint}")
+    return partition
