@@ -272,16 +272,13 @@ def validation_halves(num_queries: int, seed: int = 0) -> tuple[np.ndarray, np.n
 def tune_power(
     predictions: Sequence[np.ndarray], t_true, powers: Sequence[float] = DEFAULT_POWERS
 ) -> tuple[float, dict[float, float]]:
-    """Validation MRR of the ensemble for each power -> (best power, {power: mrr}).
-
-    Ties in MRR go to the power listed first.
+    """Validation MRR of the ensemble for each power -> (best power, {power: mrr}): ``tune_ensemble``
+    with equal member weights (the RECIPE formula). Ties in MRR go to the power listed first.
     """
     if len(powers) == 0:
         raise KgeInputError("powers: expected at least one rank power to try")
-    answers = rank_power_grid(predictions, [(p, None) for p in powers], top=10)
-    results = {float(p): mrr(ens, t_true) for p, ens in zip(powers, answers)}
-    best = max(results, key=lambda p: (results[p], -list(results).index(p)))
-    return best, results
+    (best, _), results = tune_ensemble(predictions, t_true, [1.0] * len(predictions), powers, (0.0,))
+    return best, {p: value for (p, _), value in results.items()}
 
 
 def mrr_weights(member_mrr: Sequence[float], exponent: float) -> np.ndarray:
