@@ -12,9 +12,11 @@ Process groups under xdist: no test and no code under test uses a fixed port, so
 workers can ask for the same one. Tests that spawn workers themselves (test_distributed,
 test_encoders) rendezvous through a file in their own tmp_path (file://). `kge` commands with
 workers > 1 (test_bench, test_train_resume, the pipeline's two-worker models) run `torchrun
---standalone`: its rendezvous store listens on a port the kernel assigns (port 0, bound at once),
-and the workers' store port is torch's free-port probe (a port the kernel assigns, released and
-bound again by worker 0 when it starts): a random free port, not a per-worker one.
+--standalone`: its rendezvous store listens on a port the kernel assigns (port 0, bound at once).
+Runs without restarts (kge predict, kge bench) share that store with their workers; training, which
+may restart, gives its workers their own store on torch's free-port probe (a port the kernel
+assigns, released and bound again by worker 0; kge/dist/launch.py): a random free port, not a
+per-worker one.
 """
 
 from __future__ import annotations
