@@ -15,6 +15,12 @@ from typing import Any
 
 import numpy as np
 
+# The process's umask, read once at import (reading it means setting it, which is process-wide):
+# mkstemp creates the temporary file 0600, and the finished file gets the mode open() would give it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -32,6 +38,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():  # readable like any other output (not mkstemp's owner-only 0600)
+            os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
